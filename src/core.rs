@@ -1,0 +1,398 @@
+//! [`Core`]: the shared state of one relay and the send path.
+//!
+//! The send path, top to bottom (`Core::send`):
+//! 1. lock the registry, clone the `Arc<Targets>` for the message's type, unlock;
+//! 2. if any target is tracked, allocate one [`Tracker`] (the only allocation besides the
+//!    message's own `Arc` and the queues' amortised blocks);
+//! 3. push the envelope to each target: `try_push` in broadcast mode, `push` (waits for
+//!    room) in lossless mode;
+//! 4. wait on the tracker, if any.
+
+use std::any::{Any, TypeId};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use event_listener::Event;
+
+use crate::config::{Config, DeliveryMode};
+use crate::envelope::{Envelope, Queued};
+use crate::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
+use crate::events::Dropped;
+use crate::queue::{queue, PushError, QueueRx, QueueTx};
+use crate::registry::Registry;
+use crate::stats::RelayStats;
+use crate::task::Tasks;
+use crate::tracker::Tracker;
+
+static NEXT_RELAY_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Shared state of one relay.
+///
+/// Ownership: the [`RelaySender`](crate::RelaySender) and in-flight sends hold it
+/// strongly; receivers, weak senders, subscriptions and handler tasks hold it weakly, so
+/// nothing but the sender keeps a relay open, and nothing at all keeps it alive once the
+/// sender and its in-flight sends are gone.
+///
+/// Invariants: `closed` goes from false to true once, under the registry lock, together
+/// with `Registry::closed`; after that no subscriber is added and no send starts.
+pub(crate) struct Core {
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    registry: Mutex<Registry>,
+    /// Mirrors `Registry::closed` for lock-free reads.
+    closed: AtomicBool,
+    /// Notified (all) when the relay closes. `closed()` futures wait on it.
+    closed_event: Event,
+    next_msg_id: AtomicU64,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    /// Tracked handlers registered now (mirrors `Registry::tracked`).
+    handlers: AtomicUsize,
+    /// Notified (all) whenever a tracked handler registers. `wait_for_handlers` waits on it.
+    handlers_event: Event,
+    /// Tasks started from this relay: live count and the readiness barrier.
+    pub(crate) tasks: Arc<Tasks>,
+}
+
+impl Core {
+    pub(crate) fn new(config: Config) -> Arc<Core> {
+        Arc::new(Core {
+            id: NEXT_RELAY_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            registry: Mutex::new(Registry::default()),
+            closed: AtomicBool::new(false),
+            closed_event: Event::new(),
+            next_msg_id: AtomicU64::new(1),
+            sent: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            handlers: AtomicUsize::new(0),
+            handlers_event: Event::new(),
+            tasks: Arc::new(Tasks::default()),
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // The registry is never left half-updated by a panic (no user code runs under the
+        // lock), so a poisoned lock is still consistent.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ----- subscribers -------------------------------------------------------------
+
+    /// Registers a queue for messages of `ty` (every type when `None`). Complete when it
+    /// returns: every send that starts afterwards includes it. On a closed relay the queue
+    /// is born closed.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        ty: Option<(TypeId, &'static str)>,
+        tracked: Option<HandlerKind>,
+    ) -> QueueRx {
+        let mut registry = self.registry();
+        let id = registry.next_id();
+        let (tx, rx) = queue(self.config.channel_size, id, tracked);
+        if registry.closed {
+            drop(registry);
+            drop(tx); // the only sender: the queue reads as closed
+            return rx;
+        }
+        registry.add(ty, tx);
+        if tracked.is_some() {
+            self.handlers.store(registry.tracked(), Ordering::Release);
+            drop(registry);
+            self.handlers_event.notify(usize::MAX);
+        }
+        rx
+    }
+
+    pub(crate) fn unregister(&self, ty: Option<TypeId>, id: u64) {
+        let mut registry = self.registry();
+        if registry.remove(ty, id) {
+            self.handlers.store(registry.tracked(), Ordering::Release);
+        }
+    }
+
+    // ----- lifecycle ---------------------------------------------------------------
+
+    /// Closes the relay: no new sends or subscribers. Sends already past their snapshot
+    /// finish delivering; each queue closes when the last of them lets go of it, and its
+    /// subscriber drains what was queued, then sees the end.
+    pub(crate) fn close(&self) {
+        let queues = {
+            let mut registry = self.registry();
+            if registry.closed {
+                return;
+            }
+            self.closed.store(true, Ordering::Release);
+            self.handlers.store(0, Ordering::Release);
+            registry.close()
+        };
+        drop(queues); // outside the lock: may wake receivers
+        self.closed_event.notify(usize::MAX);
+        self.handlers_event.notify(usize::MAX);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn wait_closed(&self) {
+        loop {
+            if self.is_closed() {
+                return;
+            }
+            let listener = self.closed_event.listen();
+            if self.is_closed() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    pub(crate) fn handler_count(&self) -> usize {
+        self.handlers.load(Ordering::Acquire)
+    }
+
+    /// Resolves once at least `n` tracked handlers are registered, or the relay closed.
+    pub(crate) async fn wait_for_handlers(&self, n: usize) -> bool {
+        loop {
+            if self.handler_count() >= n {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            let listener = self.handlers_event.listen();
+            if self.handler_count() >= n {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            listener.await;
+        }
+    }
+
+    pub(crate) fn stats(&self) -> RelayStats {
+        let (subscribers, tracked_handlers) = {
+            let registry = self.registry();
+            (registry.subscribers(), registry.tracked())
+        };
+        RelayStats {
+            sent: self.sent.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            subscribers,
+            tracked_handlers,
+            live_tasks: self.tasks.live(),
+        }
+    }
+
+    // ----- sending -----------------------------------------------------------------
+
+    /// Sends a typed value.
+    pub(crate) async fn send_value<T: Any + Send + Sync>(
+        &self,
+        value: T,
+        origin: Option<u64>,
+    ) -> Result<(), SendError> {
+        self.send(
+            Arc::new(value),
+            TypeId::of::<T>(),
+            Some(std::any::type_name::<T>()),
+            origin,
+        )
+        .await
+    }
+
+    /// The send path (see the module docs). `origin` is the relay the message entered
+    /// first, when it is being forwarded; `None` means this relay.
+    pub(crate) async fn send(
+        &self,
+        value: Arc<dyn Any + Send + Sync>,
+        type_id: TypeId,
+        type_name: Option<&'static str>,
+        origin: Option<u64>,
+    ) -> Result<(), SendError> {
+        let (targets, type_name) = {
+            let mut registry = self.registry();
+            if registry.closed {
+                return Err(SendError::Closed);
+            }
+            let name = type_name.or_else(|| registry.type_name(type_id));
+            (registry.targets(type_id), name.unwrap_or("<type-erased>"))
+        };
+        let envelope = Envelope {
+            value,
+            type_id,
+            type_name,
+            msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
+            origin: origin.unwrap_or(self.id),
+        };
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if targets.slots.is_empty() {
+            return Ok(());
+        }
+        let tracker = (targets.tracked > 0)
+            .then(|| Arc::new(Tracker::new(targets.tracked, self.config.error_mode)));
+
+        let mut delivered = 0u64;
+        let mut crowded = false;
+        for slot in targets.slots.iter() {
+            let item = Queued {
+                envelope: envelope.clone(),
+                tracker: slot.state.tracked.and(tracker.clone()),
+            };
+            let outcome = match self.config.delivery_mode {
+                DeliveryMode::Broadcast => slot.try_push(item),
+                DeliveryMode::Lossless => slot.push(item).await.map_err(PushError::Closed),
+            };
+            match outcome {
+                Ok(()) => {
+                    delivered += 1;
+                    crowded |= slot.is_crowded();
+                }
+                Err(PushError::Full(item)) => self.missed(slot, item),
+                Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
+            }
+        }
+        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        drop(targets);
+
+        if crowded {
+            // Broadcast never waits for room, but a producer that never yields can starve
+            // a consumer on the same worker until its queue overflows. Once a queue is
+            // half full, give the scheduler one turn.
+            YieldNow(false).await;
+        }
+        match tracker {
+            Some(tracker) => tracker.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    /// A subscriber's queue was full (broadcast mode): count it, report it.
+    fn missed(&self, slot: &QueueTx, item: Queued) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        slot.state.count_drop();
+        let env = &item.envelope;
+        if !is_internal_event(env.type_id) {
+            self.emit(Dropped {
+                relay_id: self.id,
+                msg_id: env.msg_id,
+                type_name: env.type_name,
+                subscriber_id: slot.state.id,
+            });
+        }
+        if let (Some(kind), Some(tracker)) = (slot.state.tracked, item.tracker.as_deref()) {
+            self.report(
+                Some(tracker),
+                self.error_for(&item.envelope, kind, Arc::new(QueueFull)),
+            );
+        }
+    }
+
+    /// A tracked message could not reach, or was never processed by, its handler.
+    pub(crate) fn fail_gone(&self, item: Queued, kind: Option<HandlerKind>) {
+        if let (Some(kind), Some(tracker)) = (kind, item.tracker.as_deref()) {
+            self.report(
+                Some(tracker),
+                self.error_for(&item.envelope, kind, Arc::new(HandlerGone)),
+            );
+        }
+    }
+
+    pub(crate) fn error_for(
+        &self,
+        envelope: &Envelope,
+        kind: HandlerKind,
+        error: BoxError,
+    ) -> RelayError {
+        RelayError {
+            msg_id: envelope.msg_id,
+            relay_id: self.id,
+            kind,
+            type_name: envelope.type_name,
+            error,
+        }
+    }
+
+    /// The dual path: the error goes to the tracked sender (if any) and is published as a
+    /// `RelayError` event — except a failure while handling an internal event, which is
+    /// not re-published (that could loop).
+    pub(crate) fn report(&self, tracker: Option<&Tracker>, error: RelayError) {
+        let publish = !is_internal_type_name(error.type_name);
+        if publish {
+            self.emit(error.clone());
+        }
+        if let Some(tracker) = tracker {
+            tracker.fail(error);
+        }
+    }
+
+    /// Publishes an internal event (`Dropped`, `RelayError`). Events never wait and are
+    /// never tracked: a full queue misses the event (counted, not re-reported).
+    pub(crate) fn emit<T: Any + Send + Sync>(&self, event: T) {
+        let targets = {
+            let mut registry = self.registry();
+            if registry.closed {
+                return;
+            }
+            registry.targets(TypeId::of::<T>())
+        };
+        if targets.slots.is_empty() {
+            return;
+        }
+        let envelope = Envelope {
+            value: Arc::new(event),
+            type_id: TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+            msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
+            origin: self.id,
+        };
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let mut delivered = 0;
+        for slot in targets.slots.iter() {
+            let item = Queued {
+                envelope: envelope.clone(),
+                tracker: None,
+            };
+            match slot.try_push(item) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Full(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    slot.state.count_drop();
+                }
+                Err(PushError::Closed(_)) => {}
+            }
+        }
+        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+}
+
+fn is_internal_event(type_id: TypeId) -> bool {
+    type_id == TypeId::of::<Dropped>() || type_id == TypeId::of::<RelayError>()
+}
+
+fn is_internal_type_name(name: &str) -> bool {
+    name == std::any::type_name::<Dropped>() || name == std::any::type_name::<RelayError>()
+}
+
+/// Returns `Pending` once (after asking to be woken), then `Ready`.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

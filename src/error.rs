@@ -1,0 +1,257 @@
+//! Errors: what a sender, a builder or a handler can be told went wrong.
+//!
+//! Every error here is `Clone`, so one handler failure can travel both ways of the
+//! dual path (back to the tracked sender, and as a [`RelayError`] event on the relay).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// A shareable, type-erased error, as produced by a handler.
+pub type BoxError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// Which kind of handler or task produced a [`RelayError`].
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::HandlerKind;
+/// assert_eq!(HandlerKind::Sink.to_string(), "sink");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HandlerKind {
+    /// A terminal handler registered with `sink` / `sink_async`.
+    Sink,
+    /// A pass-through handler registered with `tap` / `tap_async`.
+    Tap,
+    /// A task started with `within`.
+    Within,
+    /// A message taken from a `subscribe_tracked` subscription.
+    Tracked,
+    /// The forwarder of a derived relay or a `forward` connection.
+    Forwarder,
+}
+
+impl fmt::Display for HandlerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandlerKind::Sink => "sink",
+            HandlerKind::Tap => "tap",
+            HandlerKind::Within => "within",
+            HandlerKind::Tracked => "tracked subscription",
+            HandlerKind::Forwarder => "forwarder",
+        })
+    }
+}
+
+/// A handler failed (returned `Err` or panicked) while processing a message.
+///
+/// It reaches the tracked sender (inside [`SendError::Downstream`] or
+/// [`SendError::Aggregate`]) *and* is published on the relay as an ordinary event, so
+/// `rx.subscribe::<RelayError>()` sees every failure exactly once.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::{Relay, SendError};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("negative input")]
+/// struct Negative;
+///
+/// let (tx, rx) = Relay::channel();
+/// rx.sink::<i32, _, _>(|n| if *n < 0 { Err(Negative) } else { Ok(()) });
+/// match tx.send(-1).await {
+///     Err(SendError::Downstream(e)) => {
+///         assert_eq!(e.to_string(), "sink for i32 failed on message 1: negative input");
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # });
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind} for {type_name} failed on message {msg_id}: {error}")]
+pub struct RelayError {
+    /// The id of the message being processed (see [`Envelope::msg_id`](crate::Envelope::msg_id));
+    /// `0` for a failure not tied to one message (a `within` task).
+    pub msg_id: u64,
+    /// The id of the relay the handler is registered on.
+    pub relay_id: u64,
+    /// What kind of handler failed.
+    pub kind: HandlerKind,
+    /// The message type the handler was registered for (`std::any::type_name`).
+    pub type_name: &'static str,
+    /// The underlying error: the handler's own error, a [`PanicError`], or a
+    /// [`HandlerGone`] / [`QueueFull`] when the handler never processed the message.
+    #[source]
+    pub error: BoxError,
+}
+
+impl RelayError {
+    /// `true` if the handler panicked (the error is a [`PanicError`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{HandlerKind, PanicError, RelayError};
+    /// use std::sync::Arc;
+    /// let e = RelayError {
+    ///     msg_id: 1, relay_id: 1, kind: HandlerKind::Sink, type_name: "i32",
+    ///     error: Arc::new(PanicError { message: "boom".into() }),
+    /// };
+    /// assert!(e.is_panic());
+    /// ```
+    pub fn is_panic(&self) -> bool {
+        self.error.downcast_ref::<PanicError>().is_some()
+    }
+
+    /// The underlying error as a concrete type, if it is one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{HandlerKind, PanicError, RelayError};
+    /// use std::sync::Arc;
+    /// let e = RelayError {
+    ///     msg_id: 1, relay_id: 1, kind: HandlerKind::Tap, type_name: "i32",
+    ///     error: Arc::new(PanicError { message: "boom".into() }),
+    /// };
+    /// assert_eq!(e.downcast_ref::<PanicError>().unwrap().message, "boom");
+    /// ```
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        self.error.downcast_ref::<E>()
+    }
+}
+
+/// A handler panicked; the panic was caught and turned into this error
+/// (under [`PanicMode::CatchAndEmit`](crate::PanicMode::CatchAndEmit), the default).
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::PanicError;
+/// let e = PanicError { message: "unlucky".into() };
+/// assert_eq!(e.to_string(), "handler panicked: unlucky");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("handler panicked: {message}")]
+pub struct PanicError {
+    /// The panic payload, when it was a string; a placeholder otherwise.
+    pub message: String,
+}
+
+impl PanicError {
+    pub(crate) fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "<non-string panic payload>".to_owned()
+        };
+        PanicError { message }
+    }
+}
+
+/// A tracked handler went away (its subscription or task was dropped, or the spawner
+/// never ran its task) before it processed the message.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::HandlerGone;
+/// assert!(HandlerGone.to_string().contains("dropped"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the handler was dropped before it processed the message")]
+pub struct HandlerGone;
+
+/// In [`DeliveryMode::Broadcast`](crate::DeliveryMode::Broadcast), a tracked handler's queue
+/// was full, so the message was dropped for it (and reported as a [`Dropped`](crate::Dropped)
+/// event). The send is told, because the handler did not process the message.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::QueueFull;
+/// assert!(QueueFull.to_string().contains("queue was full"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the handler's queue was full, so the message was dropped for it (broadcast mode)")]
+pub struct QueueFull;
+
+/// Why [`RelaySender::send`](crate::RelaySender::send) failed.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::{Relay, SendError};
+/// let (tx, _rx) = Relay::channel();
+/// tx.close();
+/// assert!(matches!(tx.send(1u8).await, Err(SendError::Closed)));
+/// # });
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The relay is closed: its sender was closed or dropped. Nothing was delivered.
+    #[error("sending on a closed relay")]
+    Closed,
+    /// A tracked handler failed ([`ErrorMode::FirstWins`](crate::ErrorMode::FirstWins)):
+    /// the first failure of this message.
+    #[error("a handler failed: {0}")]
+    Downstream(RelayError),
+    /// One or more tracked handlers failed
+    /// ([`ErrorMode::Aggregate`](crate::ErrorMode::Aggregate)): every failure of this
+    /// message, in the order they happened. Never empty.
+    #[error("{} handler(s) failed; first: {}", .0.len(), .0[0])]
+    Aggregate(Vec<RelayError>),
+    /// [`RelaySender::send_any`](crate::RelaySender::send_any) was given a `TypeId` that
+    /// is not the type of the value. Nothing was delivered.
+    #[error("send_any: the TypeId given does not match the value's type")]
+    TypeMismatch,
+}
+
+impl SendError {
+    /// Every handler error this send carries (empty for `Closed` and `TypeMismatch`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::SendError;
+    /// assert!(SendError::Closed.errors().is_empty());
+    /// ```
+    pub fn errors(&self) -> &[RelayError] {
+        match self {
+            SendError::Downstream(e) => std::slice::from_ref(e),
+            SendError::Aggregate(v) => v,
+            _ => &[],
+        }
+    }
+}
+
+/// Why [`RelayBuilder::build`](crate::RelayBuilder::build) refused to build a relay.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::{BuildError, Relay};
+/// let err = Relay::builder().channel_size(0).build().unwrap_err();
+/// assert_eq!(err, BuildError::ZeroChannelSize);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A channel size of zero would drop (or block) every message.
+    #[error("channel size must be at least 1")]
+    ZeroChannelSize,
+    /// No spawner was given and none could be chosen: no runtime feature applies here.
+    #[error(
+        "no spawner: enable the `smol` or `async-std` feature, build the relay inside a tokio \
+         runtime with the `tokio` feature, or pass one with `Relay::builder().spawner(..)`"
+    )]
+    NoSpawner,
+}

@@ -1,0 +1,101 @@
+//! A typed, heterogeneous, in-process event relay that runs on any async executor.
+//!
+//! One relay carries messages of any `'static + Send + Sync` type. Subscribers ask for a
+//! type and receive only that type. Handlers (`sink`, `tap`) are *tracked*:
+//! `tx.send(msg).await?` returns once they have processed the message, and hands their
+//! errors (and caught panics) back to the sender.
+//!
+//! ```
+//! # futures::executor::block_on(async {
+//! use pipedream_rs::{Relay, SendError};
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("order {0} has no items")]
+//! struct EmptyOrder(u32);
+//!
+//! struct Order { id: u32, items: usize }
+//!
+//! let (tx, rx) = Relay::channel();
+//! let mut log = rx.subscribe::<String>();                 // untracked: only Strings
+//! rx.sink::<Order, _, _>(|o| {                            // tracked: send waits for it
+//!     if o.items == 0 { Err(EmptyOrder(o.id)) } else { Ok(()) }
+//! });
+//!
+//! tx.send(String::from("started")).await?;
+//! tx.send(Order { id: 1, items: 3 }).await?;              // Ok: the sink processed it
+//! let err = tx.send(Order { id: 2, items: 0 }).await.unwrap_err();
+//! assert!(matches!(err, SendError::Downstream(_)));
+//! assert_eq!(log.recv().await.unwrap().as_str(), "started");
+//! # Ok::<(), SendError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # The pieces
+//!
+//! - [`Relay::channel`] / [`Relay::builder`] make a relay: a [`RelaySender`] (owns it;
+//!   dropping it closes the relay) and a [`RelayReceiver`] (`Clone`; subscribe and register
+//!   handlers with it). [`WeakSender`]s send without keeping the relay open.
+//! - [`Subscription<T>`]: untracked, typed; [`EnvelopeSubscription`]: every type;
+//!   [`TrackedSubscription<T>`]: tracked, for driving completion yourself.
+//! - Handlers: [`RelayReceiver::sink`], [`RelayReceiver::tap`] (and `_async` forms),
+//!   [`RelayReceiver::within`] for untracked tasks.
+//! - Observability: [`Dropped`] and [`RelayError`] events, [`RelayReceiver::stats`].
+//! - Runtimes: the [`Spawner`] trait, with [`SmolSpawner`] (feature `smol`, default),
+//!   `TokioSpawner` (feature `tokio`) and `AsyncStdSpawner` (feature `async-std`).
+//!
+//! # Delivery modes
+//!
+//! Each subscriber has its own queue of `channel_size` messages (default 65,536; memory
+//! follows what is queued, not the capacity).
+//!
+//! - [`DeliveryMode::Broadcast`] (default): `send` never waits for queue space. A message
+//!   that does not fit a subscriber's queue is dropped *for that subscriber*, counted, and
+//!   reported as a [`Dropped`] event; if that subscriber is a tracked handler, the send
+//!   fails with [`QueueFull`] (the handler did not process it).
+//! - [`DeliveryMode::Lossless`]: `send` waits for room in every live subscriber's queue, so
+//!   `Ok(())` means every subscriber that existed when `send` was called has it queued.
+//!
+//! In both modes, `Ok(())` also means every tracked handler of the message's type has
+//! processed it without error. The full contract is in `SEMANTICS.md`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod config;
+mod core;
+mod envelope;
+mod error;
+mod events;
+mod handler;
+mod queue;
+mod receiver;
+mod registry;
+mod relay;
+mod sender;
+pub mod spawner;
+mod stats;
+mod subscription;
+mod task;
+mod tracked;
+mod tracker;
+
+pub use crate::config::{DeliveryMode, ErrorMode, PanicMode};
+pub use crate::envelope::Envelope;
+pub use crate::error::{
+    BoxError, BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
+};
+pub use crate::events::Dropped;
+pub use crate::handler::HandlerResult;
+pub use crate::receiver::RelayReceiver;
+pub use crate::relay::{Relay, RelayBuilder, DEFAULT_CHANNEL_SIZE};
+pub use crate::sender::{RelaySender, WeakSender};
+#[cfg(feature = "async-std")]
+pub use crate::spawner::AsyncStdSpawner;
+#[cfg(feature = "smol")]
+pub use crate::spawner::SmolSpawner;
+#[cfg(feature = "tokio")]
+pub use crate::spawner::TokioSpawner;
+pub use crate::spawner::{BoxFuture, Spawner};
+pub use crate::stats::RelayStats;
+pub use crate::subscription::{EnvelopeSubscription, Subscription, TryRecvError};
+pub use crate::task::TaskHandle;
+pub use crate::tracked::{Tracked, TrackedSubscription};

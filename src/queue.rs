@@ -1,0 +1,210 @@
+//! One subscriber's queue: an unbounded `async-channel` with a capacity enforced by a
+//! counter, so memory follows what is queued, never the configured capacity.
+//!
+//! `async_channel::bounded(65_536)` would allocate its whole ring up front; `unbounded`
+//! allocates blocks only as messages arrive. The bound is kept here instead:
+//!
+//! - `len` counts messages queued *plus* slots reserved by senders about to push. A sender
+//!   reserves with a compare-and-swap that never lets `len` exceed `capacity`, pushes, and
+//!   never awaits in between (so a cancelled `send` cannot leak a reservation).
+//! - The receiver decrements `len` for every message it takes and notifies `space`.
+//! - A lossless sender that finds the queue full waits on `space` with the eventcount
+//!   pattern: try, listen, try again, await.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_channel::{Receiver, Sender, TryRecvError};
+use event_listener::Event;
+use futures::Stream;
+
+use crate::envelope::Queued;
+use crate::error::HandlerKind;
+
+/// Accounting shared by a queue's senders (the registry's copies) and its receiver.
+///
+/// Invariant: `len <= capacity` at all times; `len` minus the number of messages in the
+/// channel is the number of reservations in flight (each lives for one synchronous push).
+pub(crate) struct QueueState {
+    /// Queued + reserved. Incremented by senders, decremented by the receiver.
+    len: AtomicUsize,
+    capacity: usize,
+    /// Lossless senders waiting for `len < capacity` (or for the receiver to go away).
+    /// Notified by the receiver for each message taken, and for all on drop.
+    space: Event,
+    /// Messages this subscriber missed because its queue was full.
+    dropped: AtomicU64,
+    /// Registry id of this subscriber.
+    pub(crate) id: u64,
+    /// `Some` for a tracked subscriber: which kind of handler it is.
+    pub(crate) tracked: Option<HandlerKind>,
+}
+
+impl QueueState {
+    fn try_reserve(&self) -> bool {
+        let mut len = self.len.load(Ordering::Relaxed);
+        loop {
+            if len >= self.capacity {
+                return false;
+            }
+            match self
+                .len
+                .compare_exchange_weak(len, len + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => len = now,
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        // One freed slot lets one more waiting sender in; a woken sender that loses the
+        // race listens again, and a dropped notified listener passes its wake-up on.
+        self.space.notify_additional(1);
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a push did not queue the message; the message is handed back.
+pub(crate) enum PushError {
+    /// The queue is at capacity (broadcast mode only).
+    Full(Queued),
+    /// The receiver is gone.
+    Closed(Queued),
+}
+
+/// The sending side, as kept in the registry. Cloning it clones the channel sender.
+#[derive(Clone)]
+pub(crate) struct QueueTx {
+    tx: Sender<Queued>,
+    pub(crate) state: Arc<QueueState>,
+}
+
+impl QueueTx {
+    /// Queue `item` if there is room; never waits.
+    pub(crate) fn try_push(&self, item: Queued) -> Result<(), PushError> {
+        if !self.state.try_reserve() {
+            return Err(PushError::Full(item));
+        }
+        self.tx.try_send(item).map_err(|e| {
+            self.state.release();
+            PushError::Closed(e.into_inner())
+        })
+    }
+
+    /// Queue `item`, waiting for room; `Err` gives it back if the receiver went away.
+    ///
+    /// Cancel safety: a reservation is taken and used in the same poll, so dropping this
+    /// future loses nothing and leaves the count exact.
+    pub(crate) async fn push(&self, item: Queued) -> Result<(), Queued> {
+        loop {
+            if self.tx.is_closed() {
+                return Err(item);
+            }
+            if self.state.try_reserve() {
+                break;
+            }
+            // Eventcount: listen, then re-check, so a slot freed in between is not missed.
+            let listener = self.state.space.listen();
+            if self.tx.is_closed() {
+                return Err(item);
+            }
+            if self.state.try_reserve() {
+                break;
+            }
+            listener.await;
+        }
+        self.tx.try_send(item).map_err(|e| {
+            self.state.release();
+            e.into_inner()
+        })
+    }
+
+    /// More than half full: a broadcast sender should let the consumer run.
+    pub(crate) fn is_crowded(&self) -> bool {
+        self.state.len.load(Ordering::Relaxed) > self.state.capacity / 2
+    }
+}
+
+/// The receiving side, owned by exactly one subscription.
+pub(crate) struct QueueRx {
+    // Boxed because `async_channel::Receiver` is `!Unpin`; this keeps every subscription
+    // `Unpin` (so `.next()` works without pinning) at one allocation per subscriber.
+    rx: Pin<Box<Receiver<Queued>>>,
+    pub(crate) state: Arc<QueueState>,
+}
+
+/// Makes a queue with room for `capacity` messages.
+pub(crate) fn queue(capacity: usize, id: u64, tracked: Option<HandlerKind>) -> (QueueTx, QueueRx) {
+    let (tx, rx) = async_channel::unbounded();
+    let state = Arc::new(QueueState {
+        len: AtomicUsize::new(0),
+        capacity,
+        space: Event::new(),
+        dropped: AtomicU64::new(0),
+        id,
+        tracked,
+    });
+    (
+        QueueTx {
+            tx,
+            state: state.clone(),
+        },
+        QueueRx {
+            rx: Box::pin(rx),
+            state,
+        },
+    )
+}
+
+impl QueueRx {
+    fn taken(&self, item: Queued) -> Queued {
+        self.state.release();
+        item
+    }
+
+    /// The next message, or `None` once the queue is closed and drained.
+    /// Cancel safe: `async_channel`'s `recv` takes a message only when it completes.
+    pub(crate) async fn recv(&self) -> Option<Queued> {
+        let item = self.rx.recv().await.ok()?;
+        Some(self.taken(item))
+    }
+
+    pub(crate) fn try_recv(&self) -> Result<Queued, TryRecvError> {
+        self.rx.try_recv().map(|item| self.taken(item))
+    }
+
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
+        match self.rx.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some(self.taken(item))),
+            other => other,
+        }
+    }
+
+    /// Messages queued now.
+    pub(crate) fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Closes the queue and hands back what it still held, so the owner can fail the
+    /// tracked ones. Senders blocked on `space` are woken and see the queue closed.
+    pub(crate) fn close_and_drain(&self) -> Vec<Queued> {
+        self.rx.close();
+        self.state.space.notify(usize::MAX);
+        let mut left = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            left.push(item);
+        }
+        left
+    }
+}

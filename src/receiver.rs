@@ -1,0 +1,408 @@
+//! [`RelayReceiver`]: the handle for subscribing, registering handlers and watching a relay.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::error::{HandlerKind, SendError};
+use crate::handler::{start_handler, start_within, HandlerResult};
+use crate::stats::RelayStats;
+use crate::subscription::{EnvelopeSubscription, Subscription};
+use crate::task::{TaskHandle, Tasks};
+use crate::tracked::TrackedSubscription;
+
+/// The receiving half of a relay: subscribe, register handlers, observe.
+///
+/// `Clone`, and never keeps the relay open or alive: once the
+/// [`RelaySender`](crate::RelaySender) is gone, subscriptions made from it end (after
+/// draining) and new ones end at once.
+///
+/// Every registration (`subscribe*`, `sink`, `tap`) is complete when the call returns: a
+/// message sent afterwards reaches it, and a tracked one is waited for.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::Relay;
+/// let (tx, rx) = Relay::channel();
+/// let mut texts = rx.subscribe::<String>();
+/// rx.sink::<u32, _, _>(|n| assert!(*n < 10));
+/// tx.send(String::from("a")).await.unwrap();
+/// tx.send(3u32).await.unwrap();
+/// assert_eq!(texts.recv().await.unwrap().as_str(), "a");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct RelayReceiver {
+    pub(crate) core: Weak<Core>,
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    pub(crate) tasks: Arc<Tasks>,
+}
+
+impl RelayReceiver {
+    pub(crate) fn new(core: &Arc<Core>) -> Self {
+        RelayReceiver {
+            core: Arc::downgrade(core),
+            id: core.id,
+            config: core.config.clone(),
+            tasks: core.tasks.clone(),
+        }
+    }
+
+    /// An untracked subscription to messages of type `T` (see [`Subscription`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<i32>();
+    /// tx.send(-4i32).await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), -4);
+    /// # });
+    /// ```
+    pub fn subscribe<T: Any + Send + Sync>(&self) -> Subscription<T> {
+        Subscription::new(&self.core)
+    }
+
+    /// An untracked subscription to every message, as [`Envelope`](crate::Envelope)s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut all = rx.subscribe_all();
+    /// tx.send(1u8).await.unwrap();
+    /// assert_eq!(all.recv().await.unwrap().type_name(), "u8");
+    /// # });
+    /// ```
+    pub fn subscribe_all(&self) -> EnvelopeSubscription {
+        EnvelopeSubscription::new(&self.core)
+    }
+
+    /// A tracked subscription to `T`: every send of a `T` waits until this subscription
+    /// completes the message (advanced; see [`TrackedSubscription`] for the contract).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe_tracked::<u8>();
+    /// let (sent, ()) = futures::join!(tx.send(1u8), async {
+    ///     sub.recv().await.unwrap().complete();
+    /// });
+    /// assert!(sent.is_ok());
+    /// # });
+    /// ```
+    pub fn subscribe_tracked<T: Any + Send + Sync>(&self) -> TrackedSubscription<T> {
+        TrackedSubscription::new(&self.core, HandlerKind::Tracked)
+    }
+
+    /// Registers a tracked, terminal handler for `T`: a sync closure run on the relay's
+    /// spawner, one message at a time, in order.
+    ///
+    /// Every `send` of a `T` waits until `f` has run for it. `f` returns `()` or
+    /// `Result<(), E>`; an `Err` or a panic comes back to the sender as a
+    /// [`RelayError`](crate::RelayError) and is published as a `RelayError` event. The
+    /// handler keeps serving later messages (unless
+    /// [`PanicMode::Propagate`](crate::PanicMode::Propagate)). It lives until the relay closes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let total = Arc::new(AtomicU32::new(0));
+    /// let t = total.clone();
+    /// rx.sink::<u32, _, _>(move |n| { t.fetch_add(*n, Ordering::SeqCst); });
+    /// tx.send(2u32).await.unwrap();
+    /// tx.send(3u32).await.unwrap();
+    /// assert_eq!(total.load(Ordering::SeqCst), 5); // no waiting needed: send is tracked
+    /// # });
+    /// ```
+    pub fn sink<T, F, R>(&self, f: F)
+    where
+        T: Any + Send + Sync,
+        F: Fn(&T) -> R + Send + Sync + 'static,
+        R: HandlerResult,
+    {
+        self.handler(HandlerKind::Sink, f);
+    }
+
+    /// As [`sink`](Self::sink), for an async handler: `f` takes the message and returns a
+    /// future.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::sync::Arc;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.sink_async::<String, _, _>(|s: Arc<String>| async move {
+    ///     if s.is_empty() { Err(std::io::Error::other("empty")) } else { Ok(()) }
+    /// });
+    /// assert!(tx.send(String::new()).await.is_err());
+    /// # });
+    /// ```
+    pub fn sink_async<T, F, Fut>(&self, f: F)
+    where
+        T: Any + Send + Sync,
+        F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        self.handler_async(HandlerKind::Sink, f);
+    }
+
+    /// Registers a tracked pass-through observer for `T` and returns this receiver, for
+    /// chaining. Tracking, errors and panics behave as for [`sink`](Self::sink).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx
+    ///     .tap::<u8, _, _>(|n| println!("saw {n}"))
+    ///     .subscribe::<u8>();
+    /// tx.send(1u8).await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), 1);
+    /// # });
+    /// ```
+    pub fn tap<T, F, R>(&self, f: F) -> RelayReceiver
+    where
+        T: Any + Send + Sync,
+        F: Fn(&T) -> R + Send + Sync + 'static,
+        R: HandlerResult,
+    {
+        self.handler(HandlerKind::Tap, f);
+        self.clone()
+    }
+
+    /// As [`tap`](Self::tap), for an async observer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::sync::Arc;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.tap_async::<u8, _, _>(|n: Arc<u8>| async move { assert_eq!(*n, 1) });
+    /// tx.send(1u8).await.unwrap();
+    /// # });
+    /// ```
+    pub fn tap_async<T, F, Fut>(&self, f: F) -> RelayReceiver
+    where
+        T: Any + Send + Sync,
+        F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        self.handler_async(HandlerKind::Tap, f);
+        self.clone()
+    }
+
+    fn handler<T, F, R>(&self, kind: HandlerKind, f: F)
+    where
+        T: Any + Send + Sync,
+        F: Fn(&T) -> R + Send + Sync + 'static,
+        R: HandlerResult,
+    {
+        start_handler::<T, _, _>(&self.core, &self.config, &self.tasks, kind, move |msg| {
+            futures::future::ready(f(&msg).into_result())
+        });
+    }
+
+    fn handler_async<T, F, Fut>(&self, kind: HandlerKind, f: F)
+    where
+        T: Any + Send + Sync,
+        F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        start_handler::<T, _, _>(&self.core, &self.config, &self.tasks, kind, move |msg| {
+            let fut = f(msg);
+            async move { fut.await.into_result() }
+        });
+    }
+
+    /// Runs `f()` as an untracked task on the relay's spawner. No send waits for it. Its
+    /// `Err` or panic is published as a [`RelayError`](crate::RelayError) event (kind
+    /// `Within`, message id 0) and returned by the [`TaskHandle`], which can be awaited
+    /// from any executor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// let worker = rx.within(move || async move {
+    ///     let mut sum = 0u32;
+    ///     while let Some(n) = sub.recv().await { sum += u32::from(*n); }
+    ///     assert_eq!(sum, 3);
+    /// });
+    /// tx.send(1u8).await.unwrap();
+    /// tx.send(2u8).await.unwrap();
+    /// drop(tx);
+    /// worker.await.unwrap();
+    /// # });
+    /// ```
+    pub fn within<F, Fut>(&self, f: F) -> TaskHandle
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        start_within(&self.core, self.id, &self.config, &self.tasks, f)
+    }
+
+    /// Resolves once the relay is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; it observes only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let closed = rx.closed();
+    /// drop(tx);
+    /// closed.await;
+    /// # });
+    /// ```
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let core = self.core.clone();
+        async move {
+            if let Some(core) = core.upgrade() {
+                core.wait_closed().await;
+            }
+        }
+    }
+
+    /// `true` once the relay is closed (or gone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// assert!(!rx.is_closed());
+    /// drop(tx);
+    /// assert!(rx.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.core.upgrade().is_none_or(|c| c.is_closed())
+    }
+
+    /// The relay's counters now (zeros, but for live tasks, once the relay is gone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// let _s = rx.subscribe::<u8>();
+    /// assert_eq!(rx.stats().subscribers, 1);
+    /// ```
+    pub fn stats(&self) -> RelayStats {
+        match self.core.upgrade() {
+            Some(core) => core.stats(),
+            None => RelayStats {
+                live_tasks: self.tasks.live(),
+                ..RelayStats::default()
+            },
+        }
+    }
+
+    /// Resolves once every task started from this relay so far (handlers, `within`) has
+    /// begun running. Any number of waiters are released together.
+    ///
+    /// Registration does not depend on it: a handler receives every message sent after
+    /// `sink` returned, started or not. Use `ready` when something outside the relay must
+    /// know the tasks are running.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; it observes only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.sink::<u8, _, _>(|_| ());
+    /// rx.ready().await;
+    /// assert_eq!(rx.stats().live_tasks, 1);
+    /// # });
+    /// ```
+    pub fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        let tasks = self.tasks.clone();
+        async move { tasks.ready().await }
+    }
+
+    /// Resolves once at least `n` tracked handlers are registered. Any number of waiters
+    /// are released together.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the relay closes first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; it observes only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// let waiting = rx.wait_for_handlers(1);
+    /// rx.sink::<u8, _, _>(|_| ());
+    /// waiting.await.unwrap();
+    /// # });
+    /// ```
+    pub fn wait_for_handlers(
+        &self,
+        n: usize,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
+        let core = self.core.clone();
+        async move {
+            let core = core.upgrade().ok_or(SendError::Closed)?;
+            if core.wait_for_handlers(n).await {
+                Ok(())
+            } else {
+                Err(SendError::Closed)
+            }
+        }
+    }
+
+    /// The relay's id (as [`RelaySender::id`](crate::RelaySender::id)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// assert_eq!(rx.id(), tx.id());
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl std::fmt::Debug for RelayReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayReceiver")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .finish()
+    }
+}

@@ -1,0 +1,235 @@
+//! [`Relay`], the entry point, and [`RelayBuilder`], its configuration.
+
+use std::sync::Arc;
+
+use crate::config::{Config, DeliveryMode, ErrorMode, PanicMode};
+use crate::core::Core;
+use crate::error::BuildError;
+use crate::receiver::RelayReceiver;
+use crate::sender::RelaySender;
+use crate::spawner::{default_spawner, Spawner};
+
+/// The default per-subscriber queue size: 65,536 messages. Memory follows what is queued,
+/// not this number.
+pub const DEFAULT_CHANNEL_SIZE: usize = 65_536;
+
+/// Creates relays. A relay is a pair: the [`RelaySender`] that owns it and a
+/// [`RelayReceiver`] to subscribe with.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::Relay;
+/// let (tx, rx) = Relay::channel();
+/// let mut sub = rx.subscribe::<&str>();
+/// tx.send("hello").await.unwrap();
+/// assert_eq!(*sub.recv().await.unwrap(), "hello");
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Relay;
+
+impl Relay {
+    /// A relay with the default configuration: queues of [`DEFAULT_CHANNEL_SIZE`],
+    /// [`DeliveryMode::Broadcast`], [`ErrorMode::FirstWins`], [`PanicMode::CatchAndEmit`],
+    /// and the default spawner (see [`spawner`](crate::spawner)).
+    ///
+    /// # Panics
+    ///
+    /// If no spawner can be chosen (no runtime feature applies here). Use
+    /// [`Relay::builder`] with [`RelayBuilder::spawner`] to get an error instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// # drop((tx, rx));
+    /// ```
+    pub fn channel() -> (RelaySender, RelayReceiver) {
+        Self::builder().build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`channel`](Self::channel), with queues of `size` messages per subscriber.
+    ///
+    /// # Panics
+    ///
+    /// If `size` is zero ("channel size must be at least 1"), or as [`channel`](Self::channel).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel_with_size(4096);
+    /// # drop((tx, rx));
+    /// ```
+    pub fn channel_with_size(size: usize) -> (RelaySender, RelayReceiver) {
+        Self::builder()
+            .channel_size(size)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A builder for every setting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{DeliveryMode, ErrorMode, PanicMode, Relay};
+    /// let (tx, rx) = Relay::builder()
+    ///     .channel_size(1024)
+    ///     .delivery_mode(DeliveryMode::Lossless)
+    ///     .error_mode(ErrorMode::Aggregate)
+    ///     .panic_mode(PanicMode::CatchAndEmit)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop((tx, rx));
+    /// ```
+    pub fn builder() -> RelayBuilder {
+        RelayBuilder::default()
+    }
+
+    pub(crate) fn from_config(config: Config) -> (RelaySender, RelayReceiver) {
+        let core = Core::new(config);
+        let rx = RelayReceiver::new(&core);
+        (RelaySender { core }, rx)
+    }
+}
+
+/// Configures and builds a relay. See [`Relay::builder`].
+#[derive(Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct RelayBuilder {
+    channel_size: usize,
+    delivery_mode: DeliveryMode,
+    error_mode: ErrorMode,
+    panic_mode: PanicMode,
+    spawner: Option<Arc<dyn Spawner>>,
+}
+
+impl Default for RelayBuilder {
+    fn default() -> Self {
+        RelayBuilder {
+            channel_size: DEFAULT_CHANNEL_SIZE,
+            delivery_mode: DeliveryMode::default(),
+            error_mode: ErrorMode::default(),
+            panic_mode: PanicMode::default(),
+            spawner: None,
+        }
+    }
+}
+
+impl RelayBuilder {
+    /// Queue size per subscriber, in messages (default [`DEFAULT_CHANNEL_SIZE`]). Zero is
+    /// rejected by [`build`](Self::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let built = pipedream_rs::Relay::builder().channel_size(8).build();
+    /// assert!(built.is_ok());
+    /// ```
+    pub fn channel_size(mut self, size: usize) -> Self {
+        self.channel_size = size;
+        self
+    }
+
+    /// What `send` does when a queue is full (default [`DeliveryMode::Broadcast`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{DeliveryMode, Relay};
+    /// let built = Relay::builder().delivery_mode(DeliveryMode::Lossless).build();
+    /// assert!(built.is_ok());
+    /// ```
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.delivery_mode = mode;
+        self
+    }
+
+    /// How many handler errors a failed send reports (default [`ErrorMode::FirstWins`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{ErrorMode, Relay};
+    /// let built = Relay::builder().error_mode(ErrorMode::Aggregate).build();
+    /// assert!(built.is_ok());
+    /// ```
+    pub fn error_mode(mut self, mode: ErrorMode) -> Self {
+        self.error_mode = mode;
+        self
+    }
+
+    /// What happens when a handler panics (default [`PanicMode::CatchAndEmit`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{PanicMode, Relay};
+    /// let built = Relay::builder().panic_mode(PanicMode::Propagate).build();
+    /// assert!(built.is_ok());
+    /// ```
+    pub fn panic_mode(mut self, mode: PanicMode) -> Self {
+        self.panic_mode = mode;
+        self
+    }
+
+    /// The spawner for this relay's tasks (and its derived relays'). Without it, the
+    /// default rule of the [`spawner`](crate::spawner) module applies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{BoxFuture, Relay};
+    /// let pool = futures::executor::ThreadPool::new().unwrap();
+    /// let built = Relay::builder().spawner(move |t: BoxFuture| pool.spawn_ok(t)).build();
+    /// assert!(built.is_ok());
+    /// ```
+    pub fn spawner<S: Spawner>(mut self, spawner: S) -> Self {
+        self.spawner = Some(Arc::new(spawner));
+        self
+    }
+
+    /// Builds the relay.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroChannelSize`] for a channel size of zero;
+    /// [`BuildError::NoSpawner`] when no spawner was given and none can be chosen.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{BuildError, Relay};
+    /// assert_eq!(Relay::builder().channel_size(0).build().unwrap_err(), BuildError::ZeroChannelSize);
+    /// ```
+    pub fn build(self) -> Result<(RelaySender, RelayReceiver), BuildError> {
+        if self.channel_size == 0 {
+            return Err(BuildError::ZeroChannelSize);
+        }
+        let spawner = match self.spawner {
+            Some(s) => s,
+            None => default_spawner().ok_or(BuildError::NoSpawner)?,
+        };
+        Ok(Relay::from_config(Config {
+            channel_size: self.channel_size,
+            delivery_mode: self.delivery_mode,
+            error_mode: self.error_mode,
+            panic_mode: self.panic_mode,
+            spawner,
+        }))
+    }
+}
+
+impl std::fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("channel_size", &self.channel_size)
+            .field("delivery_mode", &self.delivery_mode)
+            .field("error_mode", &self.error_mode)
+            .field("panic_mode", &self.panic_mode)
+            .field("spawner", &self.spawner.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}

@@ -1,0 +1,306 @@
+//! The sending side of a relay: [`RelaySender`] (owns the relay) and [`WeakSender`].
+
+use std::any::{Any, TypeId};
+use std::sync::{Arc, Weak};
+
+use crate::core::Core;
+use crate::error::SendError;
+
+/// The owning, sending half of a relay.
+///
+/// There is exactly one per relay (it is not `Clone`): dropping it, or calling
+/// [`close`](Self::close), closes the relay. Use [`weak`](Self::weak) for more senders
+/// that do not keep the relay open.
+///
+/// # What `send(..).await` means
+///
+/// - `Ok(())`: the message was handed to every subscriber of its type registered before
+///   the call (in [`DeliveryMode::Lossless`](crate::DeliveryMode::Lossless): queued for each
+///   of them; in `Broadcast`: queued, or dropped-and-reported for each full queue), **and**
+///   every tracked handler (`sink`, `tap`, tracked subscriptions) of that type has processed
+///   it without error.
+/// - `Err(SendError::Downstream(e))` / `Err(SendError::Aggregate(v))`: a tracked handler
+///   failed (returned `Err`, panicked, was dropped, or missed the message on a full queue).
+/// - `Err(SendError::Closed)`: the relay was closed; nothing was delivered.
+///
+/// # Cancel safety
+///
+/// Dropping a `send` future part-way is safe: nothing leaks and later sends are not
+/// blocked. The message may have reached some subscribers and not others; handlers that
+/// got it still process it.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::Relay;
+/// let (tx, rx) = Relay::channel();
+/// let mut numbers = rx.subscribe::<i32>();
+/// tx.send(1i32).await?;
+/// assert_eq!(*numbers.recv().await.unwrap(), 1);
+/// # Ok::<(), pipedream_rs::SendError>(())
+/// # }).unwrap();
+/// ```
+pub struct RelaySender {
+    pub(crate) core: Arc<Core>,
+}
+
+impl RelaySender {
+    /// Sends `value` to every subscriber of its type and waits for the tracked handlers
+    /// (see the type docs for exactly what the result means).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] on a closed relay; [`SendError::Downstream`] or
+    /// [`SendError::Aggregate`] when a tracked handler failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.sink::<String, _, _>(|s| println!("got {s}"));
+    /// tx.send(String::from("hi")).await.unwrap(); // returns after the sink ran
+    /// # });
+    /// ```
+    pub async fn send<T: Any + Send + Sync>(&self, value: T) -> Result<(), SendError> {
+        self.core.send_value(value, None).await
+    }
+
+    /// Sends a type-erased value. `type_id` must be the value's own type id.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::TypeMismatch`] if `type_id` is not the value's type (nothing is sent);
+    /// otherwise as [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::any::{Any, TypeId};
+    /// use std::sync::Arc;
+    /// use pipedream_rs::{Relay, SendError};
+    /// let (tx, rx) = Relay::channel();
+    /// let mut sub = rx.subscribe::<u64>();
+    /// let value: Arc<dyn Any + Send + Sync> = Arc::new(9u64);
+    /// tx.send_any(value.clone(), TypeId::of::<u64>()).await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), 9);
+    /// let wrong = tx.send_any(value, TypeId::of::<u32>()).await;
+    /// assert!(matches!(wrong, Err(SendError::TypeMismatch)));
+    /// # });
+    /// ```
+    pub async fn send_any(
+        &self,
+        value: Arc<dyn Any + Send + Sync>,
+        type_id: TypeId,
+    ) -> Result<(), SendError> {
+        send_any(&self.core, value, type_id).await
+    }
+
+    /// A sender that does not keep the relay open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// let weak = tx.weak();
+    /// weak.send(1u8).await.unwrap();
+    /// drop(tx);
+    /// assert!(weak.send(2u8).await.is_err());
+    /// # });
+    /// ```
+    pub fn weak(&self) -> WeakSender {
+        WeakSender {
+            core: Arc::downgrade(&self.core),
+            id: self.core.id,
+        }
+    }
+
+    /// Closes the relay (as dropping the sender does). Idempotent.
+    ///
+    /// New sends fail with [`SendError::Closed`]; sends already under way finish; every
+    /// subscription drains what was queued, then ends; [`RelayReceiver::closed`] resolves.
+    ///
+    /// [`RelayReceiver::closed`]: crate::RelayReceiver::closed
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// tx.close();
+    /// assert!(tx.is_closed() && rx.is_closed());
+    /// ```
+    pub fn close(&self) {
+        self.core.close();
+    }
+
+    /// `true` once the relay is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// assert!(!tx.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// The number of tracked handlers registered now (all types).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.sink::<u8, _, _>(|_| ());
+    /// assert_eq!(tx.handler_count(), 1);
+    /// ```
+    pub fn handler_count(&self) -> usize {
+        self.core.handler_count()
+    }
+
+    /// This relay's id (unique in the process); envelopes sent here carry it as their
+    /// [`origin`](crate::Envelope::origin).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, _) = pipedream_rs::Relay::channel();
+    /// let (b, _) = pipedream_rs::Relay::channel();
+    /// assert_ne!(a.id(), b.id());
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.core.id
+    }
+}
+
+impl Drop for RelaySender {
+    fn drop(&mut self) {
+        self.core.close();
+    }
+}
+
+impl std::fmt::Debug for RelaySender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelaySender")
+            .field("id", &self.core.id)
+            .field("closed", &self.core.is_closed())
+            .finish()
+    }
+}
+
+/// A sender that never keeps the relay open. `Clone`.
+///
+/// Once the [`RelaySender`] is dropped or closed, every send fails with
+/// [`SendError::Closed`].
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let mut sub = rx.subscribe::<&str>();
+/// let weak = tx.weak();
+/// weak.clone().send("from a weak sender").await.unwrap();
+/// assert_eq!(*sub.recv().await.unwrap(), "from a weak sender");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct WeakSender {
+    core: Weak<Core>,
+    id: u64,
+}
+
+impl WeakSender {
+    /// As [`RelaySender::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RelaySender::send`]; [`SendError::Closed`] once the relay is closed or gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// let weak = tx.weak();
+    /// tx.close();
+    /// assert!(matches!(weak.send(1u8).await, Err(pipedream_rs::SendError::Closed)));
+    /// # });
+    /// ```
+    pub async fn send<T: Any + Send + Sync>(&self, value: T) -> Result<(), SendError> {
+        let core = self.core.upgrade().ok_or(SendError::Closed)?;
+        core.send_value(value, None).await
+    }
+
+    /// As [`RelaySender::send_any`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RelaySender::send_any`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::any::TypeId;
+    /// use std::sync::Arc;
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// tx.weak().send_any(Arc::new(1u8), TypeId::of::<u8>()).await.unwrap();
+    /// # });
+    /// ```
+    pub async fn send_any(
+        &self,
+        value: Arc<dyn Any + Send + Sync>,
+        type_id: TypeId,
+    ) -> Result<(), SendError> {
+        let core = self.core.upgrade().ok_or(SendError::Closed)?;
+        send_any(&core, value, type_id).await
+    }
+
+    /// `true` once the relay is closed (or gone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// let weak = tx.weak();
+    /// drop(tx);
+    /// assert!(weak.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.core.upgrade().is_none_or(|c| c.is_closed())
+    }
+
+    /// The relay's id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// assert_eq!(tx.weak().id(), tx.id());
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl std::fmt::Debug for WeakSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakSender").field("id", &self.id).finish()
+    }
+}
+
+async fn send_any(
+    core: &Core,
+    value: Arc<dyn Any + Send + Sync>,
+    type_id: TypeId,
+) -> Result<(), SendError> {
+    // `(*value).type_id()`, not `value.type_id()`: the latter is the Arc's own type.
+    if (*value).type_id() != type_id {
+        return Err(SendError::TypeMismatch);
+    }
+    core.send(value, type_id, None, None).await
+}

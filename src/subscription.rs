@@ -1,0 +1,409 @@
+//! Untracked subscriptions: [`Subscription<T>`] (one type) and [`EnvelopeSubscription`]
+//! (every type), and the attachment to a relay that every subscription shares.
+//!
+//! # Delivery
+//!
+//! Each subscription has its own queue of `channel_size` messages. What happens when it
+//! is full depends on the relay's [`DeliveryMode`](crate::DeliveryMode):
+//! - `Broadcast` (default): the message is dropped *for this subscription*, counted in
+//!   [`Subscription::dropped`] and the relay's stats, and reported as a
+//!   [`Dropped`](crate::Dropped) event. Other subscribers are not affected.
+//! - `Lossless`: the sender waits until this subscription has room (back-pressure).
+//!
+//! An untracked subscription is never waited for: `send` returns without knowing whether
+//! it has read the message. Use `sink`/`tap` (or `subscribe_tracked`) for that.
+//!
+//! # End of stream
+//!
+//! When the relay closes, a subscription still yields every message queued before the
+//! close, then `None`. A subscription made on a closed relay yields `None` at once.
+
+use std::any::{Any, TypeId};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+
+use crate::core::Core;
+use crate::envelope::{Envelope, Queued};
+use crate::queue::QueueRx;
+
+/// Why [`Subscription::try_recv`] returned no message.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::{Relay, TryRecvError};
+/// let (tx, rx) = Relay::channel();
+/// let mut sub = rx.subscribe::<u8>();
+/// assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Empty);
+/// drop(tx);
+/// assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Closed);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// Nothing is queued now; more may come.
+    #[error("no message is queued")]
+    Empty,
+    /// The relay is closed and everything queued has been received.
+    #[error("the relay is closed and the queue is drained")]
+    Closed,
+}
+
+/// A registered queue and what it needs to leave cleanly.
+///
+/// On drop it unregisters (no later send snapshots it), closes its queue, and fails every
+/// tracked message still queued with [`HandlerGone`](crate::HandlerGone), so no sender
+/// waits for a subscriber that is gone.
+pub(crate) struct Attached {
+    pub(crate) core: Weak<Core>,
+    pub(crate) relay_id: u64,
+    pub(crate) ty: Option<TypeId>,
+    pub(crate) queue: QueueRx,
+}
+
+impl Attached {
+    pub(crate) fn new(
+        core: &Weak<Core>,
+        ty: Option<(TypeId, &'static str)>,
+        tracked: Option<crate::HandlerKind>,
+    ) -> Self {
+        let (queue, relay_id) = match core.upgrade() {
+            Some(c) => (c.register(ty, tracked), c.id),
+            None => {
+                // The relay is gone: a queue whose only sender is already dropped.
+                let (_, rx) = crate::queue::queue(1, 0, tracked);
+                (rx, 0)
+            }
+        };
+        Attached {
+            core: core.clone(),
+            relay_id,
+            ty: ty.map(|(id, _)| id),
+            queue,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.queue.state.id
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let core = self.core.upgrade();
+        if let Some(core) = &core {
+            core.unregister(self.ty, self.queue.state.id);
+        }
+        let left = self.queue.close_and_drain();
+        if let Some(core) = core {
+            for item in left {
+                core.fail_gone(item, self.queue.state.tracked);
+            }
+        }
+        // With the relay gone, nobody can be waiting: in-flight sends hold it alive.
+    }
+}
+
+fn downcast<T: Any + Send + Sync>(item: Queued) -> Option<Arc<T>> {
+    // Routing by TypeId guarantees the type; `send_any` checks it before sending.
+    item.envelope.value.downcast::<T>().ok()
+}
+
+/// An untracked subscription to messages of type `T`.
+///
+/// Made by [`RelayReceiver::subscribe`](crate::RelayReceiver::subscribe). Receives every
+/// `T` sent after it was made (subject to the delivery mode, see the module docs), as an
+/// `Arc<T>` shared with the other subscribers. Also a [`Stream`].
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use futures::StreamExt;
+/// use pipedream_rs::Relay;
+///
+/// let (tx, rx) = Relay::channel();
+/// let mut words = rx.subscribe::<String>();
+/// tx.send(String::from("hello")).await.unwrap();
+/// tx.send(42i32).await.unwrap(); // not a String: never reaches `words`
+/// drop(tx);
+/// assert_eq!(words.next().await.as_deref().map(String::as_str), Some("hello"));
+/// assert_eq!(words.next().await, None);
+/// # });
+/// ```
+pub struct Subscription<T> {
+    attached: Attached,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Any + Send + Sync> Subscription<T> {
+    pub(crate) fn new(core: &Weak<Core>) -> Self {
+        Subscription {
+            attached: Attached::new(
+                core,
+                Some((TypeId::of::<T>(), std::any::type_name::<T>())),
+                None,
+            ),
+            _type: PhantomData,
+        }
+    }
+
+    /// The next message, or `None` once the relay is closed and this queue is drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes, no message is lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// tx.send(7u8).await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), 7);
+    /// # });
+    /// ```
+    pub async fn recv(&mut self) -> Option<Arc<T>> {
+        loop {
+            let item = self.attached.queue.recv().await?;
+            if let Some(value) = downcast(item) {
+                return Some(value);
+            }
+        }
+    }
+
+    /// The next message if one is queued now.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] if nothing is queued, [`TryRecvError::Closed`] if the relay
+    /// is closed and everything was received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// tx.send(7u8).await.unwrap();
+    /// assert_eq!(*sub.try_recv().unwrap(), 7);
+    /// assert!(sub.try_recv().is_err());
+    /// # });
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Arc<T>, TryRecvError> {
+        loop {
+            let item = self.attached.queue.try_recv().map_err(map_try)?;
+            if let Some(value) = downcast(item) {
+                return Ok(value);
+            }
+        }
+    }
+
+    /// This subscriber's id within its relay (as in [`Dropped::subscriber_id`](crate::Dropped)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// let (a, b) = (rx.subscribe::<u8>(), rx.subscribe::<u8>());
+    /// assert_ne!(a.id(), b.id());
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.attached.id()
+    }
+
+    /// How many messages this subscription missed because its queue was full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel_with_size(1);
+    /// let sub = rx.subscribe::<u8>();
+    /// tx.send(1u8).await.unwrap();
+    /// tx.send(2u8).await.unwrap();
+    /// assert_eq!(sub.dropped(), 1);
+    /// # });
+    /// ```
+    pub fn dropped(&self) -> u64 {
+        self.attached.queue.state.dropped()
+    }
+
+    /// Messages queued for this subscription now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let sub = rx.subscribe::<u8>();
+    /// tx.send(1u8).await.unwrap();
+    /// assert_eq!(sub.len(), 1);
+    /// # });
+    /// ```
+    pub fn len(&self) -> usize {
+        self.attached.queue.len()
+    }
+
+    /// `true` when nothing is queued for this subscription now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// assert!(rx.subscribe::<u8>().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Any + Send + Sync> Stream for Subscription<T> {
+    type Item = Arc<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<T>>> {
+        loop {
+            match self.attached.queue.poll_recv(cx) {
+                Poll::Ready(Some(item)) => {
+                    if let Some(value) = downcast(item) {
+                        return Poll::Ready(Some(value));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("type", &std::any::type_name::<T>())
+            .field("id", &self.attached.id())
+            .finish()
+    }
+}
+
+/// An untracked subscription to every message, whatever its type, as [`Envelope`]s.
+///
+/// Made by [`RelayReceiver::subscribe_all`](crate::RelayReceiver::subscribe_all).
+/// Internal events (`Dropped`, `RelayError`) are messages too, so it sees them as well.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let mut all = rx.subscribe_all();
+/// tx.send(1u8).await.unwrap();
+/// tx.send("two").await.unwrap();
+/// assert!(all.recv().await.unwrap().is::<u8>());
+/// assert!(all.recv().await.unwrap().is::<&str>());
+/// # });
+/// ```
+pub struct EnvelopeSubscription {
+    attached: Attached,
+}
+
+impl EnvelopeSubscription {
+    pub(crate) fn new(core: &Weak<Core>) -> Self {
+        EnvelopeSubscription {
+            attached: Attached::new(core, None, None),
+        }
+    }
+
+    /// The next message, or `None` once the relay is closed and this queue is drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes, no message is lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut all = rx.subscribe_all();
+    /// tx.send(1u8).await.unwrap();
+    /// assert_eq!(all.recv().await.unwrap().msg_id(), 1);
+    /// # });
+    /// ```
+    pub async fn recv(&mut self) -> Option<Envelope> {
+        Some(self.attached.queue.recv().await?.envelope)
+    }
+
+    /// The next message if one is queued now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscription::try_recv`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// assert!(rx.subscribe_all().try_recv().is_err());
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Envelope, TryRecvError> {
+        self.attached
+            .queue
+            .try_recv()
+            .map(|item| item.envelope)
+            .map_err(map_try)
+    }
+
+    /// This subscriber's id within its relay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// assert!(rx.subscribe_all().id() > 0);
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.attached.id()
+    }
+
+    /// How many messages this subscription missed because its queue was full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// assert_eq!(rx.subscribe_all().dropped(), 0);
+    /// ```
+    pub fn dropped(&self) -> u64 {
+        self.attached.queue.state.dropped()
+    }
+}
+
+impl Stream for EnvelopeSubscription {
+    type Item = Envelope;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+        self.attached
+            .queue
+            .poll_recv(cx)
+            .map(|item| item.map(|i| i.envelope))
+    }
+}
+
+impl std::fmt::Debug for EnvelopeSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvelopeSubscription")
+            .field("id", &self.attached.id())
+            .finish()
+    }
+}
+
+pub(crate) fn map_try(e: async_channel::TryRecvError) -> TryRecvError {
+    match e {
+        async_channel::TryRecvError::Empty => TryRecvError::Empty,
+        async_channel::TryRecvError::Closed => TryRecvError::Closed,
+    }
+}

@@ -1,0 +1,156 @@
+//! [`Tracker`]: how a `send` learns that every tracked handler has processed its message.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use event_listener::Event;
+
+use crate::config::ErrorMode;
+use crate::error::{RelayError, SendError};
+
+/// Completion state of one tracked message.
+///
+/// Invariants:
+/// - `remaining` starts at the number of tracked handlers in the send's snapshot and is
+///   decremented exactly once per handler (by the handler, by its drop guard, or by the
+///   sender when the message could not be queued for it). It reaches zero exactly once.
+/// - `errors` only grows, and only before the decrement that records the failure, so a
+///   sender that sees `remaining == 0` sees every error.
+///
+/// Who waits: the sending task, on `done`, with the eventcount pattern (check, listen,
+/// re-check, await). The 0.1 tracker checked, then listened: a completion landing between
+/// the two was lost and the send hung. Here the listener exists before the re-check.
+pub(crate) struct Tracker {
+    /// Handlers that still owe a completion. Written by handlers; read by the sender.
+    remaining: AtomicUsize,
+    /// Notified (all listeners) when `remaining` reaches zero.
+    done: Event,
+    /// Failures so far; in `FirstWins` mode only the first is kept.
+    errors: Mutex<Vec<RelayError>>,
+    mode: ErrorMode,
+}
+
+impl Tracker {
+    pub(crate) fn new(expected: usize, mode: ErrorMode) -> Self {
+        Tracker {
+            remaining: AtomicUsize::new(expected),
+            done: Event::new(),
+            errors: Mutex::new(Vec::new()),
+            mode,
+        }
+    }
+
+    /// One handler finished this message successfully.
+    pub(crate) fn complete(&self) {
+        // AcqRel: the sender's Acquire load of zero must see every error pushed before.
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify(usize::MAX);
+        }
+    }
+
+    /// One handler failed this message.
+    pub(crate) fn fail(&self, error: RelayError) {
+        {
+            let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+            if errors.is_empty() || self.mode == ErrorMode::Aggregate {
+                errors.push(error);
+            }
+        }
+        self.complete();
+    }
+
+    fn is_done(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until every handler has completed, then gives the verdict.
+    pub(crate) async fn wait(&self) -> Result<(), SendError> {
+        loop {
+            if self.is_done() {
+                break;
+            }
+            // Listen before the re-check: a completion between the two is not lost.
+            let listener = self.done.listen();
+            if self.is_done() {
+                break;
+            }
+            listener.await;
+        }
+        self.verdict()
+    }
+
+    fn verdict(&self) -> Result<(), SendError> {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.is_empty() {
+            return Ok(());
+        }
+        Err(match self.mode {
+            ErrorMode::FirstWins => SendError::Downstream(errors.swap_remove(0)),
+            ErrorMode::Aggregate => SendError::Aggregate(std::mem::take(&mut *errors)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{HandlerKind, PanicError};
+    use std::sync::Arc;
+
+    fn err(n: u64) -> RelayError {
+        RelayError {
+            msg_id: n,
+            relay_id: 0,
+            kind: HandlerKind::Sink,
+            type_name: "t",
+            error: Arc::new(PanicError {
+                message: n.to_string(),
+            }),
+        }
+    }
+
+    #[test]
+    fn completes_once_all_handlers_report() {
+        let t = Arc::new(Tracker::new(2, ErrorMode::FirstWins));
+        t.complete();
+        assert!(!t.is_done());
+        t.complete();
+        assert!(futures::executor::block_on(t.wait()).is_ok());
+    }
+
+    #[test]
+    fn first_wins_keeps_the_first_error() {
+        let t = Tracker::new(2, ErrorMode::FirstWins);
+        t.fail(err(1));
+        t.fail(err(2));
+        match futures::executor::block_on(t.wait()) {
+            Err(SendError::Downstream(e)) => assert_eq!(e.msg_id, 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn aggregate_keeps_every_error() {
+        let t = Tracker::new(3, ErrorMode::Aggregate);
+        t.fail(err(1));
+        t.complete();
+        t.fail(err(2));
+        match futures::executor::block_on(t.wait()) {
+            Err(SendError::Aggregate(v)) => {
+                assert_eq!(v.iter().map(|e| e.msg_id).collect::<Vec<_>>(), [1, 2])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn completion_from_another_thread_wakes_the_waiter() {
+        for _ in 0..if cfg!(miri) { 20 } else { 2_000 } {
+            let t = Arc::new(Tracker::new(1, ErrorMode::FirstWins));
+            let t2 = t.clone();
+            let h = std::thread::spawn(move || t2.complete());
+            assert!(futures::executor::block_on(t.wait()).is_ok());
+            h.join().unwrap();
+        }
+    }
+}
