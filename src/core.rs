@@ -205,18 +205,39 @@ impl Core {
             TypeId::of::<T>(),
             Some(std::any::type_name::<T>()),
             origin,
+            true,
+        )
+        .await
+    }
+
+    /// Sends a message received elsewhere (a parent or a forwarding source) into this
+    /// relay: same value, type and origin, a new message id here. With `wait == false`
+    /// nobody waits for this relay's tracked handlers (they still process it).
+    pub(crate) async fn forward_envelope(
+        &self,
+        envelope: &Envelope,
+        wait: bool,
+    ) -> Result<(), SendError> {
+        self.send(
+            envelope.value.clone(),
+            envelope.type_id,
+            Some(envelope.type_name),
+            Some(envelope.origin),
+            wait,
         )
         .await
     }
 
     /// The send path (see the module docs). `origin` is the relay the message entered
-    /// first, when it is being forwarded; `None` means this relay.
+    /// first, when it is being forwarded; `None` means this relay. `wait` decides whether
+    /// this send is tracked (waits for the tracked handlers in its snapshot).
     pub(crate) async fn send(
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
         type_name: Option<&'static str>,
         origin: Option<u64>,
+        wait: bool,
     ) -> Result<(), SendError> {
         let (targets, type_name) = {
             let mut registry = self.registry();
@@ -237,7 +258,7 @@ impl Core {
         if targets.slots.is_empty() {
             return Ok(());
         }
-        let tracker = (targets.tracked > 0)
+        let tracker = (wait && targets.tracked > 0)
             .then(|| Arc::new(Tracker::new(targets.tracked, self.config.error_mode)));
 
         let mut delivered = 0u64;
@@ -374,7 +395,7 @@ impl Core {
     }
 }
 
-fn is_internal_event(type_id: TypeId) -> bool {
+pub(crate) fn is_internal_event(type_id: TypeId) -> bool {
     type_id == TypeId::of::<Dropped>() || type_id == TypeId::of::<RelayError>()
 }
 

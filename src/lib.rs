@@ -65,6 +65,8 @@ mod core;
 mod envelope;
 mod error;
 mod events;
+mod forward;
+mod forwarder;
 mod handler;
 mod queue;
 mod receiver;
@@ -77,13 +79,16 @@ mod subscription;
 mod task;
 mod tracked;
 mod tracker;
+mod transform;
 
+pub(crate) use crate::config::Config;
 pub use crate::config::{DeliveryMode, ErrorMode, PanicMode};
 pub use crate::envelope::Envelope;
 pub use crate::error::{
     BoxError, BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
 };
 pub use crate::events::Dropped;
+pub use crate::forward::ForwardTarget;
 pub use crate::handler::HandlerResult;
 pub use crate::receiver::RelayReceiver;
 pub use crate::relay::{Relay, RelayBuilder, DEFAULT_CHANNEL_SIZE};
@@ -99,3 +104,4 @@ pub use crate::stats::RelayStats;
 pub use crate::subscription::{EnvelopeSubscription, Subscription, TryRecvError};
 pub use crate::task::TaskHandle;
 pub use crate::tracked::{Tracked, TrackedSubscription};
+pub use crate::transform::BatchError;

@@ -287,6 +287,12 @@ impl WeakSender {
     }
 }
 
+impl WeakSender {
+    pub(crate) fn upgrade_core(&self) -> Option<Arc<Core>> {
+        self.core.upgrade()
+    }
+}
+
 impl std::fmt::Debug for WeakSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeakSender").field("id", &self.id).finish()
@@ -302,5 +308,5 @@ async fn send_any(
     if (*value).type_id() != type_id {
         return Err(SendError::TypeMismatch);
     }
-    core.send(value, type_id, None, None).await
+    core.send(value, type_id, None, None, true).await
 }

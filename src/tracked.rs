@@ -21,10 +21,149 @@ use std::ops::Deref;
 use std::sync::{Arc, Weak};
 
 use crate::core::Core;
-use crate::envelope::Envelope;
-use crate::error::{BoxError, HandlerKind, RelayError};
+use crate::envelope::{Envelope, Queued};
+use crate::error::{BoxError, HandlerGone, HandlerKind, RelayError, SendError};
 use crate::subscription::{map_try, Attached, TryRecvError};
 use crate::tracker::Tracker;
+
+/// The receiving end every handler and forwarder is built on: a registered queue (typed
+/// or wildcard, tracked or not) that hands out [`Completion`]s.
+pub(crate) struct Inbox {
+    attached: Attached,
+    kind: HandlerKind,
+}
+
+impl Inbox {
+    /// Registers now. `ty: None` receives every type; `tracked` decides whether sends wait.
+    pub(crate) fn new(
+        core: &Weak<Core>,
+        ty: Option<(TypeId, &'static str)>,
+        kind: HandlerKind,
+        tracked: bool,
+    ) -> Self {
+        Inbox {
+            attached: Attached::new(core, ty, tracked.then_some(kind)),
+            kind,
+        }
+    }
+
+    pub(crate) fn typed<T: Any>(core: &Weak<Core>, kind: HandlerKind, tracked: bool) -> Self {
+        Self::new(
+            core,
+            Some((TypeId::of::<T>(), std::any::type_name::<T>())),
+            kind,
+            tracked,
+        )
+    }
+
+    pub(crate) async fn recv(&self) -> Option<Completion> {
+        Some(self.wrap(self.attached.queue.recv().await?))
+    }
+
+    fn try_recv(&self) -> Result<Completion, TryRecvError> {
+        self.attached
+            .queue
+            .try_recv()
+            .map(|i| self.wrap(i))
+            .map_err(map_try)
+    }
+
+    fn wrap(&self, item: Queued) -> Completion {
+        Completion {
+            envelope: item.envelope,
+            tracker: item.tracker,
+            core: self.attached.core.clone(),
+            relay_id: self.attached.relay_id,
+            kind: self.kind,
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.attached.id()
+    }
+
+    pub(crate) fn is_wildcard(&self) -> bool {
+        self.attached.ty.is_none()
+    }
+}
+
+/// One received message that its handler must settle exactly once.
+///
+/// Invariant: the tracker (if any) is taken by the first of `complete`, `fail*` or `Drop`,
+/// so it is completed exactly once; `Drop` without settling fails it with [`HandlerGone`].
+pub(crate) struct Completion {
+    pub(crate) envelope: Envelope,
+    tracker: Option<Arc<Tracker>>,
+    core: Weak<Core>,
+    relay_id: u64,
+    kind: HandlerKind,
+}
+
+impl Completion {
+    pub(crate) fn is_tracked(&self) -> bool {
+        self.tracker.is_some()
+    }
+
+    pub(crate) fn complete(mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.complete();
+        }
+    }
+
+    /// This handler failed: the dual path (back to the sender, and a `RelayError` event
+    /// on this handler's relay).
+    pub(crate) fn fail(mut self, error: BoxError) {
+        self.report_failure(error);
+    }
+
+    /// Settles with the outcome of passing the message on to a child relay: the child's
+    /// handler errors go back to this message's sender as they are (they were already
+    /// published on the child relay, where those handlers live).
+    pub(crate) fn settle_forwarded(mut self, outcome: Result<(), SendError>) {
+        let errors = match outcome {
+            Ok(()) => return self.complete(),
+            Err(SendError::Downstream(e)) => vec![e],
+            Err(SendError::Aggregate(v)) => v,
+            Err(_) => return self.report_failure(Arc::new(HandlerGone)),
+        };
+        if let Some(tracker) = self.tracker.take() {
+            tracker.fail_many(errors);
+        }
+    }
+
+    pub(crate) fn relay_error(&self, error: BoxError) -> RelayError {
+        RelayError {
+            msg_id: self.envelope.msg_id,
+            relay_id: self.relay_id,
+            kind: self.kind,
+            type_name: self.envelope.type_name,
+            error,
+        }
+    }
+
+    fn report_failure(&mut self, error: BoxError) {
+        let tracker = self.tracker.take();
+        let relay_error = self.relay_error(error);
+        match self.core.upgrade() {
+            Some(core) => core.report(tracker.as_deref(), relay_error),
+            // Nobody is waiting if the relay is gone (in-flight sends keep it alive), but
+            // complete the tracker anyway so the invariant holds.
+            None => {
+                if let Some(tracker) = tracker {
+                    tracker.fail(relay_error);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if self.tracker.is_some() {
+            self.report_failure(Arc::new(HandlerGone));
+        }
+    }
+}
 
 /// A tracked subscription to messages of type `T`.
 ///
@@ -49,20 +188,14 @@ use crate::tracker::Tracker;
 /// # });
 /// ```
 pub struct TrackedSubscription<T> {
-    attached: Attached,
-    kind: HandlerKind,
+    inbox: Inbox,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T: Any + Send + Sync> TrackedSubscription<T> {
     pub(crate) fn new(core: &Weak<Core>, kind: HandlerKind) -> Self {
         TrackedSubscription {
-            attached: Attached::new(
-                core,
-                Some((TypeId::of::<T>(), std::any::type_name::<T>())),
-                Some(kind),
-            ),
-            kind,
+            inbox: Inbox::typed::<T>(core, kind, true),
             _type: PhantomData,
         }
     }
@@ -85,8 +218,7 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
     /// ```
     pub async fn recv(&mut self) -> Option<Tracked<T>> {
         loop {
-            let item = self.attached.queue.recv().await?;
-            if let Some(msg) = self.wrap(item) {
+            if let Some(msg) = Tracked::new(self.inbox.recv().await?) {
                 return Some(msg);
             }
         }
@@ -106,23 +238,10 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
     /// ```
     pub fn try_recv(&mut self) -> Result<Tracked<T>, TryRecvError> {
         loop {
-            let item = self.attached.queue.try_recv().map_err(map_try)?;
-            if let Some(msg) = self.wrap(item) {
+            if let Some(msg) = Tracked::new(self.inbox.try_recv()?) {
                 return Ok(msg);
             }
         }
-    }
-
-    fn wrap(&self, item: crate::envelope::Queued) -> Option<Tracked<T>> {
-        let value = item.envelope.value.clone().downcast::<T>().ok()?;
-        Some(Tracked {
-            value,
-            envelope: item.envelope,
-            tracker: item.tracker,
-            core: self.attached.core.clone(),
-            relay_id: self.attached.relay_id,
-            kind: self.kind,
-        })
     }
 
     /// This subscriber's id within its relay.
@@ -134,7 +253,7 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
     /// assert!(rx.subscribe_tracked::<u8>().id() > 0);
     /// ```
     pub fn id(&self) -> u64 {
-        self.attached.id()
+        self.inbox.id()
     }
 }
 
@@ -142,7 +261,7 @@ impl<T> std::fmt::Debug for TrackedSubscription<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrackedSubscription")
             .field("type", &std::any::type_name::<T>())
-            .field("id", &self.attached.id())
+            .field("id", &self.inbox.id())
             .finish()
     }
 }
@@ -171,11 +290,15 @@ impl<T> std::fmt::Debug for TrackedSubscription<T> {
 /// ```
 pub struct Tracked<T> {
     value: Arc<T>,
-    envelope: Envelope,
-    tracker: Option<Arc<Tracker>>,
-    core: Weak<Core>,
-    relay_id: u64,
-    kind: HandlerKind,
+    completion: Completion,
+}
+
+impl<T: Any + Send + Sync> Tracked<T> {
+    /// `None` only if the value is not a `T`, which routing by `TypeId` rules out.
+    pub(crate) fn new(completion: Completion) -> Option<Self> {
+        let value = completion.envelope.value.clone().downcast::<T>().ok()?;
+        Some(Tracked { value, completion })
+    }
 }
 
 impl<T> Tracked<T> {
@@ -214,7 +337,7 @@ impl<T> Tracked<T> {
     /// # });
     /// ```
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        &self.completion.envelope
     }
 
     /// `true` if a sender is waiting for this message.
@@ -233,7 +356,7 @@ impl<T> Tracked<T> {
     /// # });
     /// ```
     pub fn is_tracked(&self) -> bool {
-        self.tracker.is_some()
+        self.completion.is_tracked()
     }
 
     /// The message was processed successfully.
@@ -241,10 +364,8 @@ impl<T> Tracked<T> {
     /// # Examples
     ///
     /// See [`TrackedSubscription`].
-    pub fn complete(mut self) {
-        if let Some(tracker) = self.tracker.take() {
-            tracker.complete();
-        }
+    pub fn complete(self) {
+        self.completion.complete();
     }
 
     /// The message failed: `error` reaches the sender and is published as a
@@ -266,34 +387,12 @@ impl<T> Tracked<T> {
     /// assert!(matches!(sent, Err(SendError::Downstream(_))));
     /// # });
     /// ```
-    pub fn fail<E: StdError + Send + Sync + 'static>(mut self, error: E) {
-        self.report_failure(Arc::new(error));
+    pub fn fail<E: StdError + Send + Sync + 'static>(self, error: E) {
+        self.completion.fail(Arc::new(error));
     }
 
-    pub(crate) fn fail_with(mut self, error: BoxError) {
-        self.report_failure(error);
-    }
-
-    /// The dual path for this message; leaves no tracker behind, so `Drop` does nothing more.
-    fn report_failure(&mut self, error: BoxError) {
-        let tracker = self.tracker.take();
-        let relay_error = RelayError {
-            msg_id: self.envelope.msg_id,
-            relay_id: self.relay_id,
-            kind: self.kind,
-            type_name: self.envelope.type_name,
-            error,
-        };
-        match self.core.upgrade() {
-            Some(core) => core.report(tracker.as_deref(), relay_error),
-            // Nobody is waiting if the relay is gone (in-flight sends keep it alive), but
-            // complete the tracker anyway so the invariant holds.
-            None => {
-                if let Some(tracker) = tracker {
-                    tracker.fail(relay_error);
-                }
-            }
-        }
+    pub(crate) fn fail_with(self, error: BoxError) {
+        self.completion.fail(error);
     }
 }
 
@@ -304,20 +403,12 @@ impl<T> Deref for Tracked<T> {
     }
 }
 
-impl<T> Drop for Tracked<T> {
-    fn drop(&mut self) {
-        if self.tracker.is_some() {
-            self.report_failure(Arc::new(crate::error::HandlerGone));
-        }
-    }
-}
-
 impl<T: std::fmt::Debug> std::fmt::Debug for Tracked<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracked")
             .field("value", &self.value)
-            .field("msg_id", &self.envelope.msg_id)
-            .field("tracked", &self.tracker.is_some())
+            .field("msg_id", &self.completion.envelope.msg_id)
+            .field("tracked", &self.completion.is_tracked())
             .finish()
     }
 }

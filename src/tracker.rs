@@ -50,10 +50,18 @@ impl Tracker {
 
     /// One handler failed this message.
     pub(crate) fn fail(&self, error: RelayError) {
+        self.fail_many([error]);
+    }
+
+    /// One handler failed this message with several errors (a forwarder passing on its
+    /// child relay's failures): still one completion.
+    pub(crate) fn fail_many(&self, new: impl IntoIterator<Item = RelayError>) {
         {
             let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-            if errors.is_empty() || self.mode == ErrorMode::Aggregate {
-                errors.push(error);
+            for error in new {
+                if errors.is_empty() || self.mode == ErrorMode::Aggregate {
+                    errors.push(error);
+                }
             }
         }
         self.complete();

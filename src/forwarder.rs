@@ -1,0 +1,67 @@
+//! Forwarders: the tasks behind derived relays and connections.
+//!
+//! A forwarder reads from an [`Inbox`] on its source relay and sends into a target relay.
+//! Every derived relay (`filter`, `map`, `batch`, `split`, …) is a new relay, with the
+//! parent's configuration, whose only sender is held by its forwarder task:
+//!
+//! - the child closes when the forwarder ends, which is when the parent has closed *and*
+//!   the forwarder has drained what was queued for it (cascade close);
+//! - a forwarder that panics (in a user predicate, mapping or `Clone`) reports a
+//!   [`RelayError`](crate::RelayError) of kind `Forwarder` on the parent, fails the message
+//!   it was handling (if tracked), and ends, which closes the child — nobody hangs.
+//!   Messages still queued for it are failed with [`HandlerGone`](crate::HandlerGone).
+//!
+//! Tracked forwarders (`filter`, `only`, `exclude`, `split`) settle each parent message
+//! with the outcome of passing it on: at once for a message they do not forward; for one
+//! they forward, when the child's tracked handlers are done, with their errors.
+//! Untracked forwarders (`map`, `filter_map`, `batch`, `forward`, `merge`) are tracking
+//! boundaries: the parent's sends do not wait for them.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::config::{Config, PanicMode};
+use crate::error::{BoxError, PanicError};
+use crate::receiver::RelayReceiver;
+use crate::relay::Relay;
+use crate::sender::RelaySender;
+use crate::tracked::Completion;
+
+/// Runs user code for a forwarder, catching a panic.
+pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {
+    catch_unwind(AssertUnwindSafe(f))
+}
+
+/// A forwarder's user code panicked while it held `msg`: report it on the parent (and to
+/// the message's sender, if tracked), then re-raise under `PanicMode::Propagate`.
+/// The caller ends the forwarder afterwards, which closes the child.
+pub(crate) fn forwarder_panicked(msg: Completion, payload: Box<dyn Any + Send>, mode: PanicMode) {
+    msg.fail(Arc::new(PanicError::from_payload(&*payload)) as BoxError);
+    if mode == PanicMode::Propagate {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+impl RelayReceiver {
+    /// A new relay with this one's configuration. If this relay is already closed, the
+    /// child is returned closed (and `None`: no forwarder is needed).
+    pub(crate) fn child(&self) -> (Option<RelaySender>, RelayReceiver) {
+        let (tx, rx) = Relay::from_config(self.config.clone());
+        if self.is_closed() {
+            tx.close();
+            return (None, rx);
+        }
+        (Some(tx), rx)
+    }
+
+    /// Starts a forwarder task on this relay's spawner (counted in its `live_tasks`).
+    pub(crate) fn spawn_forwarder(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(&*self.config.spawner, task);
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+}

@@ -1,0 +1,402 @@
+//! Derived relays: `filter`, `only`, `exclude`, `split` (tracked: the parent's send waits
+//! for the decision and, for a forwarded message, for the child's tracked handlers) and
+//! `map`, `filter_map`, `batch` (tracking boundaries: the parent's send does not wait).
+//!
+//! Each returns the child's [`RelayReceiver`]. The child has the parent's configuration
+//! (queue size, delivery mode, error and panic modes, spawner), closes after the parent
+//! closes and its forwarder drains, and is returned already closed when the parent is.
+//! A forwarder that panics reports it, fails what it held, and closes its child.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+use crate::core::is_internal_event;
+use crate::error::HandlerKind;
+use crate::forwarder::{forwarder_panicked, guarded};
+use crate::receiver::RelayReceiver;
+use crate::sender::RelaySender;
+use crate::tracked::{Completion, Inbox};
+
+/// Why [`RelayReceiver::batch`] refused a batch size.
+///
+/// # Examples
+///
+/// ```
+/// let (_tx, rx) = pipedream_rs::Relay::channel();
+/// let err = rx.batch::<u8>(0).unwrap_err();
+/// assert_eq!(err.to_string(), "batch size must be at least 1");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// A batch of zero messages would never be emitted.
+    #[error("batch size must be at least 1")]
+    ZeroSize,
+}
+
+impl RelayReceiver {
+    /// A child relay with the `T` messages for which `pred` returns `true` (and nothing
+    /// else).
+    ///
+    /// Tracked: the parent's `send` of a `T` waits for `pred`, and for a forwarded message
+    /// also for the child's tracked handlers, whose errors it returns. A `T` that does not
+    /// pass completes at once. A panic in `pred` fails that send and closes the child.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let big = rx.filter::<i32, _>(|n| *n > 5);
+    /// let mut sub = big.subscribe::<i32>();
+    /// for n in [3, 7, 1, 9] { tx.send(n).await.unwrap(); }
+    /// drop(tx);
+    /// assert_eq!(*sub.recv().await.unwrap(), 7);
+    /// assert_eq!(*sub.recv().await.unwrap(), 9);
+    /// assert!(sub.recv().await.is_none());
+    /// # });
+    /// ```
+    pub fn filter<T, F>(&self, pred: F) -> RelayReceiver
+    where
+        T: Any + Send + Sync,
+        F: Fn(&T) -> bool + Send + Sync + 'static,
+    {
+        self.tracked_forwarder(
+            Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, true),
+            move |env| {
+                let value = env.value.downcast_ref::<T>().expect("routed by TypeId");
+                if pred(value) {
+                    Some(0)
+                } else {
+                    None
+                }
+            },
+        )
+    }
+
+    /// A child relay with only the `T` messages. Tracked, like [`filter`](Self::filter).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut all = rx.only::<u8>().subscribe_all();
+    /// tx.send(1u8).await.unwrap();
+    /// tx.send("not a u8").await.unwrap();
+    /// drop(tx);
+    /// assert!(all.recv().await.unwrap().is::<u8>());
+    /// assert!(all.recv().await.is_none());
+    /// # });
+    /// ```
+    pub fn only<T: Any + Send + Sync>(&self) -> RelayReceiver {
+        self.tracked_forwarder(
+            Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, true),
+            |_| Some(0),
+        )
+    }
+
+    /// A child relay with every message except the `T`s. Tracked, like
+    /// [`filter`](Self::filter): every parent send (of any type) waits for this forwarder.
+    /// Internal events (`Dropped`, `RelayError`) are not passed on: they describe the relay
+    /// they happened on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut all = rx.exclude::<u8>().subscribe_all();
+    /// tx.send(1u8).await.unwrap();
+    /// tx.send(2u16).await.unwrap();
+    /// drop(tx);
+    /// assert!(all.recv().await.unwrap().is::<u16>());
+    /// assert!(all.recv().await.is_none());
+    /// # });
+    /// ```
+    pub fn exclude<T: Any + Send + Sync>(&self) -> RelayReceiver {
+        self.tracked_forwarder(
+            Inbox::new(&self.core, None, HandlerKind::Forwarder, true),
+            |env| (env.type_id != TypeId::of::<T>()).then_some(0),
+        )
+    }
+
+    /// Two child relays: the `T` messages, and all the others. Tracked, like
+    /// [`exclude`](Self::exclude) (one forwarder decides for both).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let (numbers, rest) = rx.split::<u32>();
+    /// let (mut n, mut r) = (numbers.subscribe::<u32>(), rest.subscribe::<&str>());
+    /// tx.send(4u32).await.unwrap();
+    /// tx.send("four").await.unwrap();
+    /// assert_eq!(*n.recv().await.unwrap(), 4);
+    /// assert_eq!(*r.recv().await.unwrap(), "four");
+    /// # });
+    /// ```
+    pub fn split<T: Any + Send + Sync>(&self) -> (RelayReceiver, RelayReceiver) {
+        let (matched_tx, matched) = self.child();
+        let (rest_tx, rest) = self.child();
+        if let (Some(matched_tx), Some(rest_tx)) = (matched_tx, rest_tx) {
+            let inbox = Inbox::new(&self.core, None, HandlerKind::Forwarder, true);
+            self.run_tracked(inbox, vec![matched_tx, rest_tx], |env| {
+                Some(if env.type_id == TypeId::of::<T>() {
+                    0
+                } else {
+                    1
+                })
+            });
+        }
+        (matched, rest)
+    }
+
+    /// A child relay of `f(&t)` for every `T` — a tracking boundary: the parent's send
+    /// does not wait for `f` or the child; the child's handlers are tracked by the child's
+    /// own sends (the forwarder waits for them, in order, before taking the next message).
+    /// A panic in `f` is reported as a `RelayError` event on the parent and closes the
+    /// child.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut texts = rx.map::<i32, String, _>(|n| n.to_string()).subscribe::<String>();
+    /// tx.send(42).await.unwrap();
+    /// assert_eq!(texts.recv().await.unwrap().as_str(), "42");
+    /// # });
+    /// ```
+    pub fn map<T, U, F>(&self, f: F) -> RelayReceiver
+    where
+        T: Any + Send + Sync,
+        U: Any + Send + Sync,
+        F: Fn(&T) -> U + Send + Sync + 'static,
+    {
+        self.filter_map::<T, U, _>(move |t| Some(f(t)))
+    }
+
+    /// A child relay of `f(&t)` for every `T` where it is `Some`. A tracking boundary, like
+    /// [`map`](Self::map).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let parsed = rx.filter_map::<String, i32, _>(|s| s.parse().ok());
+    /// let mut sub = parsed.subscribe::<i32>();
+    /// tx.send(String::from("x")).await.unwrap();
+    /// tx.send(String::from("12")).await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), 12);
+    /// # });
+    /// ```
+    pub fn filter_map<T, U, F>(&self, f: F) -> RelayReceiver
+    where
+        T: Any + Send + Sync,
+        U: Any + Send + Sync,
+        F: Fn(&T) -> Option<U> + Send + Sync + 'static,
+    {
+        let (child_tx, child) = self.child();
+        let Some(child_tx) = child_tx else {
+            return child;
+        };
+        let inbox = Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, false);
+        let mode = self.config().panic_mode;
+        self.spawn_forwarder(async move {
+            while let Some(msg) = inbox.recv().await {
+                let value = msg
+                    .envelope
+                    .value
+                    .downcast_ref::<T>()
+                    .expect("routed by TypeId");
+                match guarded(|| f(value)) {
+                    Ok(Some(out)) => {
+                        let origin = msg.envelope.origin;
+                        drop(msg);
+                        // The child's handler errors were published on the child.
+                        let _ = child_tx.core.send_value(out, Some(origin)).await;
+                    }
+                    Ok(None) => {}
+                    Err(payload) => return forwarder_panicked(msg, payload, mode),
+                }
+            }
+        });
+        child
+    }
+
+    /// A child relay of `Vec<T>` batches of `size` messages, in order; the last, partial
+    /// batch is sent when the parent closes. A tracking boundary, like [`map`](Self::map).
+    /// A batch is only sent when full (or at close): there is no timer.
+    ///
+    /// Values are cloned out of their shared `Arc` only when another subscriber still holds
+    /// it; use [`batch_shared`](Self::batch_shared) for types that are not `Clone`.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError::ZeroSize`] if `size` is zero. See [`batch_of`](Self::batch_of) for a
+    /// size checked at compile time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut batches = rx.batch::<u32>(2).unwrap().subscribe::<Vec<u32>>();
+    /// for n in 1..=3u32 { tx.send(n).await.unwrap(); }
+    /// drop(tx);
+    /// assert_eq!(*batches.recv().await.unwrap(), vec![1, 2]);
+    /// assert_eq!(*batches.recv().await.unwrap(), vec![3]); // the final partial batch
+    /// assert!(batches.recv().await.is_none());
+    /// # });
+    /// ```
+    pub fn batch<T>(&self, size: usize) -> Result<RelayReceiver, BatchError>
+    where
+        T: Any + Send + Sync + Clone,
+    {
+        if size == 0 {
+            return Err(BatchError::ZeroSize);
+        }
+        Ok(self.batcher::<T, T, _>(size, |shared| {
+            Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone())
+        }))
+    }
+
+    /// As [`batch`](Self::batch), with the size a const generic: `N == 0` does not compile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// let batches = rx.batch_of::<u32, 100>();
+    /// # drop(batches);
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// let batches = rx.batch_of::<u32, 0>(); // error: batch size must be at least 1
+    /// ```
+    pub fn batch_of<T, const N: usize>(&self) -> RelayReceiver
+    where
+        T: Any + Send + Sync + Clone,
+    {
+        const { assert!(N > 0, "batch size must be at least 1") };
+        self.batcher::<T, T, _>(N, |shared| {
+            Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone())
+        })
+    }
+
+    /// As [`batch`](Self::batch), for any `T` (no `Clone`): batches of `Vec<Arc<T>>`.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError::ZeroSize`] if `size` is zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::sync::Arc;
+    /// struct Reading(u8); // not Clone
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut batches = rx.batch_shared::<Reading>(2).unwrap().subscribe::<Vec<Arc<Reading>>>();
+    /// tx.send(Reading(1)).await.unwrap();
+    /// tx.send(Reading(2)).await.unwrap();
+    /// assert_eq!(batches.recv().await.unwrap().iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+    /// # });
+    /// ```
+    pub fn batch_shared<T>(&self, size: usize) -> Result<RelayReceiver, BatchError>
+    where
+        T: Any + Send + Sync,
+    {
+        if size == 0 {
+            return Err(BatchError::ZeroSize);
+        }
+        Ok(self.batcher::<T, Arc<T>, _>(size, |shared| shared))
+    }
+
+    fn batcher<T, Item, F>(&self, size: usize, take: F) -> RelayReceiver
+    where
+        T: Any + Send + Sync,
+        Item: Any + Send + Sync,
+        F: Fn(Arc<T>) -> Item + Send + Sync + 'static,
+    {
+        let (child_tx, child) = self.child();
+        let Some(child_tx) = child_tx else {
+            return child;
+        };
+        let inbox = Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, false);
+        let mode = self.config().panic_mode;
+        self.spawn_forwarder(async move {
+            let mut batch: Vec<Item> = Vec::with_capacity(size);
+            while let Some(msg) = inbox.recv().await {
+                let shared = msg
+                    .envelope
+                    .value
+                    .clone()
+                    .downcast::<T>()
+                    .expect("routed by TypeId");
+                match guarded(|| take(shared)) {
+                    Ok(item) => batch.push(item),
+                    Err(payload) => return forwarder_panicked(msg, payload, mode),
+                }
+                drop(msg);
+                if batch.len() == size {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(size));
+                    let _ = child_tx.core.send_value(full, None).await;
+                }
+            }
+            if !batch.is_empty() {
+                let _ = child_tx.core.send_value(batch, None).await;
+            }
+        });
+        child
+    }
+
+    /// One tracked forwarder: `route` picks the child (index into `children`) a message
+    /// goes to, or `None` to drop it (completing it at once). Returns the first child.
+    fn tracked_forwarder<R>(&self, inbox: Inbox, route: R) -> RelayReceiver
+    where
+        R: Fn(&crate::Envelope) -> Option<usize> + Send + Sync + 'static,
+    {
+        let (child_tx, child) = self.child();
+        match child_tx {
+            Some(tx) => self.run_tracked(inbox, vec![tx], route),
+            None => drop(inbox),
+        }
+        child
+    }
+
+    fn run_tracked<R>(&self, inbox: Inbox, children: Vec<RelaySender>, route: R)
+    where
+        R: Fn(&crate::Envelope) -> Option<usize> + Send + Sync + 'static,
+    {
+        let wildcard = inbox.is_wildcard();
+        let mode = self.config().panic_mode;
+        self.spawn_forwarder(async move {
+            while let Some(msg) = inbox.recv().await {
+                if wildcard && is_internal_event(msg.envelope.type_id) {
+                    msg.complete();
+                    continue;
+                }
+                match guarded(|| route(&msg.envelope)) {
+                    Ok(Some(i)) => pass_on(msg, &children[i]).await,
+                    Ok(None) => msg.complete(),
+                    Err(payload) => return forwarder_panicked(msg, payload, mode),
+                }
+            }
+        });
+    }
+}
+
+/// Sends `msg` into `child` and settles it with the child's verdict (waiting for the
+/// child's tracked handlers only if the parent's sender is waiting for this message).
+async fn pass_on(msg: Completion, child: &RelaySender) {
+    let outcome = child
+        .core
+        .forward_envelope(&msg.envelope, msg.is_tracked())
+        .await;
+    msg.settle_forwarded(outcome);
+}
