@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use event_listener::Event;
 
 use crate::config::{Config, DeliveryMode};
+use crate::deadlock::WouldDeadlock;
 use crate::envelope::{Envelope, Queued};
 use crate::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
 use crate::events::Dropped;
@@ -258,8 +259,10 @@ impl Core {
         if targets.slots.is_empty() {
             return Ok(());
         }
-        let tracker = (wait && targets.tracked > 0)
-            .then(|| Arc::new(Tracker::new(targets.tracked, self.config.error_mode)));
+        let tracker = (wait && targets.tracked > 0).then(|| {
+            let chain = crate::deadlock::chain_for_send();
+            Arc::new(Tracker::new(targets.tracked, self.config.error_mode, chain))
+        });
 
         let mut delivered = 0u64;
         let mut crowded = false;
@@ -268,6 +271,13 @@ impl Core {
                 envelope: envelope.clone(),
                 tracker: slot.state.tracked.and(tracker.clone()),
             };
+            if let (Some(kind), Some(t)) = (slot.state.tracked, &item.tracker) {
+                if t.would_deadlock(slot.state.id) {
+                    let error = self.error_for(&item.envelope, kind, Arc::new(WouldDeadlock));
+                    self.report(Some(t), error);
+                    continue;
+                }
+            }
             let outcome = match self.config.delivery_mode {
                 DeliveryMode::Broadcast => slot.try_push(item),
                 DeliveryMode::Lossless => slot.push(item).await.map_err(PushError::Closed),

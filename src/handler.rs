@@ -11,6 +11,7 @@ use futures::FutureExt;
 
 use crate::config::{Config, PanicMode};
 use crate::core::Core;
+use crate::deadlock::InHandler;
 use crate::error::{BoxError, HandlerKind, PanicError, RelayError};
 use crate::task::{TaskHandle, Tasks};
 use crate::tracked::TrackedSubscription;
@@ -58,13 +59,14 @@ pub(crate) fn start_handler<T, P, Fut>(
     let mut sub = TrackedSubscription::<T>::new(core, kind);
     let panic_mode = config.panic_mode;
     tasks.spawn(&*config.spawner, async move {
+        let id = sub.id();
         while let Some(msg) = sub.recv().await {
             let value = msg.value().clone();
             // `process` is called inside the caught future, so a sync handler's panic is
-            // caught too, not only an async one's.
-            let outcome = AssertUnwindSafe(async { process(value).await })
-                .catch_unwind()
-                .await;
+            // caught too, not only an async one's. `InHandler` names this handler to any
+            // tracked send it makes (deadlock detection).
+            let work = InHandler::new(id, msg.blocked(), async { process(value).await });
+            let outcome = AssertUnwindSafe(work).catch_unwind().await;
             match outcome {
                 Ok(Ok(())) => msg.complete(),
                 Ok(Err(error)) => msg.fail_with(error),

@@ -62,6 +62,7 @@
 
 mod config;
 mod core;
+mod deadlock;
 mod envelope;
 mod error;
 mod events;
@@ -83,6 +84,7 @@ mod transform;
 
 pub(crate) use crate::config::Config;
 pub use crate::config::{DeliveryMode, ErrorMode, PanicMode};
+pub use crate::deadlock::WouldDeadlock;
 pub use crate::envelope::Envelope;
 pub use crate::error::{
     BoxError, BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,

@@ -13,7 +13,10 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+static NEXT_SUBSCRIBER_ID: AtomicU64 = AtomicU64::new(1);
 
 use crate::queue::QueueTx;
 
@@ -50,15 +53,15 @@ pub(crate) struct Registry {
     wildcard: Vec<QueueTx>,
     /// Targets of a type nobody subscribed to by type: the wildcard queues alone.
     wildcard_targets: Option<Arc<Targets>>,
-    next_id: u64,
     subscribers: usize,
     tracked: usize,
 }
 
 impl Registry {
+    /// A subscriber id, unique in the process (deadlock detection compares ids across
+    /// relays).
     pub(crate) fn next_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+        NEXT_SUBSCRIBER_ID.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The queues a message of `type_id` goes to.

@@ -78,7 +78,7 @@ impl Inbox {
         }
     }
 
-    fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.attached.id()
     }
 
@@ -102,6 +102,11 @@ pub(crate) struct Completion {
 impl Completion {
     pub(crate) fn is_tracked(&self) -> bool {
         self.tracker.is_some()
+    }
+
+    /// Who is blocked until this message completes (for deadlock detection).
+    pub(crate) fn blocked(&self) -> Option<Arc<[u64]>> {
+        self.tracker.as_ref()?.blocked().cloned()
     }
 
     pub(crate) fn complete(mut self) {
@@ -393,6 +398,10 @@ impl<T> Tracked<T> {
 
     pub(crate) fn fail_with(self, error: BoxError) {
         self.completion.fail(error);
+    }
+
+    pub(crate) fn blocked(&self) -> Option<Arc<[u64]>> {
+        self.completion.blocked()
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`Tracker`]: how a `send` learns that every tracked handler has processed its message.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use event_listener::Event;
 
@@ -28,16 +28,31 @@ pub(crate) struct Tracker {
     /// Failures so far; in `FirstWins` mode only the first is kept.
     errors: Mutex<Vec<RelayError>>,
     mode: ErrorMode,
+    /// Handlers (subscriber ids) blocked until this message completes: the sending
+    /// handler and, transitively, whoever waits on it. See `deadlock.rs`.
+    blocked: Option<Arc<[u64]>>,
 }
 
 impl Tracker {
-    pub(crate) fn new(expected: usize, mode: ErrorMode) -> Self {
+    pub(crate) fn new(expected: usize, mode: ErrorMode, blocked: Option<Arc<[u64]>>) -> Self {
         Tracker {
             remaining: AtomicUsize::new(expected),
             done: Event::new(),
             errors: Mutex::new(Vec::new()),
             mode,
+            blocked,
         }
+    }
+
+    pub(crate) fn blocked(&self) -> Option<&Arc<[u64]>> {
+        self.blocked.as_ref()
+    }
+
+    /// Handing this message to `subscriber` would make it wait for itself.
+    pub(crate) fn would_deadlock(&self, subscriber: u64) -> bool {
+        self.blocked
+            .as_deref()
+            .is_some_and(|b| b.contains(&subscriber))
     }
 
     /// One handler finished this message successfully.
@@ -103,7 +118,6 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::error::{HandlerKind, PanicError};
-    use std::sync::Arc;
 
     fn err(n: u64) -> RelayError {
         RelayError {
@@ -119,7 +133,7 @@ mod tests {
 
     #[test]
     fn completes_once_all_handlers_report() {
-        let t = Arc::new(Tracker::new(2, ErrorMode::FirstWins));
+        let t = Arc::new(Tracker::new(2, ErrorMode::FirstWins, None));
         t.complete();
         assert!(!t.is_done());
         t.complete();
@@ -128,7 +142,7 @@ mod tests {
 
     #[test]
     fn first_wins_keeps_the_first_error() {
-        let t = Tracker::new(2, ErrorMode::FirstWins);
+        let t = Tracker::new(2, ErrorMode::FirstWins, None);
         t.fail(err(1));
         t.fail(err(2));
         match futures::executor::block_on(t.wait()) {
@@ -139,7 +153,7 @@ mod tests {
 
     #[test]
     fn aggregate_keeps_every_error() {
-        let t = Tracker::new(3, ErrorMode::Aggregate);
+        let t = Tracker::new(3, ErrorMode::Aggregate, None);
         t.fail(err(1));
         t.complete();
         t.fail(err(2));
@@ -154,7 +168,7 @@ mod tests {
     #[test]
     fn completion_from_another_thread_wakes_the_waiter() {
         for _ in 0..if cfg!(miri) { 20 } else { 2_000 } {
-            let t = Arc::new(Tracker::new(1, ErrorMode::FirstWins));
+            let t = Arc::new(Tracker::new(1, ErrorMode::FirstWins, None));
             let t2 = t.clone();
             let h = std::thread::spawn(move || t2.complete());
             assert!(futures::executor::block_on(t.wait()).is_ok());

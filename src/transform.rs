@@ -11,6 +11,7 @@ use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use crate::core::is_internal_event;
+use crate::deadlock::InHandler;
 use crate::error::HandlerKind;
 use crate::forwarder::{forwarder_panicked, guarded};
 use crate::receiver::RelayReceiver;
@@ -374,6 +375,7 @@ impl RelayReceiver {
         R: Fn(&crate::Envelope) -> Option<usize> + Send + Sync + 'static,
     {
         let wildcard = inbox.is_wildcard();
+        let id = inbox.id();
         let mode = self.config().panic_mode;
         self.spawn_forwarder(async move {
             while let Some(msg) = inbox.recv().await {
@@ -382,7 +384,11 @@ impl RelayReceiver {
                     continue;
                 }
                 match guarded(|| route(&msg.envelope)) {
-                    Ok(Some(i)) => pass_on(msg, &children[i]).await,
+                    // In this forwarder's scope, so a handler of the child that is blocked
+                    // on this message is seen in the child send's wait chain.
+                    Ok(Some(i)) => {
+                        InHandler::new(id, msg.blocked(), pass_on(msg, &children[i])).await
+                    }
                     Ok(None) => msg.complete(),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
                 }
