@@ -11,8 +11,7 @@
 use std::any::{Any, TypeId};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use event_listener::Event;
@@ -25,10 +24,12 @@ use crate::events::Dropped;
 use crate::queue::{queue, PushError, QueueRx, QueueTx};
 use crate::registry::Registry;
 use crate::stats::RelayStats;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::task::Tasks;
 use crate::tracker::Tracker;
 
-static NEXT_RELAY_ID: AtomicU64 = AtomicU64::new(1);
+// Process-wide ids stay on std atomics (loom's are not `const`).
+static NEXT_RELAY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Shared state of one relay.
 ///
@@ -62,7 +63,7 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(config: Config) -> Arc<Core> {
         Arc::new(Core {
-            id: NEXT_RELAY_ID.fetch_add(1, Ordering::Relaxed),
+            id: NEXT_RELAY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config,
             registry: Mutex::new(Registry::default()),
             closed: AtomicBool::new(false),

@@ -69,6 +69,8 @@ mod events;
 mod forward;
 mod forwarder;
 mod handler;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod queue;
 mod receiver;
 mod registry;
@@ -77,6 +79,7 @@ mod sender;
 pub mod spawner;
 mod stats;
 mod subscription;
+mod sync;
 mod task;
 mod tracked;
 mod tracker;

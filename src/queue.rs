@@ -12,7 +12,6 @@
 //!   pattern: try, listen, try again, await.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -22,6 +21,7 @@ use futures::Stream;
 
 use crate::envelope::Queued;
 use crate::error::HandlerKind;
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// Accounting shared by a queue's senders (the registry's copies) and its receiver.
 ///

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,6 +11,7 @@ use futures::channel::oneshot;
 
 use crate::error::{HandlerGone, HandlerKind, RelayError};
 use crate::spawner::Spawner;
+use crate::sync::{AtomicUsize, Ordering};
 
 /// Task counters of one relay.
 ///

@@ -1,12 +1,12 @@
 //! [`Tracker`]: how a `send` learns that every tracked handler has processed its message.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use event_listener::Event;
 
 use crate::config::ErrorMode;
 use crate::error::{RelayError, SendError};
+use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// Completion state of one tracked message.
 ///
