@@ -7,9 +7,19 @@
 //! - `len` counts messages queued *plus* slots reserved by senders about to push. A sender
 //!   reserves with a compare-and-swap that never lets `len` exceed `capacity`, pushes, and
 //!   never awaits in between (so a cancelled `send` cannot leak a reservation).
-//! - The receiver decrements `len` for every message it takes and notifies `space`.
-//! - A lossless sender that finds the queue full waits on `space` with the eventcount
-//!   pattern: try, listen, try again, await.
+//! - The receiver decrements `len` for every message it takes, and notifies `space` only
+//!   if a sender is waiting: `Event::notify` takes a lock, too much to pay on every
+//!   receive when nobody waits.
+//! - A lossless sender that finds the queue full registers as a waiter, then waits on
+//!   `space` with the eventcount pattern: try, listen, try again, await.
+//!
+//! The length and the number of waiters share one atomic word (`state`: low 40 bits
+//! length, high 24 bits waiters), so the receiver's single `fetch_sub` tells it whether
+//! anyone waits, and no wake-up is lost: the modification order of that one word puts the
+//! receiver's decrement either before the waiter's registration (then the waiter's re-check,
+//! which reads the word after its own registration, sees the freed slot) or after it (then
+//! the decrement returns a non-zero waiter count and the receiver notifies; a notification
+//! that lands before the waiter listens is covered by its re-check after listening).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,18 +31,20 @@ use futures::Stream;
 
 use crate::envelope::Queued;
 use crate::error::HandlerKind;
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 /// Accounting shared by a queue's senders (the registry's copies) and its receiver.
 ///
-/// Invariant: `len <= capacity` at all times; `len` minus the number of messages in the
-/// channel is the number of reservations in flight (each lives for one synchronous push).
+/// Invariant: `len(state) <= capacity` at all times; `len` minus the number of messages in
+/// the channel is the number of reservations in flight (each lives for one synchronous
+/// push). `waiters(state)` counts the live `Waiting` guards.
 pub(crate) struct QueueState {
-    /// Queued + reserved. Incremented by senders, decremented by the receiver.
-    len: AtomicUsize,
-    capacity: usize,
-    /// Lossless senders waiting for `len < capacity` (or for the receiver to go away).
-    /// Notified by the receiver for each message taken, and for all on drop.
+    /// Low 40 bits: queued + reserved messages (senders add, the receiver subtracts).
+    /// High 24 bits: lossless senders registered as waiting.
+    state: AtomicU64,
+    capacity: u64,
+    /// Lossless senders waiting for room (or for the receiver to go away). Notified by the
+    /// receiver for each message taken while a sender waits, and for all on drop.
     space: Event,
     /// Messages this subscriber missed because its queue was full.
     dropped: AtomicU64,
@@ -44,26 +56,34 @@ pub(crate) struct QueueState {
 
 impl QueueState {
     fn try_reserve(&self) -> bool {
-        let mut len = self.len.load(Ordering::Relaxed);
+        let mut state = self.state.load(Ordering::Acquire);
         loop {
-            if len >= self.capacity {
+            if state & LEN_MASK >= self.capacity {
                 return false;
             }
-            match self
-                .len
-                .compare_exchange_weak(len, len + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.state.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return true,
-                Err(now) => len = now,
+                Err(now) => state = now,
             }
         }
     }
 
     fn release(&self) {
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        // One freed slot lets one more waiting sender in; a woken sender that loses the
-        // race listens again, and a dropped notified listener passes its wake-up on.
-        self.space.notify_additional(1);
+        let before = self.state.fetch_sub(1, Ordering::AcqRel);
+        if before >= WAITER {
+            // One freed slot lets one more waiting sender in; a woken sender that loses
+            // the race listens again, and a dropped notified listener passes its wake-up on.
+            self.space.notify_additional(1);
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.state.load(Ordering::Relaxed) & LEN_MASK
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -72,6 +92,28 @@ impl QueueState {
 
     pub(crate) fn count_drop(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+const LEN_BITS: u32 = 40;
+/// Mask of the length bits of `QueueState::state`; also the largest capacity.
+pub(crate) const LEN_MASK: u64 = (1 << LEN_BITS) - 1;
+/// One registered waiter in `QueueState::state`.
+const WAITER: u64 = 1 << LEN_BITS;
+
+/// A lossless sender registered as waiting, for as long as it lives.
+struct Waiting<'a>(&'a QueueState);
+
+impl<'a> Waiting<'a> {
+    fn new(queue: &'a QueueState) -> Self {
+        queue.state.fetch_add(WAITER, Ordering::AcqRel);
+        Waiting(queue)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state.fetch_sub(WAITER, Ordering::AcqRel);
     }
 }
 
@@ -107,22 +149,24 @@ impl QueueTx {
     /// Cancel safety: a reservation is taken and used in the same poll, so dropping this
     /// future loses nothing and leaves the count exact.
     pub(crate) async fn push(&self, item: Queued) -> Result<(), Queued> {
-        loop {
-            if self.tx.is_closed() {
-                return Err(item);
+        if self.tx.is_closed() {
+            return Err(item);
+        }
+        if !self.state.try_reserve() {
+            // Slow path: register as a waiter for as long as this future waits (the guard
+            // also deregisters if the send is cancelled).
+            let _waiting = Waiting::new(&self.state);
+            loop {
+                // Eventcount: listen, then re-check, so a slot freed in between is not missed.
+                let listener = self.state.space.listen();
+                if self.tx.is_closed() {
+                    return Err(item);
+                }
+                if self.state.try_reserve() {
+                    break;
+                }
+                listener.await;
             }
-            if self.state.try_reserve() {
-                break;
-            }
-            // Eventcount: listen, then re-check, so a slot freed in between is not missed.
-            let listener = self.state.space.listen();
-            if self.tx.is_closed() {
-                return Err(item);
-            }
-            if self.state.try_reserve() {
-                break;
-            }
-            listener.await;
         }
         self.tx.try_send(item).map_err(|e| {
             self.state.release();
@@ -132,7 +176,7 @@ impl QueueTx {
 
     /// More than half full: a broadcast sender should let the consumer run.
     pub(crate) fn is_crowded(&self) -> bool {
-        self.state.len.load(Ordering::Relaxed) > self.state.capacity / 2
+        self.state.len() > self.state.capacity / 2
     }
 }
 
@@ -148,8 +192,9 @@ pub(crate) struct QueueRx {
 pub(crate) fn queue(capacity: usize, id: u64, tracked: Option<HandlerKind>) -> (QueueTx, QueueRx) {
     let (tx, rx) = async_channel::unbounded();
     let state = Arc::new(QueueState {
-        len: AtomicUsize::new(0),
-        capacity,
+        state: AtomicU64::new(0),
+        // Capacities beyond 2^40 - 1 messages are treated as 2^40 - 1.
+        capacity: (capacity as u64).min(LEN_MASK),
         space: Event::new(),
         dropped: AtomicU64::new(0),
         id,
