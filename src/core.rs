@@ -1,9 +1,11 @@
 //! [`Core`]: the shared state of one relay and the send path.
 //!
-//! The send path, top to bottom (`Core::send`):
+//! The send path, top to bottom. When `send` is called (`Core::prepare`, synchronous):
 //! 1. lock the registry, clone the `Arc<Targets>` for the message's type, unlock;
 //! 2. if any target is tracked, allocate one [`Tracker`] (the only allocation besides the
-//!    message's own `Arc` and the queues' amortised blocks);
+//!    message's own `Arc` and the queues' amortised blocks).
+//!
+//! When the returned future is polled (`Core::deliver`):
 //! 3. push the envelope to each target: `try_push` in broadcast mode, `push` (waits for
 //!    room) in lossless mode;
 //! 4. wait on the tracker, if any.
@@ -22,13 +24,20 @@ use crate::envelope::{Envelope, Queued};
 use crate::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
 use crate::events::Dropped;
 use crate::queue::{queue, PushError, QueueRx, QueueTx};
-use crate::registry::Registry;
+use crate::registry::{Registry, Targets};
 use crate::stats::RelayStats;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::task::Tasks;
 use crate::tracker::Tracker;
 
 // Process-wide ids stay on std atomics (loom's are not `const`).
+/// A send that has taken its snapshot and is ready to deliver.
+pub(crate) struct Outgoing {
+    envelope: Envelope,
+    targets: Arc<Targets>,
+    tracker: Option<Arc<Tracker>>,
+}
+
 static NEXT_RELAY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Shared state of one relay.
@@ -196,20 +205,28 @@ impl Core {
 
     // ----- sending -----------------------------------------------------------------
 
-    /// Sends a typed value.
-    pub(crate) async fn send_value<T: Any + Send + Sync>(
+    /// Prepares a typed value for sending (see [`Core::prepare`]).
+    pub(crate) fn prepare_value<T: Any + Send + Sync>(
         &self,
         value: T,
         origin: Option<u64>,
-    ) -> Result<(), SendError> {
-        self.send(
+    ) -> Result<Outgoing, SendError> {
+        self.prepare(
             Arc::new(value),
             TypeId::of::<T>(),
             Some(std::any::type_name::<T>()),
             origin,
             true,
         )
-        .await
+    }
+
+    /// Sends a typed value (prepare, then deliver).
+    pub(crate) async fn send_value<T: Any + Send + Sync>(
+        &self,
+        value: T,
+        origin: Option<u64>,
+    ) -> Result<(), SendError> {
+        self.deliver(self.prepare_value(value, origin)?).await
     }
 
     /// Sends a message received elsewhere (a parent or a forwarding source) into this
@@ -220,27 +237,31 @@ impl Core {
         envelope: &Envelope,
         wait: bool,
     ) -> Result<(), SendError> {
-        self.send(
+        let outgoing = self.prepare(
             envelope.value.clone(),
             envelope.type_id,
             Some(envelope.type_name),
             Some(envelope.origin),
             wait,
-        )
-        .await
+        )?;
+        self.deliver(outgoing).await
     }
 
-    /// The send path (see the module docs). `origin` is the relay the message entered
-    /// first, when it is being forwarded; `None` means this relay. `wait` decides whether
-    /// this send is tracked (waits for the tracked handlers in its snapshot).
-    pub(crate) async fn send(
+    /// The synchronous half of a send, run when `send` is *called*: checks the relay is
+    /// open, takes the snapshot of targets, numbers the message and creates its tracker.
+    /// This is what makes the snapshot rule exact: a subscriber registered before the call
+    /// is in it, one registered after is not, however late the future is first polled.
+    ///
+    /// `origin` is the relay the message entered first, when it is being forwarded; `None`
+    /// means this relay. `wait` decides whether this send is tracked.
+    pub(crate) fn prepare(
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
         type_name: Option<&'static str>,
         origin: Option<u64>,
         wait: bool,
-    ) -> Result<(), SendError> {
+    ) -> Result<Outgoing, SendError> {
         let (targets, type_name) = {
             let mut registry = self.registry();
             if registry.closed {
@@ -256,15 +277,32 @@ impl Core {
             msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
             origin: origin.unwrap_or(self.id),
         };
+        let tracker = (wait && targets.tracked > 0).then(|| {
+            // Named here, at the call: `handler_send(..).await` is called inside the
+            // handler's poll, where the deadlock scope is set.
+            let chain = crate::deadlock::chain_for_send();
+            Arc::new(Tracker::new(targets.tracked, self.config.error_mode, chain))
+        });
+        Ok(Outgoing {
+            envelope,
+            targets,
+            tracker,
+        })
+    }
+
+    /// The asynchronous half of a send: queue the message for every target, then wait
+    /// for the tracked handlers (see the module docs).
+    pub(crate) async fn deliver(&self, outgoing: Outgoing) -> Result<(), SendError> {
+        let Outgoing {
+            envelope,
+            targets,
+            tracker,
+        } = outgoing;
+        // Counted when delivery starts: a send dropped before its first poll sent nothing.
         self.sent.fetch_add(1, Ordering::Relaxed);
         if targets.slots.is_empty() {
             return Ok(());
         }
-        let tracker = (wait && targets.tracked > 0).then(|| {
-            let chain = crate::deadlock::chain_for_send();
-            Arc::new(Tracker::new(targets.tracked, self.config.error_mode, chain))
-        });
-
         let mut delivered = 0u64;
         let mut crowded = false;
         for slot in targets.slots.iter() {

@@ -143,7 +143,8 @@ impl Relay {
     /// A new relay carrying every message of every input, which closes once all inputs
     /// have closed (and their forwarders drained). It takes the first input's
     /// configuration; each input's forwarder runs on that input's spawner. Messages keep
-    /// their origin. With no inputs, the merged relay is closed at once.
+    /// their origin. With no inputs, or only closed ones, the merged relay is closed at
+    /// once.
     ///
     /// # Examples
     ///
@@ -168,6 +169,10 @@ impl Relay {
             return rx;
         };
         let (tx, merged) = Relay::from_config(first.config().clone());
+        if inputs.iter().all(RelayReceiver::is_closed) {
+            tx.close(); // nothing will ever arrive: closed at once, like any derived relay
+            return merged;
+        }
         // Every input's forwarder shares the merged relay's only sender; the last one to
         // end drops it, which closes the merged relay.
         let tx = Arc::new(tx);
@@ -197,7 +202,7 @@ async fn forwarding(inbox: Inbox, target: WeakSender) {
             }
         };
         let Some(msg) = next else { return };
-        let envelope = &msg.envelope;
+        let envelope = msg.envelope();
         if envelope.origin == target_id || is_internal_event(envelope.type_id) {
             continue; // echo, or an event of the source relay
         }
@@ -212,9 +217,8 @@ async fn forwarding(inbox: Inbox, target: WeakSender) {
 }
 
 async fn target_closed(target: &WeakSender) {
-    match target.upgrade_core() {
-        Some(core) => core.wait_closed().await,
-        None => (),
+    if let Some(core) = target.upgrade_core() {
+        core.wait_closed().await;
     }
 }
 

@@ -56,9 +56,10 @@ pub(crate) fn start_handler<T, P, Fut>(
     P: FnMut(Arc<T>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), BoxError>> + Send,
 {
-    let mut sub = TrackedSubscription::<T>::new(core, kind);
+    let unstarted = Unstarted(Some(TrackedSubscription::<T>::new(core, kind)));
     let panic_mode = config.panic_mode;
     tasks.spawn(&*config.spawner, async move {
+        let mut sub = unstarted.start();
         let id = sub.id();
         while let Some(msg) = sub.recv().await {
             let value = msg.value().clone();
@@ -79,6 +80,25 @@ pub(crate) fn start_handler<T, P, Fut>(
             }
         }
     });
+}
+
+/// A handler's subscription until its task first runs. If the spawner drops the task
+/// unpolled, the subscription stays registered with a closed queue, so every send to this
+/// handler fails with `HandlerGone` instead of succeeding with nobody handling it.
+struct Unstarted<T: Any + Send + Sync>(Option<TrackedSubscription<T>>);
+
+impl<T: Any + Send + Sync> Unstarted<T> {
+    fn start(mut self) -> TrackedSubscription<T> {
+        self.0.take().expect("started once")
+    }
+}
+
+impl<T: Any + Send + Sync> Drop for Unstarted<T> {
+    fn drop(&mut self) {
+        if let Some(sub) = &mut self.0 {
+            sub.keep_registered();
+        }
+    }
 }
 
 /// Runs `f()` as a task; its failure (error or panic) is published as a `RelayError` event

@@ -1,9 +1,10 @@
 //! The sending side of a relay: [`RelaySender`] (owns the relay) and [`WeakSender`].
 
 use std::any::{Any, TypeId};
+use std::future::Future;
 use std::sync::{Arc, Weak};
 
-use crate::core::Core;
+use crate::core::{Core, Outgoing};
 use crate::error::SendError;
 
 /// The owning, sending half of a relay.
@@ -23,11 +24,15 @@ use crate::error::SendError;
 ///   failed (returned `Err`, panicked, was dropped, or missed the message on a full queue).
 /// - `Err(SendError::Closed)`: the relay was closed; nothing was delivered.
 ///
+/// The snapshot of who receives the message is taken when `send` is *called*, not when
+/// the future is first polled: a subscriber registered before the call is included, one
+/// registered after is not.
+///
 /// # Cancel safety
 ///
 /// Dropping a `send` future part-way is safe: nothing leaks and later sends are not
 /// blocked. The message may have reached some subscribers and not others; handlers that
-/// got it still process it.
+/// got it still process it. A future dropped before its first poll delivers nothing.
 ///
 /// # Examples
 ///
@@ -63,8 +68,13 @@ impl RelaySender {
     /// tx.send(String::from("hi")).await.unwrap(); // returns after the sink ran
     /// # });
     /// ```
-    pub async fn send<T: Any + Send + Sync>(&self, value: T) -> Result<(), SendError> {
-        self.core.send_value(value, None).await
+    pub fn send<T: Any + Send + Sync>(
+        &self,
+        value: T,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        // The snapshot is taken now, at the call (see "exact snapshot" in SEMANTICS.md).
+        let outgoing = self.core.prepare_value(value, None);
+        async move { self.core.deliver(outgoing?).await }
     }
 
     /// Sends a type-erased value. `type_id` must be the value's own type id.
@@ -90,12 +100,13 @@ impl RelaySender {
     /// assert!(matches!(wrong, Err(SendError::TypeMismatch)));
     /// # });
     /// ```
-    pub async fn send_any(
+    pub fn send_any(
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
-    ) -> Result<(), SendError> {
-        send_any(&self.core, value, type_id).await
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let outgoing = prepare_any(&self.core, value, type_id);
+        async move { self.core.deliver(outgoing?).await }
     }
 
     /// A sender that does not keep the relay open.
@@ -230,9 +241,19 @@ impl WeakSender {
     /// assert!(matches!(weak.send(1u8).await, Err(pipedream_rs::SendError::Closed)));
     /// # });
     /// ```
-    pub async fn send<T: Any + Send + Sync>(&self, value: T) -> Result<(), SendError> {
-        let core = self.core.upgrade().ok_or(SendError::Closed)?;
-        core.send_value(value, None).await
+    pub fn send<T: Any + Send + Sync>(
+        &self,
+        value: T,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
+        let prepared = self
+            .core
+            .upgrade()
+            .ok_or(SendError::Closed)
+            .and_then(|core| Ok((core.prepare_value(value, None)?, core)));
+        async move {
+            let (outgoing, core) = prepared?;
+            core.deliver(outgoing).await
+        }
     }
 
     /// As [`RelaySender::send_any`].
@@ -251,13 +272,20 @@ impl WeakSender {
     /// tx.weak().send_any(Arc::new(1u8), TypeId::of::<u8>()).await.unwrap();
     /// # });
     /// ```
-    pub async fn send_any(
+    pub fn send_any(
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
-    ) -> Result<(), SendError> {
-        let core = self.core.upgrade().ok_or(SendError::Closed)?;
-        send_any(&core, value, type_id).await
+    ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
+        let prepared = self
+            .core
+            .upgrade()
+            .ok_or(SendError::Closed)
+            .and_then(|core| Ok((prepare_any(&core, value, type_id)?, core)));
+        async move {
+            let (outgoing, core) = prepared?;
+            core.deliver(outgoing).await
+        }
     }
 
     /// `true` once the relay is closed (or gone).
@@ -299,14 +327,14 @@ impl std::fmt::Debug for WeakSender {
     }
 }
 
-async fn send_any(
+fn prepare_any(
     core: &Core,
     value: Arc<dyn Any + Send + Sync>,
     type_id: TypeId,
-) -> Result<(), SendError> {
+) -> Result<Outgoing, SendError> {
     // `(*value).type_id()`, not `value.type_id()`: the latter is the Arc's own type.
     if (*value).type_id() != type_id {
         return Err(SendError::TypeMismatch);
     }
-    core.send(value, type_id, None, None, true).await
+    core.prepare(value, type_id, None, None, true)
 }

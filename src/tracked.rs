@@ -70,7 +70,9 @@ impl Inbox {
 
     fn wrap(&self, item: Queued) -> Completion {
         Completion {
-            envelope: item.envelope,
+            msg_id: item.envelope.msg_id,
+            type_name: item.envelope.type_name,
+            envelope: Some(item.envelope),
             tracker: item.tracker,
             core: self.attached.core.clone(),
             relay_id: self.attached.relay_id,
@@ -82,6 +84,10 @@ impl Inbox {
         self.attached.id()
     }
 
+    pub(crate) fn keep_registered(&mut self) {
+        self.attached.keep_registered();
+    }
+
     pub(crate) fn is_wildcard(&self) -> bool {
         self.attached.ty.is_none()
     }
@@ -91,8 +97,12 @@ impl Inbox {
 ///
 /// Invariant: the tracker (if any) is taken by the first of `complete`, `fail*` or `Drop`,
 /// so it is completed exactly once; `Drop` without settling fails it with [`HandlerGone`].
+/// The envelope can be taken out (to let go of the value's `Arc`) while the message stays
+/// reportable: `msg_id` and `type_name` are kept for errors.
 pub(crate) struct Completion {
-    pub(crate) envelope: Envelope,
+    envelope: Option<Envelope>,
+    msg_id: u64,
+    type_name: &'static str,
     tracker: Option<Arc<Tracker>>,
     core: Weak<Core>,
     relay_id: u64,
@@ -102,6 +112,17 @@ pub(crate) struct Completion {
 impl Completion {
     pub(crate) fn is_tracked(&self) -> bool {
         self.tracker.is_some()
+    }
+
+    pub(crate) fn envelope(&self) -> &Envelope {
+        self.envelope
+            .as_ref()
+            .expect("the envelope is only taken by its last user")
+    }
+
+    /// Takes the envelope, so this message no longer holds the value's `Arc`.
+    pub(crate) fn take_envelope(&mut self) -> Envelope {
+        self.envelope.take().expect("the envelope is taken once")
     }
 
     /// Who is blocked until this message completes (for deadlock detection).
@@ -138,10 +159,10 @@ impl Completion {
 
     pub(crate) fn relay_error(&self, error: BoxError) -> RelayError {
         RelayError {
-            msg_id: self.envelope.msg_id,
+            msg_id: self.msg_id,
             relay_id: self.relay_id,
             kind: self.kind,
-            type_name: self.envelope.type_name,
+            type_name: self.type_name,
             error,
         }
     }
@@ -173,7 +194,7 @@ impl Drop for Completion {
 /// A tracked subscription to messages of type `T`.
 ///
 /// Made by [`RelayReceiver::subscribe_tracked`](crate::RelayReceiver::subscribe_tracked);
-/// see the [module docs](self) for the completion contract.
+/// see the `tracked` section of SEMANTICS.md and [`Tracked`] for the completion contract.
 ///
 /// # Examples
 ///
@@ -260,6 +281,10 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
     pub fn id(&self) -> u64 {
         self.inbox.id()
     }
+
+    pub(crate) fn keep_registered(&mut self) {
+        self.inbox.keep_registered();
+    }
 }
 
 impl<T> std::fmt::Debug for TrackedSubscription<T> {
@@ -301,7 +326,7 @@ pub struct Tracked<T> {
 impl<T: Any + Send + Sync> Tracked<T> {
     /// `None` only if the value is not a `T`, which routing by `TypeId` rules out.
     pub(crate) fn new(completion: Completion) -> Option<Self> {
-        let value = completion.envelope.value.clone().downcast::<T>().ok()?;
+        let value = completion.envelope().value.clone().downcast::<T>().ok()?;
         Some(Tracked { value, completion })
     }
 }
@@ -342,7 +367,7 @@ impl<T> Tracked<T> {
     /// # });
     /// ```
     pub fn envelope(&self) -> &Envelope {
-        &self.completion.envelope
+        self.completion.envelope()
     }
 
     /// `true` if a sender is waiting for this message.
@@ -416,7 +441,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Tracked<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracked")
             .field("value", &self.value)
-            .field("msg_id", &self.completion.envelope.msg_id)
+            .field("msg_id", &self.completion.msg_id)
             .field("tracked", &self.completion.is_tracked())
             .finish()
     }

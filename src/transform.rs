@@ -209,13 +209,13 @@ impl RelayReceiver {
         self.spawn_forwarder(async move {
             while let Some(msg) = inbox.recv().await {
                 let value = msg
-                    .envelope
+                    .envelope()
                     .value
                     .downcast_ref::<T>()
                     .expect("routed by TypeId");
                 match guarded(|| f(value)) {
                     Ok(Some(out)) => {
-                        let origin = msg.envelope.origin;
+                        let origin = msg.envelope().origin;
                         drop(msg);
                         // The child's handler errors were published on the child.
                         let _ = child_tx.core.send_value(out, Some(origin)).await;
@@ -332,11 +332,12 @@ impl RelayReceiver {
         let mode = self.config().panic_mode;
         self.spawn_forwarder(async move {
             let mut batch: Vec<Item> = Vec::with_capacity(size);
-            while let Some(msg) = inbox.recv().await {
+            while let Some(mut msg) = inbox.recv().await {
+                // Take the envelope so this forwarder's copy of the value's Arc is the one
+                // `take` gets: unshared values are moved into the batch, not cloned.
                 let shared = msg
-                    .envelope
+                    .take_envelope()
                     .value
-                    .clone()
                     .downcast::<T>()
                     .expect("routed by TypeId");
                 match guarded(|| take(shared)) {
@@ -379,11 +380,11 @@ impl RelayReceiver {
         let mode = self.config().panic_mode;
         self.spawn_forwarder(async move {
             while let Some(msg) = inbox.recv().await {
-                if wildcard && is_internal_event(msg.envelope.type_id) {
+                if wildcard && is_internal_event(msg.envelope().type_id) {
                     msg.complete();
                     continue;
                 }
-                match guarded(|| route(&msg.envelope)) {
+                match guarded(|| route(msg.envelope())) {
                     // In this forwarder's scope, so a handler of the child that is blocked
                     // on this message is seen in the child send's wait chain.
                     Ok(Some(i)) => {
@@ -402,7 +403,7 @@ impl RelayReceiver {
 async fn pass_on(msg: Completion, child: &RelaySender) {
     let outcome = child
         .core
-        .forward_envelope(&msg.envelope, msg.is_tracked())
+        .forward_envelope(msg.envelope(), msg.is_tracked())
         .await;
     msg.settle_forwarded(outcome);
 }
