@@ -29,6 +29,7 @@ use crate::stats::RelayStats;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::task::Tasks;
 use crate::tracker::Tracker;
+use crate::wait::wait_until;
 
 // Process-wide ids stay on std atomics (loom's are not `const`).
 /// A send that has taken its snapshot and is ready to deliver.
@@ -152,16 +153,7 @@ impl Core {
     }
 
     pub(crate) async fn wait_closed(&self) {
-        loop {
-            if self.is_closed() {
-                return;
-            }
-            let listener = self.closed_event.listen();
-            if self.is_closed() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.closed_event, || self.is_closed()).await;
     }
 
     pub(crate) fn handler_count(&self) -> usize {
@@ -170,22 +162,12 @@ impl Core {
 
     /// Resolves once at least `n` tracked handlers are registered, or the relay closed.
     pub(crate) async fn wait_for_handlers(&self, n: usize) -> bool {
-        loop {
-            if self.handler_count() >= n {
-                return true;
-            }
-            if self.is_closed() {
-                return false;
-            }
-            let listener = self.handlers_event.listen();
-            if self.handler_count() >= n {
-                return true;
-            }
-            if self.is_closed() {
-                return false;
-            }
-            listener.await;
-        }
+        // `close` notifies `handlers_event` too, so a closing relay releases the waiters.
+        wait_until(&self.handlers_event, || {
+            self.handler_count() >= n || self.is_closed()
+        })
+        .await;
+        self.handler_count() >= n
     }
 
     pub(crate) fn stats(&self) -> RelayStats {

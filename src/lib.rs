@@ -84,6 +84,7 @@ mod task;
 mod tracked;
 mod tracker;
 mod transform;
+mod wait;
 
 pub(crate) use crate::config::Config;
 pub use crate::config::{DeliveryMode, ErrorMode, PanicMode};

@@ -12,6 +12,7 @@ use futures::channel::oneshot;
 use crate::error::{HandlerGone, HandlerKind, RelayError};
 use crate::spawner::Spawner;
 use crate::sync::{AtomicUsize, Ordering};
+use crate::wait::wait_until;
 
 /// Task counters of one relay.
 ///
@@ -60,16 +61,7 @@ impl Tasks {
 
     /// Resolves once no task started from this relay is waiting for its first poll.
     pub(crate) async fn ready(&self) {
-        loop {
-            if self.all_started() {
-                return;
-            }
-            let listener = self.started.listen();
-            if self.all_started() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.started, || self.all_started()).await;
     }
 }
 

@@ -7,6 +7,7 @@ use event_listener::Event;
 use crate::config::ErrorMode;
 use crate::error::{RelayError, SendError};
 use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::wait::wait_until;
 
 /// Completion state of one tracked message.
 ///
@@ -88,17 +89,8 @@ impl Tracker {
 
     /// Waits until every handler has completed, then gives the verdict.
     pub(crate) async fn wait(&self) -> Result<(), SendError> {
-        loop {
-            if self.is_done() {
-                break;
-            }
-            // Listen before the re-check: a completion between the two is not lost.
-            let listener = self.done.listen();
-            if self.is_done() {
-                break;
-            }
-            listener.await;
-        }
+        // Listens before the re-check: a completion between the two is not lost.
+        wait_until(&self.done, || self.is_done()).await;
         self.verdict()
     }
 

@@ -10,6 +10,7 @@
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
+use crate::config::PanicMode;
 use crate::core::is_internal_event;
 use crate::deadlock::InHandler;
 use crate::error::HandlerKind;
@@ -200,13 +201,7 @@ impl RelayReceiver {
         U: Any + Send + Sync,
         F: Fn(&T) -> Option<U> + Send + Sync + 'static,
     {
-        let (child_tx, child) = self.child();
-        let Some(child_tx) = child_tx else {
-            return child;
-        };
-        let inbox = Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, false);
-        let mode = self.config().panic_mode;
-        self.spawn_forwarder(async move {
+        self.boundary_forwarder::<T, _, _>(|inbox, child_tx, mode| async move {
             while let Some(msg) = inbox.recv().await {
                 let value = msg
                     .envelope()
@@ -224,8 +219,7 @@ impl RelayReceiver {
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
                 }
             }
-        });
-        child
+        })
     }
 
     /// A child relay of `Vec<T>` batches of `size` messages, in order; the last, partial
@@ -260,9 +254,7 @@ impl RelayReceiver {
         if size == 0 {
             return Err(BatchError::ZeroSize);
         }
-        Ok(self.batcher::<T, T, _>(size, |shared| {
-            Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone())
-        }))
+        Ok(self.batcher::<T, T, _>(size, unshare))
     }
 
     /// As [`batch`](Self::batch), with the size a const generic: `N == 0` does not compile.
@@ -284,9 +276,7 @@ impl RelayReceiver {
         T: Any + Send + Sync + Clone,
     {
         const { assert!(N > 0, "batch size must be at least 1") };
-        self.batcher::<T, T, _>(N, |shared| {
-            Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone())
-        })
+        self.batcher::<T, T, _>(N, unshare)
     }
 
     /// As [`batch`](Self::batch), for any `T` (no `Clone`): batches of `Vec<Arc<T>>`.
@@ -324,13 +314,7 @@ impl RelayReceiver {
         Item: Any + Send + Sync,
         F: Fn(Arc<T>) -> Item + Send + Sync + 'static,
     {
-        let (child_tx, child) = self.child();
-        let Some(child_tx) = child_tx else {
-            return child;
-        };
-        let inbox = Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, false);
-        let mode = self.config().panic_mode;
-        self.spawn_forwarder(async move {
+        self.boundary_forwarder::<T, _, _>(move |inbox, child_tx, mode| async move {
             let mut batch: Vec<Item> = Vec::with_capacity(size);
             while let Some(mut msg) = inbox.recv().await {
                 // Take the envelope so this forwarder's copy of the value's Arc is the one
@@ -353,7 +337,23 @@ impl RelayReceiver {
             if !batch.is_empty() {
                 let _ = child_tx.core.send_value(batch, None).await;
             }
-        });
+        })
+    }
+
+    /// A tracking boundary: an untracked inbox for `T` on this relay, and a task `run`
+    /// that feeds the child (whose only sender it gets). Returns the child, closed at
+    /// once if this relay is.
+    fn boundary_forwarder<T, R, Fut>(&self, run: R) -> RelayReceiver
+    where
+        T: Any + Send + Sync,
+        R: FnOnce(Inbox, RelaySender, PanicMode) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (child_tx, child) = self.child();
+        if let Some(child_tx) = child_tx {
+            let inbox = Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, false);
+            self.spawn_forwarder(run(inbox, child_tx, self.config().panic_mode));
+        }
         child
     }
 
@@ -396,6 +396,11 @@ impl RelayReceiver {
             }
         });
     }
+}
+
+/// The value itself when nobody else holds it, a clone otherwise.
+fn unshare<T: Clone>(shared: Arc<T>) -> T {
+    Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone())
 }
 
 /// Sends `msg` into `child` and settles it with the child's verdict (waiting for the
