@@ -285,7 +285,9 @@ impl Core {
         if targets.slots.is_empty() {
             return Ok(());
         }
-        let mut delivered = 0u64;
+        // Added to the relay's counter when delivery ends *or is cancelled* part-way, so
+        // copies already queued by a dropped send are counted; one atomic add per send.
+        let mut delivered = CountOnDrop(&self.delivered, 0);
         let mut crowded = false;
         for slot in targets.slots.iter() {
             let item = Queued {
@@ -305,14 +307,14 @@ impl Core {
             };
             match outcome {
                 Ok(()) => {
-                    delivered += 1;
+                    delivered.1 += 1;
                     crowded |= slot.is_crowded();
                 }
                 Err(PushError::Full(item)) => self.missed(slot, item),
                 Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
             }
         }
-        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        drop(delivered);
         drop(targets);
 
         if crowded {
@@ -432,6 +434,15 @@ pub(crate) fn is_internal_event(type_id: TypeId) -> bool {
 
 fn is_internal_type_name(name: &str) -> bool {
     name == std::any::type_name::<Dropped>() || name == std::any::type_name::<RelayError>()
+}
+
+/// Adds its count to the counter when dropped.
+struct CountOnDrop<'a>(&'a AtomicU64, u64);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(self.1, Ordering::Relaxed);
+    }
 }
 
 /// Returns `Pending` once (after asking to be woken), then `Ready`.

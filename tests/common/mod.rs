@@ -110,3 +110,62 @@ macro_rules! on_every_runtime {
         }
     )*};
 }
+
+/// Spawns `fut` as a task of the runtime the caller is running on (tokio, async-std or smol,
+/// whichever context is current) and returns a future of its output. If the task panics, the
+/// returned future panics too.
+pub fn spawn<F>(fut: F) -> impl Future<Output = F::Output> + Send + 'static
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let task = async move {
+        let _ = tx.send(fut.await);
+    };
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        drop(handle.spawn(task));
+    } else if async_std::task::try_current().is_some() {
+        drop(async_std::task::spawn(task));
+    } else {
+        smol::spawn(task).detach();
+    }
+    async move { rx.await.expect("a spawned test task panicked") }
+}
+
+/// Polls `cond` every millisecond until it holds, failing the test with `what` after `dur`.
+pub async fn wait_until(dur: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    within(dur, what, async {
+        while !cond() {
+            sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+}
+
+/// A one-shot gate: every `wait` blocks until `open` is called, then returns at once.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    tx: async_channel::Sender<()>,
+    rx: async_channel::Receiver<()>,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        let (tx, rx) = async_channel::bounded(1);
+        Gate { tx, rx }
+    }
+
+    pub fn open(&self) {
+        self.tx.close();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub async fn wait(&self) {
+        // Nothing is ever sent: `recv` returns (with an error) exactly when the gate opens.
+        let _ = self.rx.recv().await;
+    }
+}

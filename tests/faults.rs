@@ -1,0 +1,637 @@
+//! Fault injection: things going away or misbehaving at the worst moment.
+//!
+//! - a lossless `send` future dropped after 1..=5 polls, at each await point of the send
+//!   path (waiting for room in a full queue, waiting for a tracked sink's queue, waiting
+//!   for the tracker), leaves no reservation, waiter or completion behind;
+//! - a tracked subscription dropped with messages queued (or a sender waiting for room in
+//!   it) fails them with `HandlerGone`;
+//! - a handler that does not return while the relay is closed: the send waiting on it
+//!   stays pending until the handler returns, then gets its verdict; dropping that send
+//!   leaks nothing;
+//! - spawners that drop their tasks; a `within` task that panics after the relay closed;
+//! - 10,000 handlers registered and dropped while sends run;
+//! - the deadlock guard (`WouldDeadlock`), directly and through tracked forwarders, and no
+//!   false alarm across a tracking boundary.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use common::{timeout, wait_until, within, Gate};
+use futures::future::join_all;
+use pipedream_rs::{
+    BoxFuture, DeliveryMode, ErrorMode, HandlerGone, HandlerKind, Relay, RelayError, RelayReceiver,
+    RelayStats, SendError, Spawner, WouldDeadlock,
+};
+
+/// Long enough for anything that should happen; only reached when something hangs.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long something that must stay pending is watched (it cannot fail a correct relay).
+const STAYS_PENDING: Duration = Duration::from_millis(50);
+const INTENDED: &str = "intended panic (faults test)";
+
+#[derive(Debug, thiserror::Error)]
+#[error("refused {0}")]
+struct Refused(u32);
+
+/// Panics this file provokes on purpose stay out of the test output.
+fn quiet_intended_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.contains(INTENDED) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A task body that panics (on purpose) with `what`.
+async fn explode(what: &str) {
+    panic!("{INTENDED}: {what}");
+}
+
+fn handler_gone(result: Result<(), SendError>, kind: HandlerKind) {
+    match result {
+        Err(SendError::Downstream(e)) => {
+            assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+            assert_eq!(e.kind, kind, "{e}");
+        }
+        other => panic!("expected HandlerGone, got {other:?}"),
+    }
+}
+
+/// Every relay freed: closed, no live task, its internals gone (`stats()` reads zeros
+/// only then).
+async fn freed(what: &str, relays: &[&RelayReceiver]) {
+    wait_until(WAIT, what, || {
+        relays
+            .iter()
+            .all(|rx| rx.is_closed() && rx.stats() == RelayStats::default())
+    })
+    .await;
+}
+
+/// Holds every task it is given, running none, until `drop_all` throws them away.
+#[derive(Clone, Default)]
+struct DroppingLater(Arc<Mutex<Vec<BoxFuture>>>);
+
+impl Spawner for DroppingLater {
+    fn spawn(&self, task: BoxFuture) {
+        self.0.lock().unwrap().push(task);
+    }
+}
+
+impl DroppingLater {
+    fn drop_all(&self) {
+        let tasks = std::mem::take(&mut *self.0.lock().unwrap());
+        drop(tasks);
+    }
+}
+
+on_every_runtime! {
+    // ----- cancelled sends ---------------------------------------------------------------
+
+    async fn a_lossless_send_dropped_at_every_await_point_leaks_nothing() {
+        const CAP: usize = 2;
+        let (tx, rx) = Relay::builder()
+            .channel_size(CAP)
+            .delivery_mode(DeliveryMode::Lossless)
+            .build()
+            .unwrap();
+        // Slot order is registration order: the untracked queue we fill, then the sink.
+        let mut full = rx.subscribe::<u32>();
+        let (permit_tx, permit_rx) = async_channel::unbounded::<()>();
+        let processed = Arc::new(AtomicUsize::new(0));
+        let p = processed.clone();
+        rx.sink_async::<u32, _, _>(move |_| {
+            let (permits, p) = (permit_rx.clone(), p.clone());
+            async move {
+                let _ = permits.recv().await; // one permit per message; all once closed
+                p.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut taken = 0usize; // messages read from `full`
+        let mut outcomes = [0usize; 2]; // [pending when dropped, finished]
+
+        for k in 1..=5usize {
+            for pattern in 0..4usize {
+                // Fill `full` to capacity with sends that are abandoned after one poll
+                // (each queues its message there, then waits for the sink).
+                let mut rounds = 0;
+                while full.len() < CAP {
+                    let mut filler = Box::pin(tx.send(0u32));
+                    let _ = futures::poll!(filler.as_mut());
+                    rounds += 1;
+                    assert!(rounds <= CAP, "a poll with room did not queue the message");
+                }
+                let mut send = Box::pin(tx.send(k as u32));
+                let mut finished = false;
+                for i in 0..k {
+                    if futures::poll!(send.as_mut()).is_ready() {
+                        finished = true;
+                        break;
+                    }
+                    // Let the send move on to its next await point, or not.
+                    match (pattern + i) % 4 {
+                        0 => {}
+                        1 => {
+                            if full.try_recv().is_ok() {
+                                taken += 1;
+                            }
+                        }
+                        2 => permit_tx.try_send(()).unwrap(),
+                        _ => {
+                            if full.try_recv().is_ok() {
+                                taken += 1;
+                            }
+                            permit_tx.try_send(()).unwrap();
+                        }
+                    }
+                }
+                outcomes[usize::from(finished)] += 1;
+                drop(send);
+            }
+        }
+        assert!(outcomes[0] > 0, "no send was dropped part-way: {outcomes:?}");
+
+        // Let everything through; later sends work, and the queue holds exactly CAP.
+        permit_tx.close();
+        while full.try_recv().is_ok() {
+            taken += 1;
+        }
+        within(WAIT, "a send after the abandoned ones", tx.send(100u32)).await.unwrap();
+        while full.try_recv().is_ok() {
+            taken += 1;
+        }
+        assert_eq!(full.len(), 0);
+        let mut pending = Vec::new();
+        for i in 0..CAP {
+            let mut send = Box::pin(tx.send(200 + i as u32));
+            match futures::poll!(send.as_mut()) {
+                std::task::Poll::Ready(result) => result.unwrap(),
+                std::task::Poll::Pending => pending.push(send),
+            }
+            assert_eq!(full.len(), i + 1, "an empty queue of {CAP} refused message {i}");
+        }
+        let mut over = Box::pin(tx.send(300u32));
+        assert!(futures::poll!(over.as_mut()).is_pending(), "a full lossless queue took more");
+        assert_eq!(full.len(), CAP, "a full lossless queue took more than its capacity");
+        assert_eq!(*full.recv().await.unwrap(), 200);
+        taken += 1;
+        pending.push(over);
+        for result in within(WAIT, "the sends after the queue drained", join_all(pending)).await {
+            result.unwrap();
+        }
+        while full.try_recv().is_ok() {
+            taken += 1;
+        }
+
+        let stats = rx.stats();
+        assert_eq!((stats.subscribers, stats.tracked_handlers), (2, 1));
+        assert!(taken > 0 && processed.load(Ordering::SeqCst) > 0);
+        drop(tx);
+        assert!(within(WAIT, "end of stream", full.recv()).await.is_none());
+        drop(full);
+        freed("the relay", &[&rx]).await;
+    }
+
+}
+
+on_every_runtime! {
+    async fn copies_queued_by_a_cancelled_lossless_send_count_as_delivered() {
+        let (tx, rx) = Relay::builder()
+            .channel_size(1)
+            .delivery_mode(DeliveryMode::Lossless)
+            .build()
+            .unwrap();
+        let mut first = rx.subscribe::<u32>();
+        let second = rx.subscribe::<u32>();
+        within(WAIT, "a send with room", tx.send(0u32)).await.unwrap(); // 2 copies
+        assert_eq!(*first.recv().await.unwrap(), 0);
+        let mut send = Box::pin(tx.send(1u32));
+        assert!(futures::poll!(send.as_mut()).is_pending()); // queued for `first`, waits for `second`
+        drop(send);
+        assert_eq!(first.len(), 1, "the cancelled send queued a copy for `first`");
+        assert_eq!(second.len(), 1);
+        assert_eq!(rx.stats().delivered, 3, "2 copies of message 0 + 1 of message 1");
+    }
+}
+
+on_every_runtime! {
+    // ----- dropped tracked subscriptions -------------------------------------------------------
+
+    async fn a_tracked_subscription_dropped_with_messages_queued_fails_them_with_handler_gone() {
+        let (tx, rx) = Relay::channel();
+        let mut sub = rx.subscribe_tracked::<u32>();
+        let mut events = rx.subscribe::<RelayError>();
+        let sends: Vec<_> = (0..4u32)
+            .map(|i| {
+                let w = tx.weak();
+                common::spawn(async move { w.send(i).await })
+            })
+            .collect();
+        wait_until(WAIT, "four messages queued", || rx.stats().delivered == 4).await;
+        let held = within(WAIT, "take one", sub.recv()).await.unwrap();
+        assert!(held.is_tracked());
+        held.complete();
+        let unsettled = within(WAIT, "take another", sub.recv()).await.unwrap();
+        drop(sub); // two still queued, one held
+        drop(unsettled);
+        let mut ok = 0;
+        for send in sends {
+            match within(WAIT, "a send of a dropped subscription", send).await {
+                Ok(()) => ok += 1,
+                other => handler_gone(other, HandlerKind::Tracked),
+            }
+        }
+        assert_eq!(ok, 1);
+        let mut gone = 0;
+        while let Ok(e) = events.try_recv() {
+            assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+            gone += 1;
+        }
+        assert_eq!(gone, 3, "each failure is published once");
+        assert_eq!(rx.stats().tracked_handlers, 0);
+        within(WAIT, "a send with no handler left", tx.send(9u32)).await.unwrap();
+        drop((tx, events));
+        freed("the relay", &[&rx]).await;
+    }
+
+    async fn a_lossless_sender_waiting_for_room_in_a_dropped_tracked_subscription_gets_handler_gone() {
+        let (tx, rx) = Relay::builder()
+            .channel_size(1)
+            .delivery_mode(DeliveryMode::Lossless)
+            .build()
+            .unwrap();
+        let sub = rx.subscribe_tracked::<u32>();
+        let first = {
+            let w = tx.weak();
+            common::spawn(async move { w.send(1u32).await })
+        };
+        wait_until(WAIT, "the first message queued", || rx.stats().delivered == 1).await;
+        let mut second = Box::pin(tx.send(2u32));
+        assert!(futures::poll!(second.as_mut()).is_pending()); // waits for room
+        drop(sub);
+        handler_gone(within(WAIT, "the queued message", first).await, HandlerKind::Tracked);
+        handler_gone(within(WAIT, "the waiting sender", second).await, HandlerKind::Tracked);
+        within(WAIT, "a later send", tx.send(3u32)).await.unwrap();
+        drop(tx);
+        freed("the relay", &[&rx]).await;
+    }
+
+    // ----- a handler that does not return across the close --------------------------------------
+
+    /// Decision recorded here: closing the relay does not interrupt a send already past
+    /// its snapshot. It stays pending for as long as the handler works on its message and
+    /// then returns that handler's verdict (here an error, which is returned but not
+    /// published: no events on a closed relay).
+    async fn a_send_waiting_on_a_handler_stays_pending_across_close_until_the_handler_returns() {
+        let (tx, rx) = Relay::channel();
+        let mut events = rx.subscribe::<RelayError>();
+        let (started, release) = (Gate::new(), Gate::new());
+        let (s, r) = (started.clone(), release.clone());
+        rx.sink_async::<u32, _, _>(move |n| {
+            let (s, r) = (s.clone(), r.clone());
+            async move {
+                s.open();
+                r.wait().await;
+                Err(Refused(*n))
+            }
+        });
+        let send = {
+            let w = tx.weak();
+            common::spawn(async move { w.send(7u32).await })
+        };
+        within(WAIT, "the handler starts", started.wait()).await;
+        tx.close();
+        assert!(rx.is_closed());
+        assert!(matches!(tx.send(8u32).await, Err(SendError::Closed)));
+        let mut send = Box::pin(send);
+        assert!(timeout(STAYS_PENDING, send.as_mut()).await.is_none(), "the close ended the send");
+        release.open();
+        match within(WAIT, "the send after its handler returned", send).await {
+            Err(SendError::Downstream(e)) => assert!(e.downcast_ref::<Refused>().is_some(), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(within(WAIT, "events end", events.recv()).await.is_none(), "published after close");
+        drop(tx);
+        freed("the relay", &[&rx]).await;
+    }
+
+    async fn dropping_a_send_that_waits_on_a_stuck_handler_after_close_leaks_nothing() {
+        let (tx, rx) = Relay::channel();
+        let canary = Arc::new(());
+        let (started, release) = (Gate::new(), Gate::new());
+        let (s, r) = (started.clone(), release.clone());
+        rx.sink_async::<Arc<()>, _, _>(move |_| {
+            let (s, r) = (s.clone(), r.clone());
+            async move {
+                s.open();
+                r.wait().await;
+            }
+        });
+        let mut send = Box::pin(tx.send(canary.clone()));
+        assert!(futures::poll!(send.as_mut()).is_pending());
+        within(WAIT, "the handler starts", started.wait()).await;
+        tx.close();
+        assert!(futures::poll!(send.as_mut()).is_pending());
+        drop(send);
+        drop(tx);
+        // The relay's internals are gone; only the stuck handler's task is left.
+        wait_until(WAIT, "internals freed", || {
+            let mut stats = rx.stats();
+            let live = std::mem::take(&mut stats.live_tasks);
+            live == 1 && stats == RelayStats::default()
+        })
+        .await;
+        release.open();
+        freed("the relay", &[&rx]).await;
+        wait_until(WAIT, "the message freed", || Arc::strong_count(&canary) == 1).await;
+    }
+
+    // ----- spawners that drop their tasks -----------------------------------------------------
+
+    async fn a_spawner_dropping_tasks_later_fails_the_sends_waiting_on_them() {
+        let spawner = DroppingLater::default();
+        let (tx, rx) = Relay::builder().spawner(spawner.clone()).build().unwrap();
+        rx.sink::<u32, _, _>(|_| ());
+        let evens = rx.filter::<u64, _>(|n| n % 2 == 0);
+        let handle = rx.within(|| async {});
+        let mut ready = Box::pin(rx.ready());
+        let mut to_sink = Box::pin(tx.send(1u32));
+        let mut to_filter = Box::pin(tx.send(2u64));
+        assert!(timeout(STAYS_PENDING, to_sink.as_mut()).await.is_none());
+        assert!(futures::poll!(to_filter.as_mut()).is_pending());
+        assert!(futures::poll!(ready.as_mut()).is_pending());
+        spawner.drop_all();
+        handler_gone(within(WAIT, "send to the dropped sink", to_sink).await, HandlerKind::Sink);
+        handler_gone(within(WAIT, "send to the dropped filter", to_filter).await, HandlerKind::Forwarder);
+        within(WAIT, "ready()", ready).await;
+        within(WAIT, "the filtered relay closes", evens.closed()).await;
+        let e = within(WAIT, "the dropped within task", handle).await.unwrap_err();
+        assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+        assert_eq!(rx.stats().live_tasks, 0);
+        // The refused sink stays registered with a closed queue: later sends fail loudly.
+        let later = within(WAIT, "a later send", tx.send(3u32)).await;
+        handler_gone(later, HandlerKind::Sink);
+        within(WAIT, "a later send through the closed filter", tx.send(4u64)).await.unwrap();
+        drop(tx);
+        freed("every relay", &[&rx, &evens]).await;
+    }
+
+    /// A sink whose task the spawner refused stays registered with a closed queue: every
+    /// send of its type fails with `HandlerGone` (it must not look like success) until the
+    /// relay closes. Derived relays whose forwarder was refused close; nothing hangs.
+    async fn a_spawner_dropping_every_task_fails_sends_to_its_sinks_and_hangs_nothing() {
+        let (tx, rx) = Relay::builder()
+            .spawner(|task: BoxFuture| drop(task))
+            .build()
+            .unwrap();
+        rx.sink::<u32, _, _>(|_| ());
+        let doubled = rx.map::<u32, u64, _>(|n| u64::from(*n) * 2);
+        let evens = rx.filter::<u32, _>(|n| n % 2 == 0);
+        let handle = rx.within(|| async {});
+        within(WAIT, "ready()", rx.ready()).await;
+        for n in 0..3u32 {
+            let sent = within(WAIT, "a send to a sink that never ran", tx.send(n)).await;
+            handler_gone(sent, HandlerKind::Sink);
+        }
+        within(WAIT, "a send of another type", tx.send(1u8)).await.unwrap();
+        within(WAIT, "the mapped relay closes", doubled.closed()).await;
+        within(WAIT, "the filtered relay closes", evens.closed()).await;
+        let e = within(WAIT, "the within handle", handle).await.unwrap_err();
+        assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+        // The refused sink still counts; the refused filter's forwarder does not.
+        assert_eq!((rx.stats().live_tasks, rx.stats().tracked_handlers), (0, 1));
+        drop(tx);
+        freed("every relay", &[&rx, &doubled, &evens]).await;
+    }
+
+    // ----- a within task that panics after the close ------------------------------------------
+
+    async fn a_within_task_panicking_after_the_close_returns_the_panic_and_hangs_nothing() {
+        quiet_intended_panics();
+        let (tx, rx) = Relay::channel();
+        let mut events = rx.subscribe::<RelayError>();
+        let release = Gate::new();
+        let r = release.clone();
+        let handle = rx.within(move || async move {
+            r.wait().await;
+            explode("late").await;
+        });
+        drop(tx);
+        release.open();
+        let e = within(WAIT, "the within handle", handle).await.unwrap_err();
+        assert!(e.is_panic(), "{e}");
+        assert_eq!(e.kind, HandlerKind::Within);
+        assert!(e.to_string().contains("late"), "{e}");
+        assert!(within(WAIT, "events end", events.recv()).await.is_none(), "published after close");
+        drop(events);
+        freed("the relay", &[&rx]).await;
+    }
+
+    // ----- handler churn ---------------------------------------------------------------------
+
+    async fn ten_thousand_handlers_registered_and_dropped_while_sends_run() {
+        const TRACKED_SUBS: usize = 5_000; // on one long-lived relay, 50 alive at a time
+        const SHORT_LIVED: usize = 1_000; // relays with 5 handlers each
+        let (tx, rx) = Relay::channel();
+        let stop = Gate::new();
+        let sender = {
+            let (w, stop) = (tx.weak(), stop.clone());
+            common::spawn(async move {
+                let (mut sent, mut failed) = (0usize, 0usize);
+                let mut n = 0u32;
+                while !stop.is_open() {
+                    n = n.wrapping_add(1);
+                    match within(WAIT, "a send during the churn", w.send(n)).await {
+                        Ok(()) => sent += 1,
+                        Err(SendError::Downstream(e)) => {
+                            assert!(
+                                e.downcast_ref::<HandlerGone>().is_some()
+                                    || e.downcast_ref::<Refused>().is_some(),
+                                "{e}"
+                            );
+                            failed += 1;
+                        }
+                        Err(other) => panic!("{other:?}"),
+                    }
+                    if n % 8 == 0 {
+                        common::sleep(Duration::from_micros(50)).await; // let the churn in
+                    }
+                }
+                (sent, failed)
+            })
+        };
+        let short_lived_done = common::spawn(async {
+            let processed = Arc::new(AtomicUsize::new(0));
+            for i in 0..SHORT_LIVED as u32 {
+                let (tx2, rx2) = Relay::channel();
+                for _ in 0..2 {
+                    let p = processed.clone();
+                    rx2.sink::<u32, _, _>(move |_| {
+                        p.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+                rx2.tap::<u32, _, _>(|n| if n % 3 == 0 { Err(Refused(*n)) } else { Ok(()) });
+                let odd = rx2.filter::<u32, _>(|n| n % 2 == 1);
+                odd.sink::<u32, _, _>(|_| ());
+                odd.tap::<u32, _, _>(|_| ());
+                for n in [i, i + 1] {
+                    let result = within(WAIT, "a send on a short-lived relay", tx2.send(n)).await;
+                    assert_eq!(result.is_err(), n % 3 == 0, "{n}: {result:?}");
+                }
+            }
+            processed.load(Ordering::Relaxed)
+        });
+        let mut settled = 0usize;
+        for wave in 0..TRACKED_SUBS / 50 {
+            let drivers: Vec<_> = (0..50usize)
+                .map(|j| {
+                    let mut sub = rx.subscribe_tracked::<u32>();
+                    common::spawn(async move {
+                        // Settle up to 3 messages (complete, fail or abandon), then go away
+                        // with whatever is still queued.
+                        let mut done = 0;
+                        for step in 0..(wave + j) % 4 {
+                            let Some(msg) = within(WAIT, "a churn message", sub.recv()).await else {
+                                break;
+                            };
+                            match (wave + j + step) % 3 {
+                                0 => msg.complete(),
+                                1 => {
+                                    let n = **msg.value();
+                                    msg.fail(Refused(n));
+                                }
+                                _ => drop(msg),
+                            }
+                            done += 1;
+                        }
+                        done
+                    })
+                })
+                .collect();
+            for d in within(WAIT, "a wave of tracked subscriptions", join_all(drivers)).await {
+                settled += d;
+            }
+        }
+        let processed = within(Duration::from_secs(25), "the short-lived relays", short_lived_done).await;
+        assert_eq!(processed, SHORT_LIVED * 4);
+        stop.open();
+        let (sent, failed) = within(WAIT, "the sender stops", sender).await;
+        assert!(settled > 0 && sent + failed > 0, "settled {settled}, sent {sent}, failed {failed}");
+        let stats = rx.stats();
+        assert_eq!((stats.subscribers, stats.tracked_handlers), (0, 0));
+        drop(tx);
+        freed("the relay", &[&rx]).await;
+    }
+
+    // ----- the deadlock guard --------------------------------------------------------------------
+
+    async fn a_sink_awaiting_a_send_that_reaches_itself_gets_would_deadlock() {
+        let (tx, rx) = Relay::channel();
+        let w = tx.weak();
+        let verdicts = Arc::new(Mutex::new(Vec::new()));
+        let v = verdicts.clone();
+        rx.sink_async::<u32, _, _>(move |n| {
+            let (w, v) = (w.clone(), v.clone());
+            async move {
+                if *n == 0 {
+                    let e = w.send(1u32).await.unwrap_err();
+                    v.lock().unwrap().push(e.errors()[0].downcast_ref::<WouldDeadlock>().is_some());
+                }
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        assert_eq!(*verdicts.lock().unwrap(), [true]);
+    }
+
+    async fn a_tap_awaiting_a_send_through_two_filters_gets_would_deadlock() {
+        let (tx, rx) = Relay::builder().error_mode(ErrorMode::Aggregate).build().unwrap();
+        let w = tx.weak();
+        let verdicts = Arc::new(Mutex::new(Vec::new()));
+        let v = verdicts.clone();
+        let grandchild = rx.filter::<u32, _>(|_| true).filter::<u32, _>(|n| *n < 10);
+        grandchild.tap_async::<u32, _, _>(move |n| {
+            let (w, v) = (w.clone(), v.clone());
+            async move {
+                if *n == 0 {
+                    match w.send(1u32).await {
+                        Err(SendError::Aggregate(errors)) => v.lock().unwrap().extend(
+                            errors.iter().map(|e| e.downcast_ref::<WouldDeadlock>().is_some()),
+                        ),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        assert_eq!(*verdicts.lock().unwrap(), [true]);
+        // The relay still works afterwards.
+        within(WAIT, "a later send", tx.send(5u32)).await.unwrap();
+    }
+
+    async fn a_child_sink_awaiting_a_send_to_its_parent_through_a_filter_gets_would_deadlock() {
+        let (tx, rx) = Relay::channel();
+        let w = tx.weak();
+        let verdicts = Arc::new(Mutex::new(Vec::new()));
+        let v = verdicts.clone();
+        let child = rx.filter::<u32, _>(|_| true);
+        child.sink_async::<u32, _, _>(move |n| {
+            let (w, v) = (w.clone(), v.clone());
+            async move {
+                if *n == 0 {
+                    match w.send(1u32).await {
+                        Err(SendError::Downstream(e)) => {
+                            v.lock().unwrap().push(e.downcast_ref::<WouldDeadlock>().is_some())
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        assert_eq!(*verdicts.lock().unwrap(), [true]);
+    }
+
+    async fn a_sink_awaiting_a_send_across_a_tracking_boundary_is_not_a_deadlock() {
+        // Behind `map` the parent's send does not wait for the child's sink, so the sink
+        // may await a send to the parent: no WouldDeadlock, and nothing hangs.
+        let (tx, rx) = Relay::channel();
+        let w = tx.weak();
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let r = results.clone();
+        let child = rx.map::<u32, u64, _>(|n| u64::from(*n));
+        child.sink_async::<u64, _, _>(move |n| {
+            let (w, r) = (w.clone(), r.clone());
+            async move {
+                if *n == 0 {
+                    let result = w.send(1u32).await;
+                    r.lock().unwrap().push(result.is_ok());
+                }
+            }
+        });
+        let mut ones = rx.subscribe::<u32>();
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        // The inner send starts before the outer one has returned: they overlap, so `ones`
+        // may see them in either order.
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(*within(WAIT, "both messages", ones.recv()).await.unwrap());
+        }
+        got.sort();
+        assert_eq!(got, [0, 1]);
+        wait_until(WAIT, "the inner send returns", || !results.lock().unwrap().is_empty()).await;
+        assert_eq!(*results.lock().unwrap(), [true]);
+    }
+}
