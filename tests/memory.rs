@@ -1,0 +1,158 @@
+//! Memory: a subscriber's queue costs what it holds, not what it could hold.
+//!
+//! A counting global allocator tracks, per thread, the bytes allocated and not yet freed.
+//! Each test measures work done on its own thread, so tests running in parallel (and the
+//! harness) do not disturb the numbers. Run with `--nocapture` to see the figures.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use futures::executor::block_on;
+use pipedream_rs::{BoxFuture, Relay, RelayReceiver, RelaySender, DEFAULT_CHANNEL_SIZE};
+
+struct Counting;
+
+thread_local! {
+    /// Bytes allocated minus bytes freed by this thread.
+    static NET: Cell<isize> = const { Cell::new(0) };
+}
+
+fn add(bytes: isize) {
+    // `try_with`: the allocator also runs while thread-locals are being torn down.
+    let _ = NET.try_with(|n| n.set(n.get() + bytes));
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; we only count.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        add(layout.size() as isize);
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        add(layout.size() as isize);
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        add(-(layout.size() as isize));
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        add(new_size as isize - layout.size() as isize);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn net_bytes() -> isize {
+    NET.with(Cell::get)
+}
+
+const SUBSCRIBERS: usize = 1_000;
+
+/// A relay that needs no runtime: nothing here spawns a task.
+fn relay(capacity: usize) -> (RelaySender, RelayReceiver) {
+    Relay::builder()
+        .channel_size(capacity)
+        .spawner(|task: BoxFuture| drop(task))
+        .build()
+        .unwrap()
+}
+
+/// Bytes per idle subscriber: `SUBSCRIBERS` typed subscriptions on a fresh relay.
+fn bytes_per_idle_subscriber(capacity: usize) -> f64 {
+    let (_tx, rx) = relay(capacity);
+    let mut subs = Vec::with_capacity(SUBSCRIBERS); // the handles' own storage is not counted
+    let before = net_bytes();
+    for _ in 0..SUBSCRIBERS {
+        subs.push(rx.subscribe::<u64>());
+    }
+    let grown = net_bytes() - before;
+    grown as f64 / SUBSCRIBERS as f64
+}
+
+#[test]
+fn idle_subscribers_at_the_default_capacity_cost_under_1_kib_each() {
+    assert_eq!(DEFAULT_CHANNEL_SIZE, 65_536);
+    let at_default = bytes_per_idle_subscriber(DEFAULT_CHANNEL_SIZE);
+    let at_one = bytes_per_idle_subscriber(1);
+    println!(
+        "idle subscriber: {at_default:.0} bytes at capacity {DEFAULT_CHANNEL_SIZE}, \
+         {at_one:.0} bytes at capacity 1 (mean of {SUBSCRIBERS})"
+    );
+    assert!(at_default > 0.0);
+    assert!(
+        at_default < 1024.0,
+        "{at_default:.0} bytes per idle subscriber"
+    );
+    // The capacity is a number, not an allocation.
+    assert!(
+        (at_default - at_one).abs() < 8.0,
+        "{at_default:.0} vs {at_one:.0}"
+    );
+}
+
+#[test]
+fn queue_memory_grows_with_what_is_queued_and_shrinks_as_it_is_read() {
+    const QUEUED: usize = 10_000;
+    let (tx, rx) = relay(DEFAULT_CHANNEL_SIZE);
+    let mut sub = rx.subscribe::<u64>();
+    // Warm up: one message through, so the relay's one-off structures exist.
+    block_on(tx.send(0u64)).unwrap();
+    assert_eq!(sub.try_recv().map(|n| *n), Ok(0));
+
+    let idle = net_bytes();
+    for i in 0..QUEUED as u64 {
+        block_on(tx.send(i)).unwrap();
+    }
+    let full = net_bytes();
+    assert_eq!(sub.len(), QUEUED);
+    let per_message = (full - idle) as f64 / QUEUED as f64;
+
+    for i in 0..QUEUED as u64 {
+        assert_eq!(sub.try_recv().map(|n| *n), Ok(i));
+    }
+    let drained = net_bytes();
+    println!(
+        "queued: {per_message:.0} bytes per queued u64 message ({QUEUED} queued: +{} bytes); \
+         after reading them all: {:+} bytes from idle",
+        full - idle,
+        drained - idle
+    );
+    // Each queued message costs its own slot and value, nothing proportional to capacity.
+    assert!(
+        per_message > 8.0,
+        "{per_message:.0} bytes per queued message"
+    );
+    assert!(
+        per_message < 256.0,
+        "{per_message:.0} bytes per queued message"
+    );
+    // Reading gives the memory back (an allocated block of the queue may remain).
+    assert!(
+        drained - idle < 4096,
+        "{} bytes still held after draining",
+        drained - idle
+    );
+}
+
+#[test]
+fn dropped_subscribers_give_their_memory_back() {
+    let (_tx, rx) = relay(DEFAULT_CHANNEL_SIZE);
+    // Warm up the registry's one-off structures (the type's route).
+    drop(rx.subscribe::<u64>());
+    let before = net_bytes();
+    let subs: Vec<_> = (0..SUBSCRIBERS).map(|_| rx.subscribe::<u64>()).collect();
+    drop(subs);
+    let after = net_bytes();
+    println!(
+        "{SUBSCRIBERS} subscribers made and dropped: {:+} bytes",
+        after - before
+    );
+    assert!(after - before < 1024, "{} bytes still held", after - before);
+    assert_eq!(rx.stats().subscribers, 0);
+}

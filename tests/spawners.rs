@@ -1,0 +1,294 @@
+//! Spawners: custom executors, `TokioSpawner` from outside its runtime, spawners that drop
+//! their tasks, the default-spawner rule, and the builder's checks.
+//!
+//! Most tests here run without any runtime feature: they bring their own executor.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{timeout, within};
+use futures::executor::block_on;
+use pipedream_rs::{BoxFuture, BuildError, HandlerGone, HandlerKind, Relay, SendError, Spawner};
+
+/// Long enough for anything that should happen; only reached when something hangs.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long a send must stay pending to count as "waiting".
+const STAYS_PENDING: Duration = Duration::from_millis(100);
+
+/// The name of the thread the relay runs a `u8` sink on.
+async fn handler_thread_name(
+    tx: &pipedream_rs::RelaySender,
+    rx: &pipedream_rs::RelayReceiver,
+) -> String {
+    let name = Arc::new(Mutex::new(None));
+    let n = name.clone();
+    rx.sink::<u8, _, _>(move |_| {
+        *n.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+    });
+    within(WAIT, "a send to the probe sink", tx.send(0u8))
+        .await
+        .unwrap();
+    let name = name.lock().unwrap().clone();
+    name.unwrap_or_default()
+}
+
+fn assert_handler_gone(result: Result<(), SendError>) {
+    match result {
+        Err(SendError::Downstream(e)) => {
+            assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+            assert_eq!(e.kind, HandlerKind::Sink);
+        }
+        other => panic!("expected HandlerGone, got {other:?}"),
+    }
+}
+
+// ----- custom executors ------------------------------------------------------------------
+
+#[test]
+fn relay_runs_its_tasks_on_a_futures_thread_pool() {
+    let pool = futures::executor::ThreadPool::builder()
+        .pool_size(2)
+        .name_prefix("custom-pool-")
+        .create()
+        .unwrap();
+    let (tx, rx) = Relay::builder()
+        .spawner(move |task: BoxFuture| pool.spawn_ok(task))
+        .build()
+        .unwrap();
+    block_on(async {
+        assert!(handler_thread_name(&tx, &rx)
+            .await
+            .starts_with("custom-pool-"));
+        let sum = Arc::new(AtomicUsize::new(0));
+        let s = sum.clone();
+        rx.tap::<u32, _, _>(move |n| {
+            s.fetch_add(*n as usize, Ordering::SeqCst);
+        });
+        for n in 1..=10u32 {
+            tx.send(n).await.unwrap();
+        }
+        assert_eq!(sum.load(Ordering::SeqCst), 55);
+        within(WAIT, "ready", rx.ready()).await;
+        within(WAIT, "a within task", rx.within(|| async {}))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn relay_runs_its_tasks_on_an_async_executor() {
+    let ex = Arc::new(async_executor::Executor::new());
+    let spawn_on = ex.clone();
+    let (tx, rx) = Relay::builder()
+        .spawner(move |task: BoxFuture| spawn_on.spawn(task).detach())
+        .build()
+        .unwrap();
+    // One thread drives the executor and the test: the sink can only run if the relay
+    // handed its task to this executor.
+    block_on(ex.run(async {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
+            let s = s.clone();
+            async move { s.lock().unwrap().push(*n) }
+        });
+        let mut sub = rx.subscribe::<u32>();
+        let worker = rx.within(move || async move {
+            let mut total = 0;
+            while let Some(n) = sub.recv().await {
+                total += *n;
+            }
+            assert_eq!(total, 6);
+        });
+        for n in 1..=3u32 {
+            within(WAIT, "a send on a custom executor", tx.send(n))
+                .await
+                .unwrap();
+        }
+        assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
+        drop(tx);
+        within(WAIT, "the within task", worker).await.unwrap();
+    }));
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn tokio_spawner_with_a_handle_works_from_outside_the_runtime() {
+    use pipedream_rs::TokioSpawner;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("outside-handle-rt")
+        .build()
+        .unwrap();
+    // This thread is not in the runtime.
+    assert!(TokioSpawner::try_current().is_none());
+    let (tx, rx) = Relay::builder()
+        .spawner(TokioSpawner::new(rt.handle().clone()))
+        .build()
+        .unwrap();
+    let in_runtime = Arc::new(Mutex::new(None));
+    let r = in_runtime.clone();
+    rx.sink::<u32, _, _>(move |_| {
+        *r.lock().unwrap() = Some(tokio::runtime::Handle::try_current().is_ok());
+    });
+    block_on(async {
+        within(WAIT, "a send from outside the runtime", tx.send(1u32))
+            .await
+            .unwrap();
+        assert_eq!(*in_runtime.lock().unwrap(), Some(true));
+        assert_eq!(handler_thread_name(&tx, &rx).await, "outside-handle-rt");
+    });
+}
+
+// ----- spawners that drop their tasks ----------------------------------------------------
+
+/// Holds every task it is given, running none, until `drop_all` throws them away.
+#[derive(Clone, Default)]
+struct DroppingLater(Arc<Mutex<Vec<BoxFuture>>>);
+
+impl Spawner for DroppingLater {
+    fn spawn(&self, task: BoxFuture) {
+        self.0.lock().unwrap().push(task);
+    }
+}
+
+impl DroppingLater {
+    fn drop_all(&self) {
+        let tasks = std::mem::take(&mut *self.0.lock().unwrap());
+        drop(tasks);
+    }
+}
+
+#[test]
+fn sends_waiting_on_a_task_the_spawner_drops_fail_with_handler_gone() {
+    let spawner = DroppingLater::default();
+    let (tx, rx) = Relay::builder().spawner(spawner.clone()).build().unwrap();
+    rx.sink::<u32, _, _>(|_| ());
+    let finished = rx.within(|| async {});
+    block_on(async {
+        let mut ready = Box::pin(rx.ready());
+        let mut send = Box::pin(tx.send(1u32));
+        assert!(timeout(STAYS_PENDING, send.as_mut()).await.is_none());
+        assert!(timeout(STAYS_PENDING, ready.as_mut()).await.is_none());
+
+        spawner.drop_all();
+        assert_handler_gone(within(WAIT, "a send whose handler was dropped", send).await);
+        within(WAIT, "ready() after the tasks were dropped", ready).await;
+        let e = within(WAIT, "the handle of a dropped within task", finished)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, HandlerKind::Within);
+        assert!(e.downcast_ref::<HandlerGone>().is_some());
+        assert_eq!(rx.stats().live_tasks, 0);
+    });
+}
+
+#[test]
+fn spawner_that_drops_every_task_makes_sends_fail_with_handler_gone_and_ready_still_resolves() {
+    let (tx, rx) = Relay::builder()
+        .spawner(|task: BoxFuture| drop(task))
+        .build()
+        .unwrap();
+    rx.sink::<u32, _, _>(|_| ());
+    let handle = rx.within(|| async {});
+    block_on(async {
+        within(WAIT, "ready() with every task dropped", rx.ready()).await;
+        // Never Ok: the handler never ran.
+        let result = within(WAIT, "a send to a handler that never ran", tx.send(1u32)).await;
+        assert_handler_gone(result);
+        let e = within(WAIT, "a within handle", handle).await.unwrap_err();
+        assert!(e.downcast_ref::<HandlerGone>().is_some());
+        // The sink whose task never ran stays registered (closed), failing its sends.
+        assert_eq!((rx.stats().live_tasks, rx.stats().tracked_handlers), (0, 1));
+    });
+}
+
+// ----- the default-spawner rule ------------------------------------------------------------
+
+#[cfg(feature = "tokio")]
+#[test]
+fn default_spawner_inside_a_tokio_runtime_is_that_runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("default-rule-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Chosen over smol and async-std when those features are on too.
+        let (tx, rx) = Relay::channel();
+        assert_eq!(handler_thread_name(&tx, &rx).await, "default-rule-rt");
+    });
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn default_spawner_inside_an_async_std_task_is_async_std() {
+    async_std::task::block_on(async {
+        let (tx, rx) = Relay::channel();
+        let in_task = Arc::new(Mutex::new(None));
+        let t = in_task.clone();
+        rx.sink::<u32, _, _>(move |_| {
+            *t.lock().unwrap() = Some(async_std::task::try_current().is_some());
+        });
+        within(WAIT, "a send", tx.send(1u32)).await.unwrap();
+        assert_eq!(*in_task.lock().unwrap(), Some(true));
+    });
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn default_spawner_outside_any_runtime_is_smol() {
+    let (tx, rx) = Relay::channel();
+    let name = block_on(handler_thread_name(&tx, &rx));
+    assert!(name.starts_with("smol-"), "handler ran on {name:?}");
+}
+
+#[cfg(all(feature = "async-std", not(feature = "smol")))]
+#[test]
+fn default_spawner_outside_any_runtime_without_smol_is_async_std() {
+    let (tx, rx) = Relay::channel();
+    let in_task = Arc::new(Mutex::new(None));
+    let t = in_task.clone();
+    rx.sink::<u32, _, _>(move |_| {
+        *t.lock().unwrap() = Some(async_std::task::try_current().is_some());
+    });
+    block_on(tx.send(1u32)).unwrap();
+    assert_eq!(*in_task.lock().unwrap(), Some(true));
+}
+
+#[cfg(not(any(feature = "smol", feature = "async-std")))]
+#[test]
+fn without_smol_or_async_std_building_outside_a_tokio_runtime_has_no_spawner() {
+    assert_eq!(Relay::builder().build().unwrap_err(), BuildError::NoSpawner);
+    let panic = std::panic::catch_unwind(Relay::channel).unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(message.starts_with("no spawner"), "{message}");
+    // A spawner given explicitly always works.
+    assert!(Relay::builder()
+        .spawner(|task: BoxFuture| drop(task))
+        .build()
+        .is_ok());
+}
+
+// ----- builder checks ----------------------------------------------------------------------
+
+#[test]
+fn zero_channel_size_is_a_build_error() {
+    let err = Relay::builder()
+        .channel_size(0)
+        .spawner(|task: BoxFuture| drop(task))
+        .build()
+        .unwrap_err();
+    assert_eq!(err, BuildError::ZeroChannelSize);
+    assert_eq!(err.to_string(), "channel size must be at least 1");
+}
+
+#[test]
+#[should_panic(expected = "channel size must be at least 1")]
+fn channel_with_size_zero_panics() {
+    let _ = Relay::channel_with_size(0);
+}
