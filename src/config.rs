@@ -20,6 +20,10 @@ pub enum DeliveryMode {
     /// [`RelayStats::dropped`](crate::RelayStats::dropped) and reported as a
     /// [`Dropped`](crate::Dropped) event. A tracked handler that misses a message this way
     /// fails that send with [`QueueFull`](crate::QueueFull).
+    ///
+    /// When a queue it delivered to is more than half full, the send yields to the
+    /// scheduler once before returning, so a producer that never awaits anything else
+    /// cannot starve its consumers on the same worker. It never waits for room.
     #[default]
     Broadcast,
     /// `send` waits for space in every live subscriber's queue (back-pressure), so `Ok(())`

@@ -213,7 +213,7 @@ impl<T: Any + Send + Sync> Subscription<T> {
         }
     }
 
-    /// This subscriber's id within its relay (as in [`Dropped::subscriber_id`](crate::Dropped)).
+    /// This subscriber's id, unique in the process (as in [`Dropped::subscriber_id`](crate::Dropped)).
     ///
     /// # Examples
     ///
@@ -367,7 +367,7 @@ impl EnvelopeSubscription {
             .map_err(map_try)
     }
 
-    /// This subscriber's id within its relay.
+    /// This subscriber's id, unique in the process.
     ///
     /// # Examples
     ///

@@ -270,7 +270,7 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
         }
     }
 
-    /// This subscriber's id within its relay.
+    /// This subscriber's id, unique in the process.
     ///
     /// # Examples
     ///
