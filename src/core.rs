@@ -289,30 +289,26 @@ impl Core {
         // copies already queued by a dropped send are counted; one atomic add per send.
         let mut delivered = CountOnDrop(&self.delivered, 0);
         let mut crowded = false;
-        for slot in targets.slots.iter() {
-            let item = Queued {
-                envelope: envelope.clone(),
-                tracker: slot.state.tracked.and(tracker.clone()),
-            };
-            if let (Some(kind), Some(t)) = (slot.state.tracked, &item.tracker) {
-                if t.would_deadlock(slot.state.id) {
-                    let error = self.error_for(&item.envelope, kind, Arc::new(WouldDeadlock));
-                    self.report(Some(t), error);
-                    continue;
-                }
-            }
-            let outcome = match self.config.delivery_mode {
-                DeliveryMode::Broadcast => slot.try_push(item),
-                DeliveryMode::Lossless => slot.push(item).await.map_err(PushError::Closed),
-            };
-            match outcome {
+        let mut next = 0;
+        // Every queue with room is pushed synchronously; only a lossless send that meets a
+        // full queue waits, in a boxed future, so the send future itself stays small (the
+        // waiting future inline made every send future ~650 bytes to move around).
+        while let Some((at, item)) = self.push_ready(
+            &envelope,
+            &targets.slots[next..],
+            tracker.as_ref(),
+            &mut delivered.1,
+            &mut crowded,
+        ) {
+            let slot = &targets.slots[next + at];
+            match Box::pin(slot.push(item)).await {
                 Ok(()) => {
                     delivered.1 += 1;
                     crowded |= slot.is_crowded();
                 }
-                Err(PushError::Full(item)) => self.missed(slot, item),
-                Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
+                Err(item) => self.fail_gone(item, slot.state.tracked),
             }
+            next += at + 1;
         }
         drop(delivered);
         drop(targets);
@@ -327,6 +323,44 @@ impl Core {
             Some(tracker) => tracker.wait().await,
             None => Ok(()),
         }
+    }
+
+    /// Pushes the message to each of `slots` that has room, in order, without waiting.
+    /// Returns the first full queue (by index in `slots`) and its item in lossless mode,
+    /// where the caller must wait for room and then continue after it.
+    fn push_ready(
+        &self,
+        envelope: &Envelope,
+        slots: &[QueueTx],
+        tracker: Option<&Arc<Tracker>>,
+        delivered: &mut u64,
+        crowded: &mut bool,
+    ) -> Option<(usize, Queued)> {
+        for (at, slot) in slots.iter().enumerate() {
+            let item = Queued {
+                envelope: envelope.clone(),
+                tracker: slot.state.tracked.and(tracker.cloned()),
+            };
+            if let (Some(kind), Some(t)) = (slot.state.tracked, &item.tracker) {
+                if t.would_deadlock(slot.state.id) {
+                    let error = self.error_for(&item.envelope, kind, Arc::new(WouldDeadlock));
+                    self.report(Some(t), error);
+                    continue;
+                }
+            }
+            match slot.try_push(item) {
+                Ok(()) => {
+                    *delivered += 1;
+                    *crowded |= slot.is_crowded();
+                }
+                Err(PushError::Full(item)) => match self.config.delivery_mode {
+                    DeliveryMode::Lossless => return Some((at, item)),
+                    DeliveryMode::Broadcast => self.missed(slot, item),
+                },
+                Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
+            }
+        }
+        None
     }
 
     /// A subscriber's queue was full (broadcast mode): count it, report it.
