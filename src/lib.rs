@@ -58,7 +58,8 @@
 //! In both modes, `Ok(())` also means every tracked handler of the message's type has
 //! processed it without error. The full contract is in `SEMANTICS.md`.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 mod config;
 mod core;
