@@ -7,22 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::within;
-use pipedream_rs::{BatchError, DeliveryMode, Relay, Subscription};
+use common::{drain, within};
+use pipedream_rs::{BatchError, DeliveryMode, Relay};
 
 const BOUND: Duration = Duration::from_secs(10);
-
-/// Receives until the end, bounded.
-async fn drain<T: std::any::Any + Send + Sync + Clone>(sub: &mut Subscription<T>) -> Vec<T> {
-    within(BOUND, "subscription drained to its end", async {
-        let mut got = Vec::new();
-        while let Some(v) = sub.recv().await {
-            got.push((*v).clone());
-        }
-        got
-    })
-    .await
-}
 
 fn chunks(range: std::ops::Range<u32>, size: usize) -> Vec<Vec<u32>> {
     range

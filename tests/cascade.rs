@@ -7,41 +7,12 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{sleep, within};
+use common::{downstream, drain, sleep, wait_until, within};
 use pipedream_rs::{
-    HandlerGone, HandlerKind, PanicError, Relay, RelayError, RelayReceiver, SendError,
-    Subscription, TryRecvError,
+    HandlerGone, HandlerKind, PanicError, Relay, RelayError, RelayReceiver, TryRecvError,
 };
 
 const BOUND: Duration = Duration::from_secs(10);
-
-/// Receives until the end, bounded.
-async fn drain<T: std::any::Any + Send + Sync + Clone>(sub: &mut Subscription<T>) -> Vec<T> {
-    within(BOUND, "subscription drained to its end", async {
-        let mut got = Vec::new();
-        while let Some(v) = sub.recv().await {
-            got.push((*v).clone());
-        }
-        got
-    })
-    .await
-}
-
-fn downstream(result: Result<(), SendError>) -> RelayError {
-    match result {
-        Err(SendError::Downstream(e)) => e,
-        other => panic!("expected SendError::Downstream, got {other:?}"),
-    }
-}
-
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    within(BOUND, what, async {
-        while !cond() {
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
 
 /// A forwarder's panic as the parent sees it.
 fn assert_forwarder_panic(e: &RelayError, parent: &RelayReceiver, msg_id: u64, message: &str) {
@@ -213,7 +184,7 @@ on_every_runtime! {
             assert_eq!(ended, TryRecvError::Closed, "{op}");
             assert!(child.filter::<u32, _>(|_| true).is_closed(), "a child of {op}");
         }
-        eventually("no forwarder left running", || rx.stats().live_tasks == 0).await;
+        wait_until(BOUND, "no forwarder left running", || rx.stats().live_tasks == 0).await;
     }
 
     async fn derived_relays_of_a_dropped_relay_are_closed_at_once() {
@@ -274,7 +245,7 @@ on_every_runtime! {
         assert_eq!(drain(&mut on_child).await, [1]);
         within(BOUND, "child closed", child.closed()).await;
         assert!(!tx.is_closed(), "the parent stays open");
-        eventually("the forwarder ended", || rx.stats().live_tasks == 0).await;
+        wait_until(BOUND, "the forwarder ended", || rx.stats().live_tasks == 0).await;
         assert_eq!(rx.stats().tracked_handlers, 0);
         within(BOUND, "later sends do not wait for it", tx.send(14u32)).await.unwrap();
     }

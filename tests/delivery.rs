@@ -8,25 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{timeout, within};
+use common::{lossless, timeout, within};
 use futures::StreamExt;
-use pipedream_rs::{
-    DeliveryMode, Dropped, HandlerKind, QueueFull, Relay, RelayError, RelayReceiver, RelaySender,
-    SendError, TryRecvError,
-};
+use pipedream_rs::{Dropped, HandlerKind, QueueFull, Relay, RelayError, SendError, TryRecvError};
 
 /// Long enough for anything that should happen; only reached when something hangs.
 const WAIT: Duration = Duration::from_secs(10);
 /// How long a send must stay pending to count as "waiting".
 const STAYS_PENDING: Duration = Duration::from_millis(100);
-
-fn lossless(size: usize) -> (RelaySender, RelayReceiver) {
-    Relay::builder()
-        .channel_size(size)
-        .delivery_mode(DeliveryMode::Lossless)
-        .build()
-        .unwrap()
-}
 
 on_every_runtime! {
     // ----- typed fan-out and routing ---------------------------------------------------

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::within;
+use common::{downstream, explode, within};
 use pipedream_rs::{
     EnvelopeSubscription, ErrorMode, HandlerKind, PanicError, PanicMode, Relay, RelayError,
     SendError, Subscription,
@@ -40,21 +40,9 @@ fn published(events: &mut Subscription<RelayError>) -> Vec<RelayError> {
     out
 }
 
-fn the_one_error(result: Result<(), SendError>) -> RelayError {
-    match result {
-        Err(SendError::Downstream(e)) => e,
-        other => panic!("expected SendError::Downstream, got {other:?}"),
-    }
-}
-
 fn panic_message(e: &RelayError) -> &str {
     assert!(e.is_panic(), "not a panic: {e}");
     &e.downcast_ref::<PanicError>().unwrap().message
-}
-
-/// A task body that panics with `message`.
-async fn explode(message: &'static str) {
-    panic!("{message}");
 }
 
 fn counter() -> Arc<AtomicUsize> {
@@ -71,7 +59,7 @@ on_every_runtime! {
         rx.sink::<i64, _, _>(|n| if *n < 0 { Err(Rejected(*n)) } else { Ok(()) });
 
         tx.send(1i64).await.unwrap();
-        let e = the_one_error(tx.send(-7i64).await);
+        let e = downstream(tx.send(-7i64).await);
         let id = last_id_of::<i64>(&mut all);
         assert_eq!(
             (e.kind, e.type_name, e.msg_id, e.relay_id),
@@ -105,10 +93,10 @@ on_every_runtime! {
         let mut tracked = rx.subscribe_tracked::<i8>();
 
         let cases = [
-            (the_one_error(tx.send(1u8).await), HandlerKind::Sink, "u8", 1),
-            (the_one_error(tx.send(2u16).await), HandlerKind::Tap, "u16", 2),
-            (the_one_error(tx.send(3u32).await), HandlerKind::Sink, "u32", 3),
-            (the_one_error(tx.send(4u64).await), HandlerKind::Tap, "u64", 4),
+            (downstream(tx.send(1u8).await), HandlerKind::Sink, "u8", 1),
+            (downstream(tx.send(2u16).await), HandlerKind::Tap, "u16", 2),
+            (downstream(tx.send(3u32).await), HandlerKind::Sink, "u32", 3),
+            (downstream(tx.send(4u64).await), HandlerKind::Tap, "u64", 4),
         ];
         for (e, kind, type_name, value) in &cases {
             assert_eq!((e.kind, e.type_name), (*kind, *type_name));
@@ -117,7 +105,7 @@ on_every_runtime! {
         let (sent, ()) = futures::join!(tx.send(5i8), async {
             tracked.recv().await.unwrap().fail(Rejected(5));
         });
-        let e = the_one_error(sent);
+        let e = downstream(sent);
         assert_eq!((e.kind, e.type_name), (HandlerKind::Tracked, "i8"));
         assert_eq!(e.downcast_ref::<Rejected>(), Some(&Rejected(5)));
 
@@ -140,7 +128,7 @@ on_every_runtime! {
         rx.sink::<i64, _, _>(|_| Err(Rejected(1)));
         rx.tap::<i64, _, _>(|_| Err(Rejected(2)));
 
-        let e = the_one_error(tx.send(0i64).await);
+        let e = downstream(tx.send(0i64).await);
         let code = e.downcast_ref::<Rejected>().unwrap().0;
         assert!(code == 1 || code == 2);
         let mut codes: Vec<_> = published(&mut events)
@@ -234,11 +222,11 @@ on_every_runtime! {
         });
 
         let cases = [
-            (the_one_error(tx.send(13u8).await), HandlerKind::Sink, "u8", "sink hates 13"),
-            (the_one_error(tx.send(13u16).await), HandlerKind::Tap, "u16", "tap panicked"),
-            (the_one_error(tx.send(13u32).await), HandlerKind::Sink, "u32", "async sink hates 13"),
+            (downstream(tx.send(13u8).await), HandlerKind::Sink, "u8", "sink hates 13"),
+            (downstream(tx.send(13u16).await), HandlerKind::Tap, "u16", "tap panicked"),
+            (downstream(tx.send(13u32).await), HandlerKind::Sink, "u32", "async sink hates 13"),
             (
-                the_one_error(tx.send(13u64).await),
+                downstream(tx.send(13u64).await),
                 HandlerKind::Tap,
                 "u64",
                 "async tap panicked early",
@@ -270,7 +258,7 @@ on_every_runtime! {
     async fn a_panic_with_a_non_string_payload_is_still_reported() {
         let (tx, rx) = Relay::channel();
         rx.sink::<u8, _, ()>(|_| std::panic::panic_any(42u32));
-        let e = the_one_error(tx.send(1u8).await);
+        let e = downstream(tx.send(1u8).await);
         assert_eq!(panic_message(&e), "<non-string panic payload>");
     }
 
@@ -284,7 +272,7 @@ on_every_runtime! {
             Err(Rejected(0))
         });
         rx.sink::<u8, _, _>(|_| Err(Rejected(1)));
-        the_one_error(tx.send(1u8).await);
+        downstream(tx.send(1u8).await);
         // The u8 failure is published once; the RelayError sink's own failure is not.
         common::wait_until(WAIT, "the RelayError sink", || calls.load(Ordering::SeqCst) == 1).await;
         common::sleep(Duration::from_millis(50)).await;
@@ -333,7 +321,7 @@ on_every_runtime! {
         tx.send(1u32).await.unwrap();
 
         // The sender is failed, not left hanging.
-        let e = the_one_error(within(WAIT, "the send whose handler panics", tx.send(13u32)).await);
+        let e = downstream(within(WAIT, "the send whose handler panics", tx.send(13u32)).await);
         assert_eq!((e.kind, panic_message(&e)), (HandlerKind::Sink, "propagated"));
         assert_eq!(published(&mut events).len(), 1);
 

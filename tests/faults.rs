@@ -16,14 +16,16 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{timeout, wait_until, within, Gate};
+use common::{
+    explode, handler_gone, quiet_intended_panics, timeout, wait_until, within, DroppingLater, Gate,
+};
 use futures::future::join_all;
 use pipedream_rs::{
     BoxFuture, DeliveryMode, ErrorMode, HandlerGone, HandlerKind, Relay, RelayError, RelayReceiver,
-    RelayStats, SendError, Spawner, WouldDeadlock,
+    RelayStats, SendError, WouldDeadlock,
 };
 
 /// Long enough for anything that should happen; only reached when something hangs.
@@ -36,40 +38,6 @@ const INTENDED: &str = "intended panic (faults test)";
 #[error("refused {0}")]
 struct Refused(u32);
 
-/// Panics this file provokes on purpose stay out of the test output.
-fn quiet_intended_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.contains(INTENDED) {
-                previous(info);
-            }
-        }));
-    });
-}
-
-/// A task body that panics (on purpose) with `what`.
-async fn explode(what: &str) {
-    panic!("{INTENDED}: {what}");
-}
-
-fn handler_gone(result: Result<(), SendError>, kind: HandlerKind) {
-    match result {
-        Err(SendError::Downstream(e)) => {
-            assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
-            assert_eq!(e.kind, kind, "{e}");
-        }
-        other => panic!("expected HandlerGone, got {other:?}"),
-    }
-}
-
 /// Every relay freed: closed, no live task, its internals gone (`stats()` reads zeros
 /// only then).
 async fn freed(what: &str, relays: &[&RelayReceiver]) {
@@ -79,23 +47,6 @@ async fn freed(what: &str, relays: &[&RelayReceiver]) {
             .all(|rx| rx.is_closed() && rx.stats() == RelayStats::default())
     })
     .await;
-}
-
-/// Holds every task it is given, running none, until `drop_all` throws them away.
-#[derive(Clone, Default)]
-struct DroppingLater(Arc<Mutex<Vec<BoxFuture>>>);
-
-impl Spawner for DroppingLater {
-    fn spawn(&self, task: BoxFuture) {
-        self.0.lock().unwrap().push(task);
-    }
-}
-
-impl DroppingLater {
-    fn drop_all(&self) {
-        let tasks = std::mem::take(&mut *self.0.lock().unwrap());
-        drop(tasks);
-    }
 }
 
 on_every_runtime! {
@@ -420,14 +371,14 @@ on_every_runtime! {
     // ----- a within task that panics after the close ------------------------------------------
 
     async fn a_within_task_panicking_after_the_close_returns_the_panic_and_hangs_nothing() {
-        quiet_intended_panics();
+        quiet_intended_panics(INTENDED);
         let (tx, rx) = Relay::channel();
         let mut events = rx.subscribe::<RelayError>();
         let release = Gate::new();
         let r = release.clone();
         let handle = rx.within(move || async move {
             r.wait().await;
-            explode("late").await;
+            explode(&format!("{INTENDED}: late")).await;
         });
         drop(tx);
         release.open();

@@ -14,7 +14,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{sleep, within};
+use common::{wait_until, within};
 use pipedream_rs::{Relay, RelayReceiver, RelayStats};
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -23,24 +23,15 @@ const BOUND: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct Canary(#[allow(dead_code)] Arc<()>);
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    within(BOUND, what, async {
-        while !cond() {
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
 /// Every relay freed (closed, zero counters, no live task) and every message copy gone.
 async fn assert_all_freed(relays: &[(&str, RelayReceiver)], canary: &Arc<()>) {
     for (name, relay) in relays {
-        eventually(&format!("{name} freed"), || {
+        wait_until(BOUND, &format!("{name} freed"), || {
             relay.is_closed() && relay.stats() == RelayStats::default()
         })
         .await;
     }
-    eventually("every message copy freed", || {
+    wait_until(BOUND, "every message copy freed", || {
         Arc::strong_count(canary) == 1
     })
     .await;
@@ -99,7 +90,7 @@ on_every_runtime! {
             within(BOUND, "send a canary", tx.send(Canary(canary.clone()))).await.unwrap();
             within(BOUND, "send a u8", tx.send(1u8)).await.unwrap();
         }
-        eventually("the boundary children got their messages", || {
+        wait_until(BOUND, "the boundary children got their messages", || {
             shared.stats().sent == 5 && batched.stats().sent == 3 && deep_mapped.stats().sent == 10
         })
         .await;
@@ -138,7 +129,7 @@ on_every_runtime! {
                 within(BOUND, "send a canary", tx.send(Canary(canary.clone()))).await.unwrap();
             }
         }
-        eventually("merged got every message", || downstream.stats().sent == 15).await;
+        wait_until(BOUND, "merged got every message", || downstream.stats().sent == 15).await;
         assert_all_used(&relays);
 
         drop((a_tx, b_tx, c_tx, subscriptions));
@@ -159,7 +150,7 @@ on_every_runtime! {
             within(BOUND, "send on a", a_tx.send(Canary(canary.clone()))).await.unwrap();
             within(BOUND, "send on b", b_tx.send(Canary(canary.clone()))).await.unwrap();
         }
-        eventually("both sides got every message", || {
+        wait_until(BOUND, "both sides got every message", || {
             a.stats().sent == 10 && b.stats().sent == 10
         })
         .await;
@@ -177,13 +168,13 @@ on_every_runtime! {
         let forwarding = a.forward_detached(&b_tx);
         let on_b = b.subscribe::<Canary>();
         within(BOUND, "send", a_tx.send(Canary(canary.clone()))).await.unwrap();
-        eventually("b got it", || b.stats().sent == 1).await;
+        wait_until(BOUND, "b got it", || b.stats().sent == 1).await;
 
         drop((b_tx, on_b));
         within(BOUND, "the forward ends", forwarding).await.unwrap();
         assert_all_freed(&[("b", b)], &canary).await;
         assert_eq!(a.stats().subscribers, 0, "the forward unregistered from a");
-        eventually("the forward's task ended", || a.stats().live_tasks == 0).await;
+        wait_until(BOUND, "the forward's task ended", || a.stats().live_tasks == 0).await;
         assert!(!a.is_closed());
     }
 
@@ -211,8 +202,8 @@ on_every_runtime! {
 
         drop((tx, subscriptions, rx, child, guarded));
         for (name, relay) in &relays {
-            eventually(&format!("{name} freed"), || relay.stats() == RelayStats::default()).await;
+            wait_until(BOUND, &format!("{name} freed"), || relay.stats() == RelayStats::default()).await;
         }
-        eventually("every message copy freed", || Arc::strong_count(&canary) == 1).await;
+        wait_until(BOUND, "every message copy freed", || Arc::strong_count(&canary) == 1).await;
     }
 }

@@ -8,35 +8,14 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{timeout, within, Gate};
+use common::{handler_gone, lossless, timeout, within, Gate};
 use futures::FutureExt;
-use pipedream_rs::{
-    DeliveryMode, HandlerGone, HandlerKind, Relay, RelayReceiver, RelaySender, SendError,
-    TryRecvError,
-};
+use pipedream_rs::{HandlerKind, Relay, SendError, TryRecvError};
 
 /// Long enough for anything that should happen; only reached when something hangs.
 const WAIT: Duration = Duration::from_secs(10);
 /// How long a future must stay pending to count as "waiting".
 const STAYS_PENDING: Duration = Duration::from_millis(100);
-
-fn lossless(size: usize) -> (RelaySender, RelayReceiver) {
-    Relay::builder()
-        .channel_size(size)
-        .delivery_mode(DeliveryMode::Lossless)
-        .build()
-        .unwrap()
-}
-
-fn handler_gone(result: Result<(), SendError>, kind: HandlerKind) {
-    match result {
-        Err(SendError::Downstream(e)) => {
-            assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
-            assert_eq!(e.kind, kind);
-        }
-        other => panic!("expected HandlerGone, got {other:?}"),
-    }
-}
 
 on_every_runtime! {
     // ----- close and drain -------------------------------------------------------------

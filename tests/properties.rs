@@ -34,8 +34,7 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex, Once};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{join_all, select, Either};
@@ -46,7 +45,7 @@ use pipedream_rs::{
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
-use common::{within, Gate};
+use common::{failure_of, quiet_intended_panics, within, yield_now, Failure, Gate};
 
 /// Bound on every await inside a program.
 const BOUND: Duration = Duration::from_secs(10);
@@ -167,25 +166,9 @@ fn mapped(x: u8) -> u8 {
     x.wrapping_mul(7).wrapping_add(3)
 }
 
-/// Returns `Pending` once, after asking to be woken.
-#[derive(Default)]
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
 async fn slow(x: u8) {
     for _ in 0..x % 4 {
-        YieldNow::default().await;
+        yield_now().await;
     }
     if x % 16 == 0 {
         common::sleep(Duration::from_millis(1)).await;
@@ -426,13 +409,6 @@ fn start_drain<T: Any + Send + Sync>(
             }
         }
     }))
-}
-
-/// (relay id, handler kind, is panic): what the model knows of one failure.
-type Failure = (u64, String, bool);
-
-fn failure_of(e: &RelayError) -> Failure {
-    (e.relay_id, e.kind.to_string(), e.is_panic())
 }
 
 /// Everything a published or returned error says, to compare the two.
@@ -988,27 +964,9 @@ fn add(w: &mut World, at: usize, node: usize, ty: Ty, kind: HKind) {
 
 // ----- running the cases ------------------------------------------------------------------
 
-/// Handler panics are part of the programs: keep them out of the test output.
-fn quiet_intended_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.contains(INTENDED) {
-                previous(info);
-            }
-        }));
-    });
-}
-
 fn run_cases(runtime: &str, run: impl Fn(Program)) {
-    quiet_intended_panics();
+    // Handler panics are part of the programs: keep them out of the test output.
+    quiet_intended_panics(INTENDED);
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -25,10 +25,10 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{timeout, wait_until, within};
+use common::{failure_of, quiet_intended_panics, timeout, wait_until, within};
 use pipedream_rs::{
     DeliveryMode, ErrorMode, HandlerKind, PanicError, Relay, RelayError, RelayReceiver, RelayStats,
     SendError, Subscription, WeakSender,
@@ -291,10 +291,6 @@ fn expected_failures(specs: &[Spec], ty: Ty, x: u8) -> Vec<(u64, String, bool)> 
     out
 }
 
-fn failure_of(e: &RelayError) -> (u64, String, bool) {
-    (e.relay_id, e.kind.to_string(), e.is_panic())
-}
-
 // ----- one round --------------------------------------------------------------------------
 
 #[derive(Debug, Default)]
@@ -539,24 +535,6 @@ async fn settled_live_bytes() -> isize {
     least
 }
 
-fn quiet_intended_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.contains(INTENDED) {
-                previous(info);
-            }
-        }));
-    });
-}
-
 async fn soak(runtime: &'static str) {
     let seed = seed();
     let total = operations_per_runtime();
@@ -595,7 +573,7 @@ async fn soak(runtime: &'static str) {
 }
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    quiet_intended_panics();
+    quiet_intended_panics(INTENDED);
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{timeout, within};
+use common::{handler_gone, timeout, within, DroppingLater};
 use futures::executor::block_on;
-use pipedream_rs::{BoxFuture, BuildError, HandlerGone, HandlerKind, Relay, SendError, Spawner};
+use pipedream_rs::{BoxFuture, BuildError, HandlerGone, HandlerKind, Relay};
 
 /// Long enough for anything that should happen; only reached when something hangs.
 const WAIT: Duration = Duration::from_secs(10);
@@ -33,16 +33,6 @@ async fn handler_thread_name(
         .unwrap();
     let name = name.lock().unwrap().clone();
     name.unwrap_or_default()
-}
-
-fn assert_handler_gone(result: Result<(), SendError>) {
-    match result {
-        Err(SendError::Downstream(e)) => {
-            assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
-            assert_eq!(e.kind, HandlerKind::Sink);
-        }
-        other => panic!("expected HandlerGone, got {other:?}"),
-    }
 }
 
 // ----- custom executors ------------------------------------------------------------------
@@ -145,23 +135,6 @@ fn tokio_spawner_with_a_handle_works_from_outside_the_runtime() {
 
 // ----- spawners that drop their tasks ----------------------------------------------------
 
-/// Holds every task it is given, running none, until `drop_all` throws them away.
-#[derive(Clone, Default)]
-struct DroppingLater(Arc<Mutex<Vec<BoxFuture>>>);
-
-impl Spawner for DroppingLater {
-    fn spawn(&self, task: BoxFuture) {
-        self.0.lock().unwrap().push(task);
-    }
-}
-
-impl DroppingLater {
-    fn drop_all(&self) {
-        let tasks = std::mem::take(&mut *self.0.lock().unwrap());
-        drop(tasks);
-    }
-}
-
 #[test]
 fn sends_waiting_on_a_task_the_spawner_drops_fail_with_handler_gone() {
     let spawner = DroppingLater::default();
@@ -175,7 +148,10 @@ fn sends_waiting_on_a_task_the_spawner_drops_fail_with_handler_gone() {
         assert!(timeout(STAYS_PENDING, ready.as_mut()).await.is_none());
 
         spawner.drop_all();
-        assert_handler_gone(within(WAIT, "a send whose handler was dropped", send).await);
+        handler_gone(
+            within(WAIT, "a send whose handler was dropped", send).await,
+            HandlerKind::Sink,
+        );
         within(WAIT, "ready() after the tasks were dropped", ready).await;
         let e = within(WAIT, "the handle of a dropped within task", finished)
             .await
@@ -198,7 +174,7 @@ fn spawner_that_drops_every_task_makes_sends_fail_with_handler_gone_and_ready_st
         within(WAIT, "ready() with every task dropped", rx.ready()).await;
         // Never Ok: the handler never ran.
         let result = within(WAIT, "a send to a handler that never ran", tx.send(1u32)).await;
-        assert_handler_gone(result);
+        handler_gone(result, HandlerKind::Sink);
         let e = within(WAIT, "a within handle", handle).await.unwrap_err();
         assert!(e.downcast_ref::<HandlerGone>().is_some());
         // The sink whose task never ran stays registered (closed), failing its sends.

@@ -11,14 +11,12 @@
 mod common;
 
 use std::any::Any;
-use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{sleep, timeout, within};
+use common::{downstream, sleep, timeout, wait_until, within, yield_now};
 use pipedream_rs::{
     BoxFuture, DeliveryMode, Dropped, Envelope, ErrorMode, HandlerKind, Relay, RelayError,
     RelayReceiver, SendError, TryRecvError,
@@ -99,37 +97,6 @@ fn sink_failing_on_13(rx: &RelayReceiver) {
 
 fn recorded<T: Clone>(record: &Arc<Mutex<Vec<T>>>) -> Vec<T> {
     record.lock().unwrap().clone()
-}
-
-fn downstream(result: Result<(), SendError>) -> RelayError {
-    match result {
-        Err(SendError::Downstream(e)) => e,
-        other => panic!("expected SendError::Downstream, got {other:?}"),
-    }
-}
-
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    within(BOUND, what, async {
-        while !cond() {
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
-/// Returns `Pending` once, then `Ready`: lets other tasks interleave.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
 }
 
 /// Checks the error a tracked parent got back from a child relay's failing sink.
@@ -721,7 +688,7 @@ on_every_runtime! {
         let mut send = pin!(a_tx.send(1u32));
         assert!(timeout(BRIEFLY, send.as_mut()).await.is_none());
         within(BOUND, "a's sink got 1", a_entered.recv()).await.unwrap();
-        eventually("b's sink handled 1", || b_handled.load(Ordering::SeqCst) == 1).await;
+        wait_until(BOUND, "b's sink handled 1", || b_handled.load(Ordering::SeqCst) == 1).await;
         // b's tracked sink completed the same value; a's send still waits for a's sink.
         assert!(timeout(BRIEFLY, send.as_mut()).await.is_none(), "b completed a's message");
         key.open();
@@ -897,7 +864,7 @@ on_every_runtime! {
                 rx.within(move || async move {
                     for i in 0..EACH {
                         weak.send(s * EACH + i).await.expect("send");
-                        YieldNow(false).await;
+                        yield_now().await;
                     }
                 })
             })
@@ -915,7 +882,7 @@ on_every_runtime! {
                             c.fetch_add(1, Ordering::SeqCst);
                         });
                         created.lock().unwrap().push((child, count));
-                        YieldNow(false).await;
+                        yield_now().await;
                     }
                 })
             })

@@ -11,7 +11,13 @@
 #![allow(dead_code, unused_macros)]
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
+
+use pipedream_rs::{
+    BoxFuture, DeliveryMode, HandlerGone, HandlerKind, Relay, RelayError, RelayReceiver,
+    RelaySender, SendError, Spawner, Subscription,
+};
 
 /// Every test body must finish within this.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -167,5 +173,104 @@ impl Gate {
     pub async fn wait(&self) {
         // Nothing is ever sent: `recv` returns (with an error) exactly when the gate opens.
         let _ = self.rx.recv().await;
+    }
+}
+
+/// Receives until the end, bounded.
+pub async fn drain<T: std::any::Any + Send + Sync + Clone>(sub: &mut Subscription<T>) -> Vec<T> {
+    /// Long enough for any subscription to end; only reached when something hangs.
+    const BOUND: Duration = Duration::from_secs(10);
+    within(BOUND, "subscription drained to its end", async {
+        let mut got = Vec::new();
+        while let Some(v) = sub.recv().await {
+            got.push((*v).clone());
+        }
+        got
+    })
+    .await
+}
+
+/// The one error of a send that failed downstream; any other result fails the test.
+pub fn downstream(result: Result<(), SendError>) -> RelayError {
+    match result {
+        Err(SendError::Downstream(e)) => e,
+        other => panic!("expected SendError::Downstream, got {other:?}"),
+    }
+}
+
+/// Asserts that a send failed with `HandlerGone` from a handler of this `kind`.
+pub fn handler_gone(result: Result<(), SendError>, kind: HandlerKind) {
+    match result {
+        Err(SendError::Downstream(e)) => {
+            assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+            assert_eq!(e.kind, kind, "{e}");
+        }
+        other => panic!("expected HandlerGone, got {other:?}"),
+    }
+}
+
+/// A lossless relay with queues of `size`.
+pub fn lossless(size: usize) -> (RelaySender, RelayReceiver) {
+    Relay::builder()
+        .channel_size(size)
+        .delivery_mode(DeliveryMode::Lossless)
+        .build()
+        .unwrap()
+}
+
+/// (relay id, handler kind, is panic): what a model knows of one failure.
+pub type Failure = (u64, String, bool);
+
+/// What a model knows of the failure `e` reports.
+pub fn failure_of(e: &RelayError) -> Failure {
+    (e.relay_id, e.kind.to_string(), e.is_panic())
+}
+
+/// Panics a test binary provokes on purpose (whose message contains `intended`) stay out
+/// of the test output. The first call in a binary installs the hook; later calls do nothing.
+pub fn quiet_intended_panics(intended: &'static str) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.contains(intended) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A task body that panics with `message`.
+pub async fn explode(message: &str) {
+    panic!("{message}");
+}
+
+/// Returns `Pending` once, after asking to be woken, then `Ready`: lets other tasks
+/// interleave. (futures-lite's, through smol; it needs no runtime.)
+pub fn yield_now() -> impl Future<Output = ()> {
+    smol::future::yield_now()
+}
+
+/// A spawner that holds every task it is given, running none, until `drop_all` throws
+/// them away.
+#[derive(Clone, Default)]
+pub struct DroppingLater(Arc<Mutex<Vec<BoxFuture>>>);
+
+impl Spawner for DroppingLater {
+    fn spawn(&self, task: BoxFuture) {
+        self.0.lock().unwrap().push(task);
+    }
+}
+
+impl DroppingLater {
+    pub fn drop_all(&self) {
+        let tasks = std::mem::take(&mut *self.0.lock().unwrap());
+        drop(tasks);
     }
 }
