@@ -20,6 +20,7 @@ use event_listener::Event;
 
 use crate::config::{Config, DeliveryMode};
 use crate::deadlock::WouldDeadlock;
+use crate::delivery::Delivery;
 use crate::envelope::{Envelope, Queued};
 use crate::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
 use crate::events::Dropped;
@@ -37,6 +38,28 @@ pub(crate) struct Outgoing {
     envelope: Envelope,
     targets: Arc<Targets>,
     tracker: Option<Arc<Tracker>>,
+}
+
+/// What the first poll of a send did (see [`Core::push_ready`]).
+pub(crate) enum Pushed {
+    /// Every target was handled. `crowded`: some queue is more than half full.
+    Done {
+        crowded: bool,
+        tracker: Option<Arc<Tracker>>,
+    },
+    /// Lossless mode: a queue was full; the rest goes to [`Core::deliver_rest`].
+    Blocked(Blocked),
+}
+
+/// A lossless send stopped at a full queue: `item` is for `targets.slots[next]`, the
+/// slots after it are still to do.
+pub(crate) struct Blocked {
+    envelope: Envelope,
+    targets: Arc<Targets>,
+    tracker: Option<Arc<Tracker>>,
+    next: usize,
+    item: Queued,
+    crowded: bool,
 }
 
 static NEXT_RELAY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -202,31 +225,27 @@ impl Core {
         )
     }
 
-    /// Sends a typed value (prepare, then deliver).
-    pub(crate) async fn send_value<T: Any + Send + Sync>(
+    /// Sends a typed value (prepare now, deliver when polled).
+    pub(crate) fn send_value<T: Any + Send + Sync>(
         &self,
         value: T,
         origin: Option<u64>,
-    ) -> Result<(), SendError> {
-        self.deliver(self.prepare_value(value, origin)?).await
+    ) -> Delivery<'_, &Core> {
+        Delivery::new(self, self.prepare_value(value, origin))
     }
 
     /// Sends a message received elsewhere (a parent or a forwarding source) into this
     /// relay: same value, type and origin, a new message id here. With `wait == false`
     /// nobody waits for this relay's tracked handlers (they still process it).
-    pub(crate) async fn forward_envelope(
-        &self,
-        envelope: &Envelope,
-        wait: bool,
-    ) -> Result<(), SendError> {
+    pub(crate) fn forward_envelope(&self, envelope: &Envelope, wait: bool) -> Delivery<'_, &Core> {
         let outgoing = self.prepare(
             envelope.value.clone(),
             envelope.type_id,
             Some(envelope.type_name),
             Some(envelope.origin),
             wait,
-        )?;
-        self.deliver(outgoing).await
+        );
+        Delivery::new(self, outgoing)
     }
 
     /// The synchronous half of a send, run when `send` is *called*: checks the relay is
@@ -272,9 +291,10 @@ impl Core {
         })
     }
 
-    /// The asynchronous half of a send: queue the message for every target, then wait
-    /// for the tracked handlers (see the module docs).
-    pub(crate) async fn deliver(&self, outgoing: Outgoing) -> Result<(), SendError> {
+    /// The first poll of a send (see `delivery.rs`): pushes the message to every target
+    /// queue with room, in order, without waiting. In lossless mode the first full queue
+    /// stops it, and what is left is handed back as [`Pushed::Blocked`].
+    pub(crate) fn push_ready(&self, outgoing: Outgoing) -> Pushed {
         let Outgoing {
             envelope,
             targets,
@@ -282,41 +302,71 @@ impl Core {
         } = outgoing;
         // Counted when delivery starts: a send dropped before its first poll sent nothing.
         self.sent.fetch_add(1, Ordering::Relaxed);
-        if targets.slots.is_empty() {
-            return Ok(());
-        }
-        // Added to the relay's counter when delivery ends *or is cancelled* part-way, so
-        // copies already queued by a dropped send are counted; one atomic add per send.
-        let mut delivered = CountOnDrop(&self.delivered, 0);
+        let mut delivered = 0;
         let mut crowded = false;
-        let mut next = 0;
-        // Every queue with room is pushed synchronously; only a lossless send that meets a
-        // full queue waits, in a boxed future, so the send future itself stays small (the
-        // waiting future inline made every send future ~650 bytes to move around).
-        while let Some((at, item)) = self.push_ready(
+        let blocked = self.push_from(
             &envelope,
-            &targets.slots[next..],
+            &targets.slots,
             tracker.as_ref(),
-            &mut delivered.1,
+            &mut delivered,
             &mut crowded,
-        ) {
-            let slot = &targets.slots[next + at];
-            match Box::pin(slot.push(item)).await {
+        );
+        if delivered > 0 {
+            self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        }
+        match blocked {
+            None => Pushed::Done { crowded, tracker },
+            Some((next, item)) => Pushed::Blocked(Blocked {
+                envelope,
+                targets,
+                tracker,
+                next,
+                item,
+                crowded,
+            }),
+        }
+    }
+
+    /// The cold path of a lossless send that met a full queue: wait for room there, push
+    /// to the rest (waiting again where needed), then yield if crowded and wait for the
+    /// tracker, as the first poll would have.
+    pub(crate) async fn deliver_rest(&self, blocked: Blocked) -> Result<(), SendError> {
+        let Blocked {
+            envelope,
+            targets,
+            tracker,
+            mut next,
+            item,
+            mut crowded,
+        } = blocked;
+        // Added to the relay's counter when delivery ends *or is cancelled* part-way, so
+        // copies already queued by a dropped send are counted.
+        let mut delivered = CountOnDrop(&self.delivered, 0);
+        let mut waiting = Some(item);
+        while let Some(item) = waiting.take() {
+            let slot = &targets.slots[next];
+            match slot.push(item).await {
                 Ok(()) => {
                     delivered.1 += 1;
                     crowded |= slot.is_crowded();
                 }
                 Err(item) => self.fail_gone(item, slot.state.tracked),
             }
-            next += at + 1;
+            next += 1;
+            if let Some((at, item)) = self.push_from(
+                &envelope,
+                &targets.slots[next..],
+                tracker.as_ref(),
+                &mut delivered.1,
+                &mut crowded,
+            ) {
+                next += at;
+                waiting = Some(item);
+            }
         }
         drop(delivered);
         drop(targets);
-
         if crowded {
-            // Broadcast never waits for room, but a producer that never yields can starve
-            // a consumer on the same worker until its queue overflows. Once a queue is
-            // half full, give the scheduler one turn.
             YieldNow(false).await;
         }
         match tracker {
@@ -328,7 +378,7 @@ impl Core {
     /// Pushes the message to each of `slots` that has room, in order, without waiting.
     /// Returns the first full queue (by index in `slots`) and its item in lossless mode,
     /// where the caller must wait for room and then continue after it.
-    fn push_ready(
+    fn push_from(
         &self,
         envelope: &Envelope,
         slots: &[QueueTx],

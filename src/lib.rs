@@ -64,6 +64,7 @@
 mod config;
 mod core;
 mod deadlock;
+mod delivery;
 mod envelope;
 mod error;
 mod events;

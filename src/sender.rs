@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 
 use crate::core::{Core, Outgoing};
+use crate::delivery::Delivery;
 use crate::error::SendError;
 
 /// The owning, sending half of a relay.
@@ -73,8 +74,7 @@ impl RelaySender {
         value: T,
     ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
         // The snapshot is taken now, at the call (see "exact snapshot" in SEMANTICS.md).
-        let outgoing = self.core.prepare_value(value, None);
-        async move { self.core.deliver(outgoing?).await }
+        Delivery::new(&*self.core, self.core.prepare_value(value, None))
     }
 
     /// Sends a type-erased value. `type_id` must be the value's own type id.
@@ -105,8 +105,7 @@ impl RelaySender {
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
     ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
-        let outgoing = prepare_any(&self.core, value, type_id);
-        async move { self.core.deliver(outgoing?).await }
+        Delivery::new(&*self.core, prepare_any(&self.core, value, type_id))
     }
 
     /// A sender that does not keep the relay open.
@@ -245,14 +244,12 @@ impl WeakSender {
         &self,
         value: T,
     ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
-        let prepared = self
-            .core
-            .upgrade()
-            .ok_or(SendError::Closed)
-            .and_then(|core| Ok((core.prepare_value(value, None)?, core)));
-        async move {
-            let (outgoing, core) = prepared?;
-            core.deliver(outgoing).await
+        match self.core.upgrade() {
+            Some(core) => {
+                let prepared = core.prepare_value(value, None);
+                Delivery::new(core, prepared)
+            }
+            None => Delivery::failed(SendError::Closed),
         }
     }
 
@@ -277,14 +274,12 @@ impl WeakSender {
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
     ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
-        let prepared = self
-            .core
-            .upgrade()
-            .ok_or(SendError::Closed)
-            .and_then(|core| Ok((prepare_any(&core, value, type_id)?, core)));
-        async move {
-            let (outgoing, core) = prepared?;
-            core.deliver(outgoing).await
+        match self.core.upgrade() {
+            Some(core) => {
+                let prepared = prepare_any(&core, value, type_id);
+                Delivery::new(core, prepared)
+            }
+            None => Delivery::failed(SendError::Closed),
         }
     }
 

@@ -1,13 +1,14 @@
 //! [`Tracker`]: how a `send` learns that every tracked handler has processed its message.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use event_listener::Event;
+use event_listener::{Event, EventListener};
 
 use crate::config::ErrorMode;
 use crate::error::{RelayError, SendError};
 use crate::sync::{AtomicUsize, Mutex, Ordering};
-use crate::wait::wait_until;
+use crate::wait::{poll_until, wait_until};
 
 /// Completion state of one tracked message.
 ///
@@ -92,6 +93,18 @@ impl Tracker {
         // Listens before the re-check: a completion between the two is not lost.
         wait_until(&self.done, || self.is_done()).await;
         self.verdict()
+    }
+
+    /// The poll form of [`wait`](Self::wait), for the send future: `listener` is its slot.
+    pub(crate) fn poll_wait(
+        &self,
+        listener: &mut Option<EventListener>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        match poll_until(&self.done, listener, cx, || self.is_done()) {
+            Poll::Ready(()) => Poll::Ready(self.verdict()),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn verdict(&self) -> Result<(), SendError> {

@@ -6,18 +6,38 @@
 //! listener and start over. The notifier must make the condition true *before* calling
 //! `notify`.
 
-use event_listener::Event;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use event_listener::{Event, EventListener};
 
 /// Resolves once `done()` returns true, re-checking every time `event` is notified.
 pub(crate) async fn wait_until(event: &Event, mut done: impl FnMut() -> bool) {
+    let mut listener = None;
+    poll_fn(|cx| poll_until(event, &mut listener, cx, &mut done)).await;
+}
+
+/// The poll form of [`wait_until`], for hand-written futures: `listener` is the future's
+/// own slot for the listener between polls (`None` to start; `None` again when ready).
+pub(crate) fn poll_until(
+    event: &Event,
+    listener: &mut Option<EventListener>,
+    cx: &mut Context<'_>,
+    mut done: impl FnMut() -> bool,
+) -> Poll<()> {
     loop {
         if done() {
-            return;
+            *listener = None;
+            return Poll::Ready(());
         }
-        let listener = event.listen();
-        if done() {
-            return;
+        match listener {
+            // Listen, then loop to re-check before waiting.
+            None => *listener = Some(event.listen()),
+            Some(l) => match Pin::new(l).poll(cx) {
+                Poll::Ready(()) => *listener = None,
+                Poll::Pending => return Poll::Pending,
+            },
         }
-        listener.await;
     }
 }
