@@ -117,6 +117,28 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
     });
 }
 
+/// Batched credit: with room for two and room given back two at a time, a sender pushing
+/// three is woken whether the receiver gives room back on a full batch or before it
+/// waits on an empty queue.
+#[test]
+fn loom_batched_credit_wakes_the_waiting_sender() {
+    model("batched credit", || {
+        let (tx, rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
+        let producer = thread::spawn(move || {
+            for n in 0..3u64 {
+                block_on(tx.push(item(n))).ok().expect("receiver alive");
+            }
+            tx
+        });
+        for n in 0..3u64 {
+            assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, n);
+        }
+        let tx = producer.join().unwrap();
+        drop(tx);
+        drop(rx);
+    });
+}
+
 fn item(n: u64) -> crate::envelope::Queued {
     crate::envelope::Queued {
         envelope: crate::envelope::Envelope {

@@ -132,6 +132,52 @@ on_every_runtime! {
         assert_eq!(stalled.try_recv().unwrap_err(), TryRecvError::Empty);
     }
 
+    async fn room_is_given_back_in_batches_and_in_full_once_the_subscriber_runs_dry() {
+        // Capacity 1,024: room comes back 16 taken messages at a time (capacity / 64).
+        const CAP: u32 = 1_024;
+        const BATCH: u32 = 16;
+        let (tx, rx) = Relay::channel_with_size(CAP as usize);
+        let mut sub = rx.subscribe::<u32>();
+        let mut sent = 0u32;
+        let mut fill = |until: u32| {
+            let tx = &tx;
+            let from = sent;
+            sent = until;
+            async move {
+                for i in from..until {
+                    tx.send(i).await.unwrap();
+                }
+            }
+        };
+        within(WAIT, "filling the queue", fill(CAP)).await;
+        assert_eq!(sub.dropped(), 0);
+
+        // Mid-batch: the room of the messages taken so far is still held back, so the
+        // queue reads full and one more send is dropped for it.
+        for i in 0..BATCH - 1 {
+            assert_eq!(*sub.try_recv().unwrap(), i);
+        }
+        within(WAIT, "a send while mid-batch", fill(CAP + 1)).await;
+        assert_eq!(sub.dropped(), 1);
+
+        // The batch's last message gives its room back: 16 more fit.
+        assert_eq!(*sub.try_recv().unwrap(), BATCH - 1);
+        within(WAIT, "sends into the returned room", fill(CAP + 1 + BATCH)).await;
+        assert_eq!(sub.dropped(), 1);
+
+        // Drain until empty: every slot is free again, mid-batch or not.
+        let mut got = Vec::new();
+        while let Ok(v) = sub.try_recv() {
+            got.push(*v);
+        }
+        let expected: Vec<u32> = (BATCH..CAP).chain(CAP + 1..CAP + 1 + BATCH).collect();
+        assert_eq!(got, expected);
+        within(WAIT, "refilling the drained queue", fill(2 * CAP + 1 + BATCH)).await;
+        assert_eq!(sub.dropped(), 1);
+        assert_eq!(sub.len(), CAP as usize);
+        assert_eq!(rx.stats().dropped, 1);
+    }
+
     async fn broadcast_send_fails_with_queue_full_when_a_tracked_handlers_queue_is_full() {
         let (tx, rx) = Relay::channel_with_size(4);
         let mut handler = rx.subscribe_tracked::<u32>();
