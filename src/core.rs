@@ -21,7 +21,7 @@ use event_listener::Event;
 use crate::config::{Config, DeliveryMode};
 use crate::deadlock::WouldDeadlock;
 use crate::delivery::Delivery;
-use crate::envelope::{Envelope, Queued};
+use crate::envelope::{erased_name, Envelope, Queued, TypeName};
 use crate::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
 use crate::events::Dropped;
 use crate::queue::{queue, PushError, QueueRx, QueueTx};
@@ -124,7 +124,7 @@ impl Core {
     /// is born closed.
     pub(crate) fn register(
         self: &Arc<Self>,
-        ty: Option<(TypeId, &'static str)>,
+        ty: Option<(TypeId, crate::envelope::TypeName)>,
         tracked: Option<HandlerKind>,
     ) -> QueueRx {
         let mut registry = self.registry();
@@ -219,7 +219,7 @@ impl Core {
         self.prepare(
             Arc::new(value),
             TypeId::of::<T>(),
-            Some(std::any::type_name::<T>()),
+            Some(std::any::type_name::<T>),
             origin,
             true,
         )
@@ -240,7 +240,7 @@ impl Core {
     pub(crate) fn forward_envelope(&self, envelope: &Envelope, wait: bool) -> Delivery<'_, &Core> {
         let outgoing = self.prepare(
             envelope.value.clone(),
-            envelope.type_id,
+            envelope.type_id(),
             Some(envelope.type_name),
             Some(envelope.origin),
             wait,
@@ -259,7 +259,7 @@ impl Core {
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
-        type_name: Option<&'static str>,
+        type_name: Option<TypeName>,
         origin: Option<u64>,
         wait: bool,
     ) -> Result<Outgoing, SendError> {
@@ -269,11 +269,10 @@ impl Core {
                 return Err(SendError::Closed);
             }
             let name = type_name.or_else(|| registry.type_name(type_id));
-            (registry.targets(type_id), name.unwrap_or("<type-erased>"))
+            (registry.targets(type_id), name.unwrap_or(erased_name))
         };
         let envelope = Envelope {
             value,
-            type_id,
             type_name,
             msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
             origin: origin.unwrap_or(self.id),
@@ -418,11 +417,11 @@ impl Core {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         slot.state.count_drop();
         let env = &item.envelope;
-        if !is_internal_event(env.type_id) {
+        if !is_internal_event(env.type_id()) {
             self.emit(Dropped {
                 relay_id: self.id,
                 msg_id: env.msg_id,
-                type_name: env.type_name,
+                type_name: env.type_name(),
                 subscriber_id: slot.state.id,
             });
         }
@@ -454,7 +453,7 @@ impl Core {
             msg_id: envelope.msg_id,
             relay_id: self.id,
             kind,
-            type_name: envelope.type_name,
+            type_name: envelope.type_name(),
             error,
         }
     }
@@ -487,8 +486,7 @@ impl Core {
         }
         let envelope = Envelope {
             value: Arc::new(event),
-            type_id: TypeId::of::<T>(),
-            type_name: std::any::type_name::<T>(),
+            type_name: std::any::type_name::<T>,
             msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
             origin: self.id,
         };

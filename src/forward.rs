@@ -203,7 +203,7 @@ async fn forwarding(inbox: Inbox, target: WeakSender) {
         };
         let Some(msg) = next else { return };
         let envelope = msg.envelope();
-        if envelope.origin == target_id || is_internal_event(envelope.type_id) {
+        if envelope.origin == target_id || is_internal_event(envelope.type_id()) {
             continue; // echo, or an event of the source relay
         }
         let Some(core) = target.upgrade_core() else {

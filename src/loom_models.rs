@@ -143,8 +143,7 @@ fn item(n: u64) -> crate::envelope::Queued {
     crate::envelope::Queued {
         envelope: crate::envelope::Envelope {
             value: Arc::new(n),
-            type_id: std::any::TypeId::of::<u64>(),
-            type_name: "u64",
+            type_name: std::any::type_name::<u64>,
             msg_id: n,
             origin: 1,
         },

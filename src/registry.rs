@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 static NEXT_SUBSCRIBER_ID: AtomicU64 = AtomicU64::new(1);
 
+use crate::envelope::TypeName;
 use crate::queue::QueueTx;
 
 /// Every queue one message goes to, and how many of them are tracked.
@@ -36,7 +37,7 @@ impl Targets {
 }
 
 struct Route {
-    type_name: &'static str,
+    type_name: TypeName,
     own: Vec<QueueTx>,
     /// `own` followed by every wildcard queue.
     targets: Arc<Targets>,
@@ -75,12 +76,12 @@ impl Registry {
             .clone()
     }
 
-    pub(crate) fn type_name(&self, type_id: TypeId) -> Option<&'static str> {
+    pub(crate) fn type_name(&self, type_id: TypeId) -> Option<TypeName> {
         self.routes.get(&type_id).map(|r| r.type_name)
     }
 
     /// Adds a subscriber: of one type, or of every type when `ty` is `None`.
-    pub(crate) fn add(&mut self, ty: Option<(TypeId, &'static str)>, tx: QueueTx) {
+    pub(crate) fn add(&mut self, ty: Option<(TypeId, TypeName)>, tx: QueueTx) {
         self.subscribers += 1;
         self.tracked += usize::from(tx.state.tracked.is_some());
         match ty {

@@ -69,7 +69,7 @@ pub(crate) struct Attached {
 impl Attached {
     pub(crate) fn new(
         core: &Weak<Core>,
-        ty: Option<(TypeId, &'static str)>,
+        ty: Option<(TypeId, crate::envelope::TypeName)>,
         tracked: Option<crate::HandlerKind>,
     ) -> Self {
         let (queue, relay_id) = match core.upgrade() {
@@ -154,7 +154,7 @@ impl<T: Any + Send + Sync> Subscription<T> {
         Subscription {
             attached: Attached::new(
                 core,
-                Some((TypeId::of::<T>(), std::any::type_name::<T>())),
+                Some((TypeId::of::<T>(), std::any::type_name::<T>)),
                 None,
             ),
             _type: PhantomData,

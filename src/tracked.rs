@@ -37,7 +37,7 @@ impl Inbox {
     /// Registers now. `ty: None` receives every type; `tracked` decides whether sends wait.
     pub(crate) fn new(
         core: &Weak<Core>,
-        ty: Option<(TypeId, &'static str)>,
+        ty: Option<(TypeId, crate::envelope::TypeName)>,
         kind: HandlerKind,
         tracked: bool,
     ) -> Self {
@@ -50,7 +50,7 @@ impl Inbox {
     pub(crate) fn typed<T: Any>(core: &Weak<Core>, kind: HandlerKind, tracked: bool) -> Self {
         Self::new(
             core,
-            Some((TypeId::of::<T>(), std::any::type_name::<T>())),
+            Some((TypeId::of::<T>(), std::any::type_name::<T>)),
             kind,
             tracked,
         )
@@ -71,7 +71,7 @@ impl Inbox {
     fn wrap(&self, item: Queued) -> Completion {
         Completion {
             msg_id: item.envelope.msg_id,
-            type_name: item.envelope.type_name,
+            type_name: item.envelope.type_name(),
             envelope: Some(item.envelope),
             tracker: item.tracker,
             core: self.attached.core.clone(),

@@ -119,7 +119,7 @@ impl RelayReceiver {
     pub fn exclude<T: Any + Send + Sync>(&self) -> RelayReceiver {
         self.tracked_forwarder(
             Inbox::new(&self.core, None, HandlerKind::Forwarder, true),
-            |env| (env.type_id != TypeId::of::<T>()).then_some(0),
+            |env| (env.type_id() != TypeId::of::<T>()).then_some(0),
         )
     }
 
@@ -145,7 +145,7 @@ impl RelayReceiver {
         if let (Some(matched_tx), Some(rest_tx)) = (matched_tx, rest_tx) {
             let inbox = Inbox::new(&self.core, None, HandlerKind::Forwarder, true);
             self.run_tracked(inbox, vec![matched_tx, rest_tx], |env| {
-                Some(if env.type_id == TypeId::of::<T>() {
+                Some(if env.type_id() == TypeId::of::<T>() {
                     0
                 } else {
                     1
@@ -380,7 +380,7 @@ impl RelayReceiver {
         let mode = self.config().panic_mode;
         self.spawn_forwarder(async move {
             while let Some(msg) = inbox.recv().await {
-                if wildcard && is_internal_event(msg.envelope().type_id) {
+                if wildcard && is_internal_event(msg.envelope().type_id()) {
                     msg.complete();
                     continue;
                 }
