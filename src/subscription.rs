@@ -272,13 +272,8 @@ impl<T: Any + Send + Sync> Subscription<T> {
     }
 }
 
-/// A subscription is a `Stream` of the same messages `recv` returns.
-///
-/// Cost: the stream waits on async-channel's stream path, whose listener every send
-/// notifies, while [`recv`](Subscription::recv) waits on the receive path. With 1,024
-/// subscribers on tokio, a consumer loop on the stream path measured 161 ns per delivery
-/// against 100 ns for `recv` (`benches/profile-notes.md`); with a few subscribers the two
-/// are alike. Prefer `recv` in a loop when there are many subscribers.
+/// A subscription is a `Stream` of the same messages [`recv`](Subscription::recv)
+/// returns, with the same cancel safety.
 impl<T: Any + Send + Sync> Stream for Subscription<T> {
     type Item = Arc<T>;
 
