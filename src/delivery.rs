@@ -89,11 +89,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let state = &mut self.get_mut().state;
         loop {
-            match state {
-                State::Start(..) => {
-                    let State::Start(core, outgoing) = std::mem::replace(state, State::Done) else {
-                        unreachable!("matched above")
-                    };
+            // Each arm takes the state by value and puts back what is still pending, so a
+            // finished delivery (or one whose poll unwound) is left `Done`.
+            match std::mem::replace(state, State::Done) {
+                State::Start(core, outgoing) => {
                     *state = match core.push_ready(outgoing) {
                         Pushed::Done {
                             crowded: true,
@@ -112,22 +111,20 @@ where
                         }
                     };
                 }
-                State::Failed(_) => {
-                    let State::Failed(error) = std::mem::replace(state, State::Done) else {
-                        unreachable!("matched above")
+                State::Failed(error) => return Poll::Ready(Err(error)),
+                State::Rest(mut rest) => {
+                    return match rest.as_mut().poll(cx) {
+                        Poll::Ready(out) => Poll::Ready(out),
+                        Poll::Pending => {
+                            *state = State::Rest(rest);
+                            Poll::Pending
+                        }
                     };
-                    return Poll::Ready(Err(error));
-                }
-                State::Rest(rest) => {
-                    let out = std::task::ready!(rest.as_mut().poll(cx));
-                    *state = State::Done;
-                    return Poll::Ready(out);
                 }
                 State::Yield(tracker) => {
                     // Broadcast never waits for room, but a producer that never yields can
                     // starve a consumer on the same worker until its queue overflows. Once
                     // a queue is half full, give the scheduler one turn.
-                    let tracker = tracker.take();
                     cx.waker().wake_by_ref();
                     *state = match tracker {
                         Some(tracker) => State::Wait(tracker, None),
@@ -135,10 +132,14 @@ where
                     };
                     return Poll::Pending;
                 }
-                State::Wait(tracker, listener) => {
-                    let out = std::task::ready!(tracker.poll_wait(listener, cx));
-                    *state = State::Done;
-                    return Poll::Ready(out);
+                State::Wait(tracker, mut listener) => {
+                    return match tracker.poll_wait(&mut listener, cx) {
+                        Poll::Ready(out) => Poll::Ready(out),
+                        Poll::Pending => {
+                            *state = State::Wait(tracker, listener);
+                            Poll::Pending
+                        }
+                    };
                 }
                 // Polled again after the yield of an untracked send (its result), or after
                 // completion (a caller bug `Future` allows; answer the same).
