@@ -40,6 +40,30 @@ pub(crate) struct Outgoing {
     tracker: Option<Arc<Tracker>>,
 }
 
+/// A send's snapshot, taken at the call, before the value is attached.
+struct Snapshot {
+    targets: Arc<Targets>,
+    type_name: TypeName,
+    msg_id: u64,
+    origin: u64,
+    tracker: Option<Arc<Tracker>>,
+}
+
+impl Snapshot {
+    fn load(self, value: Arc<dyn Any + Send + Sync>) -> Outgoing {
+        Outgoing {
+            envelope: Envelope {
+                value,
+                type_name: self.type_name,
+                msg_id: self.msg_id,
+                origin: self.origin,
+            },
+            targets: self.targets,
+            tracker: self.tracker,
+        }
+    }
+}
+
 /// What the first poll of a send did (see [`Core::push_ready`]).
 pub(crate) enum Pushed {
     /// Every target was handled. `crowded`: some queue is more than half full.
@@ -216,13 +240,27 @@ impl Core {
         value: T,
         origin: Option<u64>,
     ) -> Result<Outgoing, SendError> {
-        self.prepare(
-            Arc::new(value),
+        self.prepare_or_return(value, origin)
+            .map_err(|(error, _)| error)
+    }
+
+    /// As [`prepare_value`](Self::prepare_value), but a refused send hands the value back.
+    /// The value is wrapped in its `Arc` only once the snapshot is taken (outside the
+    /// registry lock), so there is nothing to unwrap on refusal.
+    pub(crate) fn prepare_or_return<T: Any + Send + Sync>(
+        &self,
+        value: T,
+        origin: Option<u64>,
+    ) -> Result<Outgoing, (SendError, T)> {
+        match self.snapshot(
             TypeId::of::<T>(),
             Some(std::any::type_name::<T>),
             origin,
             true,
-        )
+        ) {
+            Ok(snapshot) => Ok(snapshot.load(Arc::new(value))),
+            Err(error) => Err((error, value)),
+        }
     }
 
     /// Sends a typed value (prepare now, deliver when polled).
@@ -263,6 +301,17 @@ impl Core {
         origin: Option<u64>,
         wait: bool,
     ) -> Result<Outgoing, SendError> {
+        Ok(self.snapshot(type_id, type_name, origin, wait)?.load(value))
+    }
+
+    /// [`prepare`](Self::prepare) without the value: everything decided at the call.
+    fn snapshot(
+        &self,
+        type_id: TypeId,
+        type_name: Option<TypeName>,
+        origin: Option<u64>,
+        wait: bool,
+    ) -> Result<Snapshot, SendError> {
         let (targets, type_name) = {
             let mut registry = self.registry();
             if registry.closed {
@@ -271,21 +320,17 @@ impl Core {
             let name = type_name.or_else(|| registry.type_name(type_id));
             (registry.targets(type_id), name.unwrap_or(erased_name))
         };
-        let envelope = Envelope {
-            value,
-            type_name,
-            msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
-            origin: origin.unwrap_or(self.id),
-        };
         let tracker = (wait && targets.tracked > 0).then(|| {
             // Named here, at the call: `handler_send(..).await` is called inside the
             // handler's poll, where the deadlock scope is set.
             let chain = crate::deadlock::chain_for_send();
             Arc::new(Tracker::new(targets.tracked, self.config.error_mode, chain))
         });
-        Ok(Outgoing {
-            envelope,
+        Ok(Snapshot {
             targets,
+            type_name,
+            msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
+            origin: origin.unwrap_or(self.id),
             tracker,
         })
     }

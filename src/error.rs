@@ -182,6 +182,55 @@ pub struct HandlerGone;
 #[error("the handler's queue was full, so the message was dropped for it (broadcast mode)")]
 pub struct QueueFull;
 
+/// The value of a [`send_or_return`](crate::RelaySender::send_or_return) made on a closed
+/// relay, handed back unsent.
+///
+/// `send` drops the value of a send it refuses ([`SendError::Closed`]); use
+/// `send_or_return` when the value must not be lost, for example to send it elsewhere or
+/// to persist it.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::{Relay, Unsent};
+/// let (tx, _rx) = Relay::channel();
+/// tx.close();
+/// let Err(unsent) = tx.send_or_return(String::from("keep me")) else { panic!() };
+/// assert_eq!(unsent.to_string(), "the relay is closed; the value was not sent");
+/// assert_eq!(unsent.into_inner(), "keep me");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Unsent<T>(pub T);
+
+impl<T> Unsent<T> {
+    /// The value that was not sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let unsent = pipedream_rs::Unsent(5u8);
+    /// assert_eq!(unsent.into_inner(), 5);
+    /// ```
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+// Not derived: `Debug` and `Error` hold for every `T`, not only `T: Debug`.
+impl<T> fmt::Debug for Unsent<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsent").finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for Unsent<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the relay is closed; the value was not sent")
+    }
+}
+
+impl<T> StdError for Unsent<T> {}
+
 /// Why [`RelaySender::send`](crate::RelaySender::send) failed.
 ///
 /// # Examples

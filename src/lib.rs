@@ -94,6 +94,7 @@ pub use crate::deadlock::WouldDeadlock;
 pub use crate::envelope::Envelope;
 pub use crate::error::{
     BoxError, BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
+    Unsent,
 };
 pub use crate::events::Dropped;
 pub use crate::forward::ForwardTarget;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use crate::core::{Core, Outgoing};
 use crate::delivery::Delivery;
-use crate::error::SendError;
+use crate::error::{SendError, Unsent};
 
 /// The owning, sending half of a relay.
 ///
@@ -75,6 +75,43 @@ impl RelaySender {
     ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
         // The snapshot is taken now, at the call (see "exact snapshot" in SEMANTICS.md).
         Delivery::new(&*self.core, self.core.prepare_value(value, None))
+    }
+
+    /// As [`send`](Self::send), but a relay that is already closed hands the value back
+    /// instead of dropping it.
+    ///
+    /// The check is the send's own snapshot, taken now, at the call: `Ok` means the
+    /// message will be delivered when the returned future is awaited, exactly as a `send`
+    /// made now. Awaiting it gives what `send` gives, except that `SendError::Closed`
+    /// cannot occur.
+    ///
+    /// # Errors
+    ///
+    /// [`Unsent`] holding `value` if the relay is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<String>();
+    /// let sending = tx.send_or_return(String::from("a")).expect("open");
+    /// sending.await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), "a");
+    ///
+    /// tx.close();
+    /// let back = tx.send_or_return(String::from("b")).err().unwrap().into_inner();
+    /// assert_eq!(back, "b"); // not lost: resend it elsewhere, store it, ...
+    /// # });
+    /// ```
+    pub fn send_or_return<T: Any + Send + Sync>(
+        &self,
+        value: T,
+    ) -> Result<impl Future<Output = Result<(), SendError>> + Send + '_, Unsent<T>> {
+        match self.core.prepare_or_return(value, None) {
+            Ok(outgoing) => Ok(Delivery::new(&*self.core, Ok(outgoing))),
+            Err((_, value)) => Err(Unsent(value)),
+        }
     }
 
     /// Sends a type-erased value. `type_id` must be the value's own type id.
@@ -250,6 +287,33 @@ impl WeakSender {
                 Delivery::new(core, prepared)
             }
             None => Delivery::failed(SendError::Closed),
+        }
+    }
+
+    /// As [`RelaySender::send_or_return`]; the value also comes back if the relay is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`Unsent`] holding `value` if the relay is closed or gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// let weak = tx.weak();
+    /// drop(tx);
+    /// assert_eq!(weak.send_or_return(7u32).err().unwrap().into_inner(), 7);
+    /// ```
+    pub fn send_or_return<T: Any + Send + Sync>(
+        &self,
+        value: T,
+    ) -> Result<impl Future<Output = Result<(), SendError>> + Send + 'static, Unsent<T>> {
+        let Some(core) = self.core.upgrade() else {
+            return Err(Unsent(value));
+        };
+        match core.prepare_or_return(value, None) {
+            Ok(outgoing) => Ok(Delivery::new(core, Ok(outgoing))),
+            Err((_, value)) => Err(Unsent(value)),
         }
     }
 

@@ -97,6 +97,39 @@ on_every_runtime! {
         assert_eq!(rx.stats().sent, 0);
     }
 
+    async fn send_or_return_hands_the_unsent_value_back_on_a_closed_relay() {
+        /// Not `Clone`: what comes back must be the very value that was sent.
+        #[derive(Debug, PartialEq)]
+        struct Order(Vec<u32>);
+
+        let (tx, rx) = Relay::channel();
+        let mut sub = rx.subscribe::<Order>();
+        let weak = tx.weak();
+
+        // Open: the send is prepared at the call and delivers when awaited, even if the
+        // relay closes in between (its snapshot was taken).
+        let sending = tx.send_or_return(Order(vec![1])).expect("relay open");
+        let weak_sending = weak.send_or_return(Order(vec![2])).expect("relay open");
+        tx.close();
+        within(WAIT, "sends prepared before the close", sending).await.unwrap();
+        within(WAIT, "weak send prepared before the close", weak_sending).await.unwrap();
+
+        // Closed: the value comes back, nothing is counted as sent.
+        let back = tx.send_or_return(Order(vec![3, 4])).err().expect("closed");
+        assert_eq!(back.to_string(), "the relay is closed; the value was not sent");
+        assert_eq!(back.into_inner(), Order(vec![3, 4]));
+        let back = weak.send_or_return(Order(vec![5])).err().expect("closed");
+        assert_eq!(back.0, Order(vec![5]));
+        assert_eq!(rx.stats().sent, 2);
+        drop(tx);
+        let back = weak.send_or_return(Order(vec![6])).err().expect("gone");
+        assert_eq!(back.into_inner(), Order(vec![6]));
+
+        assert_eq!(*within(WAIT, "first", sub.recv()).await.unwrap(), Order(vec![1]));
+        assert_eq!(*within(WAIT, "second", sub.recv()).await.unwrap(), Order(vec![2]));
+        assert!(within(WAIT, "end of stream", sub.recv()).await.is_none());
+    }
+
     async fn weak_sender_sends_while_the_relay_lives_and_fails_with_closed_after() {
         let (tx, rx) = Relay::channel();
         let mut sub = rx.subscribe::<u8>();
