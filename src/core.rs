@@ -1,14 +1,17 @@
 //! [`Core`]: the shared state of one relay and the send path.
 //!
-//! The send path, top to bottom. When `send` is called (`Core::prepare`, synchronous):
-//! 1. lock the registry, clone the `Arc<Targets>` for the message's type, unlock;
-//! 2. if any target is tracked, allocate one [`Tracker`] (the only allocation besides the
-//!    message's own `Arc` and the queues' amortised blocks).
+//! The send path, top to bottom. When `send` is called (`Core::snapshot`, synchronous):
+//! 1. lock the registry, check the relay is open, clone the `Arc<Targets>` for the
+//!    message's type, unlock;
+//! 2. if any target is tracked, allocate one [`Tracker`];
+//! 3. wrap the value in its `Arc` (outside the lock; with the tracker, the only
+//!    allocations besides the queues' amortised blocks).
 //!
-//! When the returned future is polled (`Core::deliver`):
-//! 3. push the envelope to each target: `try_push` in broadcast mode, `push` (waits for
-//!    room) in lossless mode;
-//! 4. wait on the tracker, if any.
+//! When the returned [`Delivery`] is first polled (`Core::push_ready`):
+//! 4. push the envelope to each target queue with room, without waiting. A full queue is
+//!    a counted, reported miss in broadcast mode; in lossless mode it hands the rest of
+//!    the delivery to `Core::deliver_rest`, a boxed future that waits for room;
+//! 5. yield once if a queue is more than half full, then wait on the tracker, if any.
 
 use std::any::{Any, TypeId};
 use std::future::Future;
