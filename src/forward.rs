@@ -190,7 +190,7 @@ impl Relay {
 }
 
 /// The forward loop: until the source is drained or the target closes.
-async fn forwarding(inbox: Inbox, target: WeakSender) {
+async fn forwarding(mut inbox: Inbox, target: WeakSender) {
     let target_id = target.id();
     loop {
         let next = {

@@ -99,7 +99,7 @@ fn loom_ready_releases_every_waiter() {
 #[test]
 fn loom_lossless_push_waits_for_room_and_wakes() {
     model("lossless capacity wait", || {
-        let (tx, rx) = crate::queue::queue(1, 1, None);
+        let (tx, mut rx) = crate::queue::queue(1, 1, None);
         let producer = thread::spawn(move || {
             for n in 0..2u64 {
                 block_on(tx.push(item(n))).ok().expect("receiver alive");
@@ -123,7 +123,7 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
 #[test]
 fn loom_batched_credit_wakes_the_waiting_sender() {
     model("batched credit", || {
-        let (tx, rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
+        let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
         let producer = thread::spawn(move || {
             for n in 0..3u64 {
                 block_on(tx.push(item(n))).ok().expect("receiver alive");

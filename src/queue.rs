@@ -197,9 +197,11 @@ pub(crate) struct QueueRx {
     // `Unpin` (so `.next()` works without pinning) at one allocation per subscriber.
     rx: Pin<Box<Receiver<Queued>>>,
     pub(crate) state: Arc<QueueState>,
-    /// Messages taken whose room is not yet given back (`< credit_batch`). Only this
-    /// receiver touches it; an atomic (relaxed loads and stores) keeps `QueueRx` `Sync`.
-    owed: AtomicU64,
+    /// Messages taken whose room is not yet given back (`< credit_batch`). Every method
+    /// that takes a message or closes the queue takes `&mut self`, so the count is exact
+    /// without atomics: a lost update here would leak capacity and, in lossless mode,
+    /// eventually hang a sender.
+    owed: u64,
 }
 
 /// Makes a queue with room for `capacity` messages.
@@ -235,37 +237,32 @@ pub(crate) fn queue_with_credit_batch(
         QueueRx {
             rx: Box::pin(rx),
             state,
-            owed: AtomicU64::new(0),
+            owed: 0,
         },
     )
 }
 
 impl QueueRx {
     /// Counts a taken message; gives the room back once a batch is owed.
-    fn taken(&self, item: Queued) -> Queued {
-        let owed = self.owed.load(Ordering::Relaxed) + 1;
-        if owed >= self.state.credit_batch {
-            self.owed.store(0, Ordering::Relaxed);
-            self.state.release(owed);
-        } else {
-            self.owed.store(owed, Ordering::Relaxed);
+    fn taken(&mut self, item: Queued) -> Queued {
+        self.owed += 1;
+        if self.owed >= self.state.credit_batch {
+            self.state.release(std::mem::take(&mut self.owed));
         }
         item
     }
 
     /// Gives back the room of every taken message: before waiting on an empty queue, so
     /// a sender never waits for room that only an idle receiver holds.
-    fn settle(&self) {
-        let owed = self.owed.load(Ordering::Relaxed);
-        if owed > 0 {
-            self.owed.store(0, Ordering::Relaxed);
-            self.state.release(owed);
+    fn settle(&mut self) {
+        if self.owed > 0 {
+            self.state.release(std::mem::take(&mut self.owed));
         }
     }
 
     /// The next message, or `None` once the queue is closed and drained.
     /// Cancel safe: `async_channel`'s `recv` takes a message only when it completes.
-    pub(crate) async fn recv(&self) -> Option<Queued> {
+    pub(crate) async fn recv(&mut self) -> Option<Queued> {
         if let Ok(item) = self.rx.try_recv() {
             return Some(self.taken(item));
         }
@@ -274,7 +271,7 @@ impl QueueRx {
         Some(self.taken(item))
     }
 
-    pub(crate) fn try_recv(&self) -> Result<Queued, TryRecvError> {
+    pub(crate) fn try_recv(&mut self) -> Result<Queued, TryRecvError> {
         match self.rx.try_recv() {
             Ok(item) => Ok(self.taken(item)),
             Err(e) => {
@@ -301,7 +298,7 @@ impl QueueRx {
 
     /// Closes the queue and hands back what it still held, so the owner can fail the
     /// tracked ones. Senders blocked on `space` are woken and see the queue closed.
-    pub(crate) fn close_and_drain(&self) -> Vec<Queued> {
+    pub(crate) fn close_and_drain(&mut self) -> Vec<Queued> {
         self.rx.close();
         self.state.space.notify(usize::MAX);
         let mut left = Vec::new();
@@ -311,7 +308,7 @@ impl QueueRx {
         // Give back every slot, so a sender racing with the close sees the queue closed,
         // not full.
         self.state
-            .release(left.len() as u64 + self.owed.swap(0, Ordering::Relaxed));
+            .release(left.len() as u64 + std::mem::take(&mut self.owed));
         left
     }
 }

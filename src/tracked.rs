@@ -56,16 +56,14 @@ impl Inbox {
         )
     }
 
-    pub(crate) async fn recv(&self) -> Option<Completion> {
-        Some(self.wrap(self.attached.queue.recv().await?))
+    pub(crate) async fn recv(&mut self) -> Option<Completion> {
+        let item = self.attached.queue.recv().await?;
+        Some(self.wrap(item))
     }
 
-    fn try_recv(&self) -> Result<Completion, TryRecvError> {
-        self.attached
-            .queue
-            .try_recv()
-            .map(|i| self.wrap(i))
-            .map_err(map_try)
+    fn try_recv(&mut self) -> Result<Completion, TryRecvError> {
+        let item = self.attached.queue.try_recv().map_err(map_try)?;
+        Ok(self.wrap(item))
     }
 
     fn wrap(&self, item: Queued) -> Completion {

@@ -201,7 +201,7 @@ impl RelayReceiver {
         U: Any + Send + Sync,
         F: Fn(&T) -> Option<U> + Send + Sync + 'static,
     {
-        self.boundary_forwarder::<T, _, _>(|inbox, child_tx, mode| async move {
+        self.boundary_forwarder::<T, _, _>(|mut inbox, child_tx, mode| async move {
             while let Some(msg) = inbox.recv().await {
                 let value = msg
                     .envelope()
@@ -314,7 +314,7 @@ impl RelayReceiver {
         Item: Any + Send + Sync,
         F: Fn(Arc<T>) -> Item + Send + Sync + 'static,
     {
-        self.boundary_forwarder::<T, _, _>(move |inbox, child_tx, mode| async move {
+        self.boundary_forwarder::<T, _, _>(move |mut inbox, child_tx, mode| async move {
             let mut batch: Vec<Item> = Vec::with_capacity(size);
             while let Some(mut msg) = inbox.recv().await {
                 // Take the envelope so this forwarder's copy of the value's Arc is the one
@@ -371,7 +371,7 @@ impl RelayReceiver {
         child
     }
 
-    fn run_tracked<R>(&self, inbox: Inbox, children: Vec<RelaySender>, route: R)
+    fn run_tracked<R>(&self, mut inbox: Inbox, children: Vec<RelaySender>, route: R)
     where
         R: Fn(&crate::Envelope) -> Option<usize> + Send + Sync + 'static,
     {
