@@ -117,9 +117,11 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
     });
 }
 
-/// Batched credit: with room for two and room given back two at a time, a sender pushing
-/// three is woken whether the receiver gives room back on a full batch or before it
-/// waits on an empty queue.
+/// Batched credit: with room for two, given back two at a time, a sender pushing three
+/// while the receiver takes three is never left waiting. The room comes back by the
+/// receiver's full batch, by the receiver before it waits on an empty queue, or by the
+/// sender taking back held-back room when it finds the queue full. Each unit of held-back
+/// room is moved out exactly once, whoever moves it.
 #[test]
 fn loom_batched_credit_wakes_the_waiting_sender() {
     model("batched credit", || {

@@ -7,15 +7,19 @@
 //! - `len` counts messages queued *plus* slots reserved by senders about to push. A sender
 //!   reserves with a compare-and-swap that never lets `len` exceed `capacity`, pushes, and
 //!   never awaits in between (so a cancelled `send` cannot leak a reservation).
-//! - The receiver gives room back in batches: it counts the messages it took (`owed`,
-//!   its own counter) and subtracts them from `len` every `credit_batch` messages, and
-//!   always before it waits for an empty queue (or finds one with `try_recv`). One atomic
-//!   operation on the shared word per batch, instead of per message, keeps that cache
-//!   line from bouncing between the producer's and the consumer's cores. `credit_batch`
-//!   is `capacity / 64` within `1..=32`, so at most 1/64 of the capacity is held back,
-//!   and a queue of under 128 is exact. Whenever `len` reads as full, at least
-//!   `capacity - credit_batch + 1` messages are really queued: a subscriber that keeps
-//!   receiving reaches its next batch, so a waiting sender is always woken.
+//! - The receiver gives room back in batches. It counts the messages it took in `owed`,
+//!   a counter on a cache line of its own, and moves that count out of `len` every
+//!   `credit_batch` messages (`capacity / 64` within `1..=32`), and always before it waits
+//!   on an empty queue. One atomic operation on the shared word per batch, instead of per
+//!   message, keeps that line from bouncing between the producer's and the consumer's
+//!   cores.
+//! - A sender that finds the queue full first takes back the room held in `owed`
+//!   (`reclaim`), then tries again. So the capacity is exact: a send is refused (broadcast)
+//!   or waits (lossless) only when `capacity` messages are really queued or reserved. This
+//!   matters for liveness, too. A task that receives one message and then sends one to the
+//!   same full queue would otherwise wait for room that only it can give back. Every unit
+//!   of `owed` is moved out with a `swap`, by the receiver or by a sender, so each is given
+//!   back exactly once.
 //! - When it gives room back, the receiver notifies `space` only if a sender is waiting:
 //!   `Event::notify` takes a lock, too much to pay when nobody waits.
 //! - A lossless sender that finds the queue full registers as a waiter, then waits on
@@ -43,9 +47,10 @@ use crate::sync::{AtomicU64, Ordering};
 
 /// Accounting shared by a queue's senders (the registry's copies) and its receiver.
 ///
-/// Invariant: `len(state) <= capacity` at all times; `len` minus the number of messages in
-/// the channel is the number of reservations in flight (each lives for one synchronous
-/// push). `waiters(state)` counts the live `Waiting` guards.
+/// Invariant: `len(state) <= capacity` at all times. `len` is the messages in the
+/// channel, plus the reservations in flight (each lives for one synchronous push), plus the
+/// taken messages whose room is held back (counted in `owed`, or just swapped out of it and
+/// about to be released). `waiters(state)` counts the live `Waiting` guards.
 pub(crate) struct QueueState {
     /// Low 40 bits: queued + reserved messages (senders add, the receiver subtracts).
     /// High 24 bits: lossless senders registered as waiting.
@@ -53,8 +58,13 @@ pub(crate) struct QueueState {
     capacity: u64,
     /// How many taken messages the receiver gathers before giving their room back.
     credit_batch: u64,
-    /// Lossless senders waiting for room (or for the receiver to go away). Notified by the
-    /// receiver for each message taken while a sender waits, and for all on drop.
+    /// Messages taken whose room is not yet given back. Added to by the receiver, moved
+    /// out (`swap`) by the receiver at a full batch or before it waits, and by any sender
+    /// that finds the queue full. On its own cache line: the receiver writes it per message.
+    owed: CachePadded,
+    /// Lossless senders waiting for room (or for the receiver to go away). Notified for each
+    /// slot given back while a sender waits (per batch, or by a reclaim), and for all on
+    /// close.
     space: Event,
     /// Messages this subscriber missed because its queue was full.
     dropped: AtomicU64,
@@ -65,6 +75,29 @@ pub(crate) struct QueueState {
 }
 
 impl QueueState {
+    /// Takes back the room of messages the receiver has taken but not yet given back.
+    fn reclaim(&self) {
+        let owed = self.owed.0.swap(0, Ordering::AcqRel);
+        if owed > 0 {
+            self.release(owed);
+        }
+    }
+
+    /// The receiver took one message.
+    fn taken(&self) {
+        if self.owed.0.fetch_add(1, Ordering::AcqRel) + 1 >= self.credit_batch {
+            self.reclaim();
+        }
+    }
+
+    /// Reserves a slot, taking back held-back room first if the queue reads full.
+    fn reserve(&self) -> bool {
+        self.try_reserve() || {
+            self.reclaim();
+            self.try_reserve()
+        }
+    }
+
     fn try_reserve(&self) -> bool {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
@@ -112,6 +145,11 @@ pub(crate) const LEN_MASK: u64 = (1 << LEN_BITS) - 1;
 /// One registered waiter in `QueueState::state`.
 const WAITER: u64 = 1 << LEN_BITS;
 
+/// An atomic on a cache line of its own, so the receiver's per-message count does not
+/// bounce the line of `state` that senders write.
+#[repr(align(64))]
+struct CachePadded(AtomicU64);
+
 /// A lossless sender registered as waiting, for as long as it lives.
 struct Waiting<'a>(&'a QueueState);
 
@@ -146,7 +184,7 @@ pub(crate) struct QueueTx {
 impl QueueTx {
     /// Queue `item` if there is room; never waits.
     pub(crate) fn try_push(&self, item: Queued) -> Result<(), PushError> {
-        if !self.state.try_reserve() {
+        if !self.state.reserve() {
             return Err(PushError::Full(item));
         }
         self.tx.try_send(item).map_err(|e| {
@@ -163,7 +201,7 @@ impl QueueTx {
         if self.tx.is_closed() {
             return Err(item);
         }
-        if !self.state.try_reserve() {
+        if !self.state.reserve() {
             // Slow path: register as a waiter for as long as this future waits (the guard
             // also deregisters if the send is cancelled).
             let _waiting = Waiting::new(&self.state);
@@ -173,7 +211,7 @@ impl QueueTx {
                 if self.tx.is_closed() {
                     return Err(item);
                 }
-                if self.state.try_reserve() {
+                if self.state.reserve() {
                     break;
                 }
                 listener.await;
@@ -197,11 +235,6 @@ pub(crate) struct QueueRx {
     // `Unpin` (so `.next()` works without pinning) at one allocation per subscriber.
     rx: Pin<Box<Receiver<Queued>>>,
     pub(crate) state: Arc<QueueState>,
-    /// Messages taken whose room is not yet given back (`< credit_batch`). Every method
-    /// that takes a message or closes the queue takes `&mut self`, so the count is exact
-    /// without atomics: a lost update here would leak capacity and, in lossless mode,
-    /// eventually hang a sender.
-    owed: u64,
 }
 
 /// Makes a queue with room for `capacity` messages.
@@ -224,6 +257,7 @@ pub(crate) fn queue_with_credit_batch(
         state: AtomicU64::new(0),
         capacity,
         credit_batch,
+        owed: CachePadded(AtomicU64::new(0)),
         space: Event::new(),
         dropped: AtomicU64::new(0),
         id,
@@ -237,7 +271,6 @@ pub(crate) fn queue_with_credit_batch(
         QueueRx {
             rx: Box::pin(rx),
             state,
-            owed: 0,
         },
     )
 }
@@ -245,19 +278,14 @@ pub(crate) fn queue_with_credit_batch(
 impl QueueRx {
     /// Counts a taken message; gives the room back once a batch is owed.
     fn taken(&mut self, item: Queued) -> Queued {
-        self.owed += 1;
-        if self.owed >= self.state.credit_batch {
-            self.state.release(std::mem::take(&mut self.owed));
-        }
+        self.state.taken();
         item
     }
 
     /// Gives back the room of every taken message: before waiting on an empty queue, so
     /// a sender never waits for room that only an idle receiver holds.
     fn settle(&mut self) {
-        if self.owed > 0 {
-            self.state.release(std::mem::take(&mut self.owed));
-        }
+        self.state.reclaim();
     }
 
     /// The next message, or `None` once the queue is closed and drained.
@@ -307,8 +335,8 @@ impl QueueRx {
         }
         // Give back every slot, so a sender racing with the close sees the queue closed,
         // not full.
-        self.state
-            .release(left.len() as u64 + std::mem::take(&mut self.owed));
+        self.state.release(left.len() as u64);
+        self.state.reclaim();
         left
     }
 }

@@ -132,10 +132,11 @@ on_every_runtime! {
         assert_eq!(stalled.try_recv().unwrap_err(), TryRecvError::Empty);
     }
 
-    async fn room_is_given_back_in_batches_and_in_full_once_the_subscriber_runs_dry() {
-        // Capacity 1,024: room comes back 16 taken messages at a time (capacity / 64).
+    async fn capacity_stays_exact_while_room_comes_back_in_batches() {
+        // Capacity 1,024: the subscriber hands room back 16 taken messages at a time
+        // (capacity / 64); a sender that finds the queue full takes back what is held.
         const CAP: u32 = 1_024;
-        const BATCH: u32 = 16;
+        const HELD: u32 = 15; // one short of a batch
         let (tx, rx) = Relay::channel_with_size(CAP as usize);
         let mut sub = rx.subscribe::<u32>();
         let mut sent = 0u32;
@@ -152,30 +153,59 @@ on_every_runtime! {
         within(WAIT, "filling the queue", fill(CAP)).await;
         assert_eq!(sub.dropped(), 0);
 
-        // Mid-batch: the room of the messages taken so far is still held back, so the
-        // queue reads full and one more send is dropped for it.
-        for i in 0..BATCH - 1 {
+        // Mid-batch: 15 messages taken, their room not yet handed back. Exactly 15 more
+        // fit, and the next one is the first refused.
+        for i in 0..HELD {
             assert_eq!(*sub.try_recv().unwrap(), i);
         }
-        within(WAIT, "a send while mid-batch", fill(CAP + 1)).await;
+        within(WAIT, "sends into the held-back room", fill(CAP + HELD)).await;
+        assert_eq!(sub.dropped(), 0);
+        within(WAIT, "a send into a really full queue", fill(CAP + HELD + 1)).await;
         assert_eq!(sub.dropped(), 1);
+        assert_eq!(sub.len(), CAP as usize);
 
-        // The batch's last message gives its room back: 16 more fit.
-        assert_eq!(*sub.try_recv().unwrap(), BATCH - 1);
-        within(WAIT, "sends into the returned room", fill(CAP + 1 + BATCH)).await;
-        assert_eq!(sub.dropped(), 1);
-
-        // Drain until empty: every slot is free again, mid-batch or not.
         let mut got = Vec::new();
         while let Ok(v) = sub.try_recv() {
             got.push(*v);
         }
-        let expected: Vec<u32> = (BATCH..CAP).chain(CAP + 1..CAP + 1 + BATCH).collect();
+        let expected: Vec<u32> = (HELD..CAP + HELD).collect();
         assert_eq!(got, expected);
-        within(WAIT, "refilling the drained queue", fill(2 * CAP + 1 + BATCH)).await;
+        within(WAIT, "refilling the drained queue", fill(2 * CAP + HELD + 1)).await;
         assert_eq!(sub.dropped(), 1);
         assert_eq!(sub.len(), CAP as usize);
         assert_eq!(rx.stats().dropped, 1);
+    }
+
+    async fn a_consumer_sending_back_into_its_own_full_lossless_queue_never_waits_for_itself() {
+        // Room comes back 2 taken messages at a time at capacity 128. A task that takes one
+        // message and sends one to the same full queue must find the room it just freed,
+        // not wait for a batch that only it could complete.
+        let (tx, rx) = lossless(128);
+        let mut sub = rx.subscribe::<u32>();
+        within(WAIT, "filling the queue", async {
+            for i in 0..128u32 {
+                tx.send(i).await.unwrap();
+            }
+        })
+        .await;
+        within(WAIT, "take one, send one, 300 times", async {
+            for _ in 0..300 {
+                let n = *sub.recv().await.unwrap();
+                tx.send(n + 1_000).await.unwrap();
+            }
+        })
+        .await;
+        // Nothing lost or reordered: the queue holds what a plain FIFO would.
+        let mut model: std::collections::VecDeque<u32> = (0..128).collect();
+        for _ in 0..300 {
+            let n = model.pop_front().unwrap();
+            model.push_back(n + 1_000);
+        }
+        let mut left = Vec::new();
+        while let Ok(v) = sub.try_recv() {
+            left.push(*v);
+        }
+        assert_eq!(left, Vec::from(model));
     }
 
     async fn broadcast_send_fails_with_queue_full_when_a_tracked_handlers_queue_is_full() {
