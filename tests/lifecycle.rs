@@ -10,12 +10,27 @@ use std::time::Duration;
 
 use common::{handler_gone, lossless, timeout, within, Gate};
 use futures::FutureExt;
-use pipedream_rs::{HandlerKind, Relay, SendError, TryRecvError};
+use pipedream_rs::{HandlerKind, Relay, RelayReceiver, SendError, TryRecvError};
 
 /// Long enough for anything that should happen; only reached when something hangs.
 const WAIT: Duration = Duration::from_secs(10);
 /// How long a future must stay pending to count as "waiting".
 const STAYS_PENDING: Duration = Duration::from_millis(100);
+
+/// A `u32` sink that waits for the gate before recording each message it processes.
+fn gated_recording_sink(rx: &RelayReceiver) -> (Gate, Arc<Mutex<Vec<u32>>>) {
+    let gate = Gate::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (g, s) = (gate.clone(), seen.clone());
+    rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
+        let (g, s) = (g.clone(), s.clone());
+        async move {
+            g.wait().await;
+            s.lock().unwrap().push(*n);
+        }
+    });
+    (gate, seen)
+}
 
 on_every_runtime! {
     // ----- close and drain -------------------------------------------------------------
@@ -42,16 +57,7 @@ on_every_runtime! {
 
     async fn handlers_process_what_was_queued_before_close_then_their_tasks_end() {
         let (tx, rx) = Relay::channel();
-        let gate = Gate::new();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (g, s) = (gate.clone(), seen.clone());
-        rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
-            let (g, s) = (g.clone(), s.clone());
-            async move {
-                g.wait().await;
-                s.lock().unwrap().push(*n);
-            }
-        });
+        let (gate, seen) = gated_recording_sink(&rx);
         // Queue three messages for the blocked sink, abandoning the waits, then close.
         for i in 1..=3u32 {
             assert!(tx.send(i).now_or_never().is_none());
@@ -216,16 +222,7 @@ on_every_runtime! {
 
     async fn dropping_a_send_part_way_blocks_no_later_send() {
         let (tx, rx) = Relay::channel();
-        let gate = Gate::new();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (g, s) = (gate.clone(), seen.clone());
-        rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
-            let (g, s) = (g.clone(), s.clone());
-            async move {
-                g.wait().await;
-                s.lock().unwrap().push(*n);
-            }
-        });
+        let (gate, seen) = gated_recording_sink(&rx);
         // Poll a send a few times while its handler is blocked, then drop it.
         let mut abandoned = Box::pin(tx.send(1u32));
         for _ in 0..3 {

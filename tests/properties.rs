@@ -45,7 +45,7 @@ use pipedream_rs::{
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
-use common::{failure_of, quiet_intended_panics, within, yield_now, Failure, Gate};
+use common::{failure_of, quiet_intended_panics, within, yield_now, Failure, Gate, Ty};
 
 /// Bound on every await inside a program.
 const BOUND: Duration = Duration::from_secs(10);
@@ -77,33 +77,6 @@ macro_rules! msg_types {
     )*};
 }
 msg_types!(A, B, C);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Ty {
-    A,
-    B,
-    C,
-}
-
-/// Runs `$body` with `$T` the Rust type of `$ty`.
-macro_rules! with_ty {
-    ($ty:expr, $T:ident => $body:expr) => {
-        match $ty {
-            Ty::A => {
-                type $T = A;
-                $body
-            }
-            Ty::B => {
-                type $T = B;
-                $body
-            }
-            Ty::C => {
-                type $T = C;
-                $body
-            }
-        }
-    };
-}
 
 fn type_name(ty: Ty) -> &'static str {
     with_ty!(ty, T => std::any::type_name::<T>())

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{failure_of, quiet_intended_panics, timeout, wait_until, within};
+use common::{failure_of, quiet_intended_panics, timeout, wait_until, within, Ty};
 use pipedream_rs::{
     DeliveryMode, ErrorMode, HandlerKind, PanicError, Relay, RelayError, RelayReceiver, RelayStats,
     SendError, Subscription, WeakSender,
@@ -160,32 +160,6 @@ macro_rules! msg {
     )*};
 }
 msg!(A, B, C);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ty {
-    A,
-    B,
-    C,
-}
-
-macro_rules! with_ty {
-    ($ty:expr, $T:ident => $body:expr) => {
-        match $ty {
-            Ty::A => {
-                type $T = A;
-                $body
-            }
-            Ty::B => {
-                type $T = B;
-                $body
-            }
-            Ty::C => {
-                type $T = C;
-                $body
-            }
-        }
-    };
-}
 
 fn random_ty(rng: &mut Rng) -> Ty {
     [Ty::A, Ty::B, Ty::C][rng.below(3) as usize]

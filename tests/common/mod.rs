@@ -274,3 +274,35 @@ impl DroppingLater {
         drop(tasks);
     }
 }
+
+// ----- three message types, chosen at run time (properties.rs, soak.rs) ---------------------
+
+/// Which of a test's three message types, `A`, `B` or `C`, a random program uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    A,
+    B,
+    C,
+}
+
+/// Runs `$body` with `$T` the Rust type of `$ty`: the types `A`, `B` and `C` in scope where
+/// the macro is used (each test file defines its own).
+#[macro_export]
+macro_rules! with_ty {
+    ($ty:expr, $T:ident => $body:expr) => {
+        match $ty {
+            common::Ty::A => {
+                type $T = A;
+                $body
+            }
+            common::Ty::B => {
+                type $T = B;
+                $body
+            }
+            common::Ty::C => {
+                type $T = C;
+                $body
+            }
+        }
+    };
+}
