@@ -14,10 +14,7 @@
 //! 5. yield once if a queue is more than half full, then wait on the tracker, if any.
 
 use std::any::{Any, TypeId};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use event_listener::Event;
 
@@ -374,10 +371,10 @@ impl Core {
         }
     }
 
-    /// The cold path of a lossless send that met a full queue: wait for room there, push
-    /// to the rest (waiting again where needed), then yield if crowded and wait for the
-    /// tracker, as the first poll would have.
-    pub(crate) async fn deliver_rest(&self, blocked: Blocked) -> Result<(), SendError> {
+    /// The cold path of a lossless send that met a full queue: wait for room there, then
+    /// push to the rest (waiting again where needed). Hands back what the first poll would
+    /// have: whether a queue is crowded, and the tracker to wait on.
+    pub(crate) async fn deliver_rest(&self, blocked: Blocked) -> (bool, Option<Arc<Tracker>>) {
         let Blocked {
             envelope,
             targets,
@@ -411,15 +408,7 @@ impl Core {
                 waiting = Some(item);
             }
         }
-        drop(delivered);
-        drop(targets);
-        if crowded {
-            YieldNow(false).await;
-        }
-        match tracker {
-            Some(tracker) => tracker.wait().await,
-            None => Ok(()),
-        }
+        (crowded, tracker)
     }
 
     /// Pushes the message to each of `slots` that has room, in order, without waiting.
@@ -572,20 +561,5 @@ struct CountOnDrop<'a>(&'a AtomicU64, u64);
 impl Drop for CountOnDrop<'_> {
     fn drop(&mut self) {
         self.0.fetch_add(self.1, Ordering::Relaxed);
-    }
-}
-
-/// Returns `Pending` once (after asking to be woken), then `Ready`.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }

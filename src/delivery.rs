@@ -7,11 +7,13 @@
 //! an untracked send. The common path runs in the first poll, without waiting:
 //!
 //! 1. push the message to every target queue that has room (`Core::push_ready`);
-//! 2. if a queue was more than half full, yield once (see `Core::deliver_rest`);
+//! 2. if a queue was more than half full, yield once: broadcast never waits for room, and
+//!    a producer that never yields could starve a consumer on its own worker;
 //! 3. if the send is tracked, wait for its tracker.
 //!
-//! Only a lossless send that meets a full queue takes the cold path. The rest of the
-//! delivery then runs in a boxed `async` future (`Core::deliver_rest`), which waits for room.
+//! Only a lossless send that meets a full queue takes the cold path: the rest of step 1
+//! runs in a boxed `async` future (`Core::deliver_rest`) that waits for room, and then
+//! steps 2 and 3 follow as on the common path.
 
 use std::fmt;
 use std::future::Future;
@@ -26,8 +28,9 @@ use crate::core::{Core, Outgoing, Pushed};
 use crate::error::SendError;
 use crate::tracker::Tracker;
 
-/// The boxed remainder of a delivery that had to wait for room.
-type Rest<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+/// The boxed remainder of a delivery that had to wait for room; it ends where the first
+/// poll's push ends: whether a queue is crowded, and the tracker to wait on.
+type Rest<'a> = Pin<Box<dyn Future<Output = (bool, Option<Arc<Tracker>>)> + Send + 'a>>;
 
 /// The future returned by every send. `C` is how it holds the relay: `&Core` for a
 /// `RelaySender` (which outlives the borrow), `Arc<Core>` for a `WeakSender`.
@@ -44,7 +47,7 @@ enum State<'a, C> {
     Start(C, Outgoing),
     /// The send failed at the call (closed relay, mismatched type).
     Failed(SendError),
-    /// A lossless send met a full queue: the rest of the delivery, boxed.
+    /// A lossless send met a full queue: the rest of the pushing, boxed.
     Rest(Rest<'a>),
     /// Pushed; a queue was crowded, so give the scheduler one turn before waiting.
     Yield(Option<Arc<Tracker>>),
@@ -92,35 +95,27 @@ where
             // Each arm takes the state by value and puts back what is still pending, so a
             // finished delivery (or one whose poll unwound) is left `Done`.
             match std::mem::replace(state, State::Done) {
-                State::Start(core, outgoing) => {
-                    *state = match core.push_ready(outgoing) {
-                        Pushed::Done {
-                            crowded: true,
-                            tracker,
-                        } => State::Yield(tracker),
-                        Pushed::Done {
-                            crowded: false,
-                            tracker: Some(tracker),
-                        } => State::Wait(tracker, None),
-                        Pushed::Done {
-                            crowded: false,
-                            tracker: None,
-                        } => return Poll::Ready(Ok(())),
-                        Pushed::Blocked(blocked) => {
+                State::Start(core, outgoing) => match core.push_ready(outgoing) {
+                    Pushed::Done { crowded, tracker } => match pushed(crowded, tracker) {
+                        Some(next) => *state = next,
+                        None => return Poll::Ready(Ok(())),
+                    },
+                    Pushed::Blocked(blocked) => {
+                        *state =
                             State::Rest(Box::pin(async move { core.deliver_rest(blocked).await }))
-                        }
-                    };
-                }
+                    }
+                },
                 State::Failed(error) => return Poll::Ready(Err(error)),
-                State::Rest(mut rest) => {
-                    return match rest.as_mut().poll(cx) {
-                        Poll::Ready(out) => Poll::Ready(out),
-                        Poll::Pending => {
-                            *state = State::Rest(rest);
-                            Poll::Pending
-                        }
-                    };
-                }
+                State::Rest(mut rest) => match rest.as_mut().poll(cx) {
+                    Poll::Ready((crowded, tracker)) => match pushed(crowded, tracker) {
+                        Some(next) => *state = next,
+                        None => return Poll::Ready(Ok(())),
+                    },
+                    Poll::Pending => {
+                        *state = State::Rest(rest);
+                        return Poll::Pending;
+                    }
+                },
                 State::Yield(tracker) => {
                     // Broadcast never waits for room, but a producer that never yields can
                     // starve a consumer on the same worker until its queue overflows. Once
@@ -146,6 +141,16 @@ where
                 State::Done => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+/// What follows the pushing: yield once if a queue is crowded, then wait for the tracker;
+/// `None` if there is nothing left to do.
+fn pushed<'a, C>(crowded: bool, tracker: Option<Arc<Tracker>>) -> Option<State<'a, C>> {
+    match (crowded, tracker) {
+        (true, tracker) => Some(State::Yield(tracker)),
+        (false, Some(tracker)) => Some(State::Wait(tracker, None)),
+        (false, None) => None,
     }
 }
 

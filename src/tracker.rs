@@ -8,7 +8,7 @@ use event_listener::{Event, EventListener};
 use crate::config::ErrorMode;
 use crate::error::{RelayError, SendError};
 use crate::sync::{AtomicUsize, Mutex, Ordering};
-use crate::wait::{poll_until, wait_until};
+use crate::wait::poll_until;
 
 /// Completion state of one tracked message.
 ///
@@ -88,14 +88,17 @@ impl Tracker {
         self.remaining.load(Ordering::Acquire) == 0
     }
 
-    /// Waits until every handler has completed, then gives the verdict.
+    /// Waits until every handler has completed, then gives the verdict (the tests' and
+    /// loom models' form of [`poll_wait`](Self::poll_wait)).
+    #[cfg(test)]
     pub(crate) async fn wait(&self) -> Result<(), SendError> {
-        // Listens before the re-check: a completion between the two is not lost.
-        wait_until(&self.done, || self.is_done()).await;
-        self.verdict()
+        let mut listener = None;
+        std::future::poll_fn(|cx| self.poll_wait(&mut listener, cx)).await
     }
 
-    /// The poll form of [`wait`](Self::wait), for the send future: `listener` is its slot.
+    /// Waits, in the send future, until every handler has completed, then gives the
+    /// verdict. `listener` is the future's slot for the listener between polls; it listens
+    /// before the re-check, so a completion between the two is not lost.
     pub(crate) fn poll_wait(
         &self,
         listener: &mut Option<EventListener>,
