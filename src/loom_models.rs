@@ -1,5 +1,6 @@
 //! loom models of the three waits whose lost wake-up would hang a `send`: the completion
-//! tracker, the readiness barrier, and the lossless capacity wait. Run with
+//! tracker, the readiness barrier, and the lossless capacity wait (per message, batched,
+//! and a waiter let in by one take). Run with
 //! `RUSTFLAGS="--cfg loom" cargo test --lib --release --no-default-features loom_`
 //! (see docs/testing.md). Each model keeps to ≤ 3 threads and a few operations.
 
@@ -136,6 +137,30 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
             assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, n);
         }
         let tx = producer.join().unwrap();
+        drop(tx);
+        drop(rx);
+    });
+}
+
+/// A sender already waiting on a full queue gets the room of a single take, although the
+/// batch (two) is not complete and the receiver takes nothing more until the send is done.
+/// Either the receiver's per-message add sees the waiter and gives the slot back at once,
+/// or the sender registered later and takes the slot back itself. Mutating `taken` to
+/// ignore waiters makes loom report a deadlock.
+#[test]
+fn loom_a_waiting_sender_gets_the_room_of_one_take() {
+    model("room of one take", || {
+        let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
+        for n in 0..2u64 {
+            block_on(tx.push(item(n))).ok().expect("room for two");
+        }
+        let producer = thread::spawn(move || {
+            block_on(tx.push(item(2))).ok().expect("receiver alive");
+            tx
+        });
+        assert_eq!(rx.try_recv().ok().expect("queued").envelope.msg_id, 0);
+        let tx = producer.join().unwrap();
+        assert_eq!(rx.len(), 2);
         drop(tx);
         drop(rx);
     });

@@ -17,9 +17,17 @@
 //!   (`reclaim`), then tries again. So the capacity is exact: a send is refused (broadcast)
 //!   or waits (lossless) only when `capacity` messages are really queued or reserved. This
 //!   matters for liveness, too. A task that receives one message and then sends one to the
-//!   same full queue would otherwise wait for room that only it can give back. Every unit
-//!   of `owed` is moved out with a `swap`, by the receiver or by a sender, so each is given
-//!   back exactly once.
+//!   same full queue would otherwise wait for room that only it can give back.
+//! - While a lossless sender waits, the receiver gives back the room of each message at
+//!   once, not per batch. A waiting sender is counted in the high bits of `owed` as well as
+//!   in `state`, so the receiver learns of it from the `fetch_add` it makes per message
+//!   anyway. Both sides' operations on `owed` are read-modify-writes of one word, so they
+//!   are ordered: either the receiver's add sees the waiter (and gives the room back), or
+//!   the sender's registration comes first and its next `reclaim` takes the room. So a
+//!   consumer that takes one message and then waits for the blocked sender's next step
+//!   does not deadlock with it over a slot held back for a batch.
+//! - Every unit of `owed` is moved out with one `fetch_and` that clears the count and keeps
+//!   the waiter bits, by the receiver or by a sender, so each is given back exactly once.
 //! - When it gives room back, the receiver notifies `space` only if a sender is waiting:
 //!   `Event::notify` takes a lock, too much to pay when nobody waits.
 //! - A lossless sender that finds the queue full registers as a waiter, then waits on
@@ -58,9 +66,11 @@ pub(crate) struct QueueState {
     capacity: u64,
     /// How many taken messages the receiver gathers before giving their room back.
     credit_batch: u64,
-    /// Messages taken whose room is not yet given back. Added to by the receiver, moved
-    /// out (`swap`) by the receiver at a full batch or before it waits, and by any sender
-    /// that finds the queue full. On its own cache line: the receiver writes it per message.
+    /// Low 40 bits: messages taken whose room is not yet given back. Added to by the
+    /// receiver, moved out (`reclaim`) by the receiver at a full batch, before it waits, or
+    /// at once while a sender waits, and by any sender that finds the queue full.
+    /// High 24 bits: lossless senders registered as waiting (the same count as in `state`).
+    /// On its own cache line: the receiver writes it per message.
     owed: CachePadded,
     /// Lossless senders waiting for room (or for the receiver to go away). Notified for each
     /// slot given back while a sender waits (per batch, or by a reclaim), and for all on
@@ -77,15 +87,17 @@ pub(crate) struct QueueState {
 impl QueueState {
     /// Takes back the room of messages the receiver has taken but not yet given back.
     fn reclaim(&self) {
-        let owed = self.owed.0.swap(0, Ordering::AcqRel);
+        let owed = self.owed.0.fetch_and(!LEN_MASK, Ordering::AcqRel) & LEN_MASK;
         if owed > 0 {
             self.release(owed);
         }
     }
 
-    /// The receiver took one message.
+    /// The receiver took one message: its room comes back at a full batch, or at once if
+    /// a sender is waiting.
     fn taken(&self) {
-        if self.owed.0.fetch_add(1, Ordering::AcqRel) + 1 >= self.credit_batch {
+        let before = self.owed.0.fetch_add(1, Ordering::AcqRel);
+        if before >= WAITER || (before & LEN_MASK) + 1 >= self.credit_batch {
             self.reclaim();
         }
     }
@@ -140,9 +152,10 @@ impl QueueState {
 }
 
 const LEN_BITS: u32 = 40;
-/// Mask of the length bits of `QueueState::state`; also the largest capacity.
+/// Mask of the length bits of `QueueState::state` (and of the count bits of `owed`); also
+/// the largest capacity.
 pub(crate) const LEN_MASK: u64 = (1 << LEN_BITS) - 1;
-/// One registered waiter in `QueueState::state`.
+/// One registered waiter in `QueueState::state` and in `QueueState::owed`.
 const WAITER: u64 = 1 << LEN_BITS;
 
 /// An atomic on a cache line of its own, so the receiver's per-message count does not
@@ -150,18 +163,23 @@ const WAITER: u64 = 1 << LEN_BITS;
 #[repr(align(64))]
 struct CachePadded(AtomicU64);
 
-/// A lossless sender registered as waiting, for as long as it lives.
+/// A lossless sender registered as waiting, for as long as it lives: in `state`, so a
+/// release notifies, and in `owed`, so the receiver gives back room per message meanwhile.
+/// The caller must `reclaim` (through `reserve`) after registering, to take the room of
+/// any message taken before the receiver could see the registration.
 struct Waiting<'a>(&'a QueueState);
 
 impl<'a> Waiting<'a> {
     fn new(queue: &'a QueueState) -> Self {
         queue.state.fetch_add(WAITER, Ordering::AcqRel);
+        queue.owed.0.fetch_add(WAITER, Ordering::AcqRel);
         Waiting(queue)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
+        self.0.owed.0.fetch_sub(WAITER, Ordering::AcqRel);
         self.0.state.fetch_sub(WAITER, Ordering::AcqRel);
     }
 }

@@ -208,6 +208,31 @@ on_every_runtime! {
         assert_eq!(left, Vec::from(model));
     }
 
+    async fn a_sender_already_waiting_gets_the_room_of_a_single_take() {
+        // Room comes back 2 taken messages at a time at capacity 128. A sender already
+        // waiting on the full queue must get the room of the very next message taken, even
+        // when the consumer takes no more for now. A consumer whose next step waits for
+        // that send (a request answered through another channel, say) would otherwise
+        // deadlock with it over one held-back slot.
+        let (tx, rx) = lossless(128);
+        let mut sub = rx.subscribe::<u32>();
+        within(WAIT, "filling the queue", async {
+            for i in 0..128u32 {
+                tx.send(i).await.unwrap();
+            }
+        })
+        .await;
+        let mut waiting = Box::pin(tx.send(128u32));
+        assert!(futures::poll!(waiting.as_mut()).is_pending(), "the queue is full");
+        assert_eq!(*sub.try_recv().unwrap(), 0);
+        within(WAIT, "the waiting send, after one take", waiting).await.unwrap();
+        let mut left = Vec::new();
+        while let Ok(v) = sub.try_recv() {
+            left.push(*v);
+        }
+        assert_eq!(left, (1..=128).collect::<Vec<u32>>());
+    }
+
     async fn broadcast_send_fails_with_queue_full_when_a_tracked_handlers_queue_is_full() {
         let (tx, rx) = Relay::channel_with_size(4);
         let mut handler = rx.subscribe_tracked::<u32>();
