@@ -406,6 +406,7 @@ const ASYNC_BC: &str = "async-broadcast";
 const FLUME: &str = "flume (channel per subscriber)";
 const ASYNC_CH: &str = "async-channel (channel per subscriber)";
 const CROSSBEAM: &str = "crossbeam-channel (threads)";
+const ASYNC_CH_ARC: &str = "async-channel per subscriber, one Arc per message (floor, not a peer)";
 
 fn lossless(rt: &Rt, capacity: usize) -> (RelaySender, RelayReceiver) {
     rt.relay()
@@ -599,6 +600,38 @@ async fn w1_async_ch(rt: Rt, n: usize, m: usize) -> Duration {
     t.elapsed()
 }
 
+/// The floor of a relay that hands every subscriber the same value without `Clone`:
+/// async-channel per subscriber carrying an `Arc` made once per message, as this crate's
+/// `recv` returns. Not a peer: it shows how much of the gap to [`w1_async_ch`] is the
+/// allocation, the shared refcount and the consumer-side free.
+async fn w1_async_ch_arc(rt: Rt, n: usize, m: usize) -> Duration {
+    let mut txs = Vec::new();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (tx, rx) = async_channel::unbounded::<Arc<Msg32>>();
+            txs.push(tx);
+            rt.spawn(async move {
+                let (mut got, mut acc) = (0, 0);
+                while got < m {
+                    let v = rx.recv().await.expect("recv");
+                    acc = work(acc, &v);
+                    got += 1;
+                }
+                (got, acc)
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    for i in 0..m {
+        let v = Arc::new(Msg32::new(i as u64));
+        for tx in &txs {
+            tx.send(v.clone()).await.expect("send");
+        }
+    }
+    join_all(handles, m).await;
+    t.elapsed()
+}
+
 fn w1_crossbeam(n: usize, m: usize) -> Duration {
     let mut txs = Vec::new();
     let handles: Vec<_> = (0..n)
@@ -662,7 +695,7 @@ fn run_w1(b: &mut Bench, r: &Runtime, m: usize) {
         for &n in &[1usize, 4, 16] {
             let p = format!("N={n}");
             let d = n * m;
-            let cases: [Case; 8] = [
+            let cases: [Case; 9] = [
                 (PD_SUB, Box::new(|| r.run(w1_pd(r.rt.clone(), n, m)))),
                 (
                     PD_SINK,
@@ -686,6 +719,10 @@ fn run_w1(b: &mut Bench, r: &Runtime, m: usize) {
                     Box::new(|| r.run(w1_async_ch(r.rt.clone(), n, m))),
                 ),
                 (CROSSBEAM, Box::new(|| w1_crossbeam(n, m))),
+                (
+                    ASYNC_CH_ARC,
+                    Box::new(|| r.run(w1_async_ch_arc(r.rt.clone(), n, m))),
+                ),
             ];
             for (name, f) in cases.iter() {
                 let el = f();
