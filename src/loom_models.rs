@@ -1,6 +1,6 @@
 //! loom models of the three waits whose lost wake-up would hang a `send`: the completion
 //! tracker, the readiness barrier, and the lossless capacity wait (per message, batched,
-//! and a waiter let in by one take). Run with
+//! a waiter let in by one take, a cancelled waiting push). Run with
 //! `RUSTFLAGS="--cfg loom" cargo test --lib --release --no-default-features loom_`
 //! (see docs/testing.md). Each model keeps to ≤ 3 threads and a few operations.
 
@@ -113,6 +113,7 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
         // Keep the channel alive in the main thread until after join (async-channel drops
         // through std's Arc, which loom would misreport from inside a model thread).
         let tx = producer.join().unwrap();
+        assert_accounting(&rx);
         drop(tx);
         drop(rx);
     });
@@ -137,6 +138,7 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
             assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, n);
         }
         let tx = producer.join().unwrap();
+        assert_accounting(&rx);
         drop(tx);
         drop(rx);
     });
@@ -161,9 +163,46 @@ fn loom_a_waiting_sender_gets_the_room_of_one_take() {
         assert_eq!(rx.try_recv().ok().expect("queued").envelope.msg_id, 0);
         let tx = producer.join().unwrap();
         assert_eq!(rx.len(), 2);
+        assert_accounting(&rx);
         drop(tx);
         drop(rx);
     });
+}
+
+/// A lossless push cancelled while it waits (polled once, then dropped), then a fresh push,
+/// while the receiver takes one message: the cancelled sender leaves no waiter behind and
+/// no room lost, and the fresh push gets the slot.
+#[test]
+fn loom_a_cancelled_waiting_push_leaves_the_counts_exact() {
+    model("cancelled waiting push", || {
+        let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
+        for n in 0..2u64 {
+            block_on(tx.push(item(n))).ok().expect("room for two");
+        }
+        let producer = thread::spawn(move || {
+            // `now_or_never` polls once and drops the future if it is still waiting.
+            let first = futures::FutureExt::now_or_never(tx.push(item(2)));
+            if first.is_none() {
+                block_on(tx.push(item(3))).ok().expect("receiver alive");
+            }
+            tx
+        });
+        assert_eq!(rx.try_recv().ok().expect("queued").envelope.msg_id, 0);
+        let tx = producer.join().unwrap();
+        assert_eq!(rx.len(), 2);
+        assert_accounting(&rx);
+        drop(tx);
+        drop(rx);
+    });
+}
+
+/// Once every thread is joined: no waiter is left registered in either word, and the
+/// length counts exactly the messages in the channel plus the room still held back. Room
+/// given back twice, or lost, breaks the equality.
+fn assert_accounting(rx: &crate::queue::QueueRx) {
+    let (len, waiters, owed, owed_waiters) = rx.state.accounting();
+    assert_eq!((waiters, owed_waiters), (0, 0), "a waiter left registered");
+    assert_eq!(len, rx.len() as u64 + owed, "len != queued + held back");
 }
 
 fn item(n: u64) -> crate::envelope::Queued {

@@ -142,6 +142,20 @@ impl QueueState {
         self.state.load(Ordering::Relaxed) & LEN_MASK
     }
 
+    /// The loom models' view of the counters, once every thread is joined:
+    /// `(len, waiters in state, count held back in owed, waiters in owed)`.
+    #[cfg(all(test, loom))]
+    pub(crate) fn accounting(&self) -> (u64, u64, u64, u64) {
+        let state = self.state.load(Ordering::SeqCst);
+        let owed = self.owed.0.load(Ordering::SeqCst);
+        (
+            state & LEN_MASK,
+            state >> LEN_BITS,
+            owed & LEN_MASK,
+            owed >> LEN_BITS,
+        )
+    }
+
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

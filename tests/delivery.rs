@@ -222,6 +222,10 @@ on_every_runtime! {
             }
         })
         .await;
+        // The first poll reaches the queue's lossless wait, which registers the sender as
+        // waiting before it returns `Pending`. (The loom model
+        // `loom_a_waiting_sender_gets_the_room_of_one_take` checks the queue itself, without
+        // relying on how a send is polled.)
         let mut waiting = Box::pin(tx.send(128u32));
         assert!(futures::poll!(waiting.as_mut()).is_pending(), "the queue is full");
         assert_eq!(*sub.try_recv().unwrap(), 0);
