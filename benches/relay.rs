@@ -20,6 +20,7 @@
 //! has a thread; it is measured in each runtime's pass, side by side with the others.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::borrow::Borrow;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
@@ -573,31 +574,7 @@ async fn w1_flume(rt: Rt, n: usize, m: usize) -> Duration {
 }
 
 async fn w1_async_ch(rt: Rt, n: usize, m: usize) -> Duration {
-    let mut txs = Vec::new();
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let (tx, rx) = async_channel::unbounded::<Msg32>();
-            txs.push(tx);
-            rt.spawn(async move {
-                let (mut got, mut acc) = (0, 0);
-                while got < m {
-                    let v = rx.recv().await.expect("recv");
-                    acc = work(acc, &v);
-                    got += 1;
-                }
-                (got, acc)
-            })
-        })
-        .collect();
-    let t = Instant::now();
-    for i in 0..m {
-        let v = Msg32::new(i as u64);
-        for tx in &txs {
-            tx.send(v).await.expect("send");
-        }
-    }
-    join_all(handles, m).await;
-    t.elapsed()
+    w1_async_ch_of(rt, n, m, |v| v).await
 }
 
 /// The floor of a relay that hands every subscriber the same value without `Clone`:
@@ -605,16 +582,24 @@ async fn w1_async_ch(rt: Rt, n: usize, m: usize) -> Duration {
 /// `recv` returns. Not a peer: it shows how much of the gap to [`w1_async_ch`] is the
 /// allocation, the shared refcount and the consumer-side free.
 async fn w1_async_ch_arc(rt: Rt, n: usize, m: usize) -> Duration {
+    w1_async_ch_of(rt, n, m, Arc::new).await
+}
+
+/// async-channel per subscriber carrying `make(message)`, cloned into each channel.
+async fn w1_async_ch_of<M>(rt: Rt, n: usize, m: usize, make: fn(Msg32) -> M) -> Duration
+where
+    M: Borrow<Msg32> + Clone + Send + 'static,
+{
     let mut txs = Vec::new();
     let handles: Vec<_> = (0..n)
         .map(|_| {
-            let (tx, rx) = async_channel::unbounded::<Arc<Msg32>>();
+            let (tx, rx) = async_channel::unbounded::<M>();
             txs.push(tx);
             rt.spawn(async move {
                 let (mut got, mut acc) = (0, 0);
                 while got < m {
                     let v = rx.recv().await.expect("recv");
-                    acc = work(acc, &v);
+                    acc = work(acc, v.borrow());
                     got += 1;
                 }
                 (got, acc)
@@ -623,7 +608,7 @@ async fn w1_async_ch_arc(rt: Rt, n: usize, m: usize) -> Duration {
         .collect();
     let t = Instant::now();
     for i in 0..m {
-        let v = Arc::new(Msg32::new(i as u64));
+        let v = make(Msg32::new(i as u64));
         for tx in &txs {
             tx.send(v.clone()).await.expect("send");
         }

@@ -221,19 +221,16 @@ fn targets(d: &Data) -> String {
                 .max_by(|a, b| a.0.partial_cmp(&b.0).expect("no NaN"));
             // A sequential tracked send is one round trip per message; the raw async-channel
             // send + ack round trip (W3) against untracked N=1 shows what any system pays.
-            let floor = (sys == PD_SINK)
-                .then(|| {
-                    ratio(
-                        d.med("W3", rt, "async-channel send + ack channel", "p50"),
-                        d.med("W1", rt, PD_SUB, "N=1"),
-                    )
-                })
-                .flatten()
-                .map_or(String::new(), |f| {
-                    format!(
-                        " (floor: an async-channel send + ack round trip is {f:.2}× untracked N=1)"
-                    )
-                });
+            let round_trip = match sys {
+                PD_SINK => ratio(
+                    d.med("W3", rt, "async-channel send + ack channel", "p50"),
+                    d.med("W1", rt, PD_SUB, "N=1"),
+                ),
+                _ => None,
+            };
+            let floor = round_trip.map_or(String::new(), |f| {
+                format!(" (floor: an async-channel send + ack round trip is {f:.2}× untracked N=1)")
+            });
             t.row(
                 &format!("W1 tracked sink ≤ 2× untracked ({variant}), worst N"),
                 rt,

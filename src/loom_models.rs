@@ -11,6 +11,7 @@ use loom::thread;
 
 use crate::config::ErrorMode;
 use crate::error::{HandlerKind, PanicError, RelayError, SendError};
+use crate::queue::{QueueRx, QueueTx};
 use crate::task::Tasks;
 use crate::tracker::Tracker;
 
@@ -110,12 +111,7 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
         let first = block_on(rx.recv()).unwrap();
         let second = block_on(rx.recv()).unwrap();
         assert_eq!((first.envelope.msg_id, second.envelope.msg_id), (0, 1));
-        // Keep the channel alive in the main thread until after join (async-channel drops
-        // through std's Arc, which loom would misreport from inside a model thread).
-        let tx = producer.join().unwrap();
-        assert_accounting(&rx);
-        drop(tx);
-        drop(rx);
+        check_and_drop(producer.join().unwrap(), rx);
     });
 }
 
@@ -137,10 +133,7 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
         for n in 0..3u64 {
             assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, n);
         }
-        let tx = producer.join().unwrap();
-        assert_accounting(&rx);
-        drop(tx);
-        drop(rx);
+        check_and_drop(producer.join().unwrap(), rx);
     });
 }
 
@@ -152,20 +145,9 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
 #[test]
 fn loom_a_waiting_sender_gets_the_room_of_one_take() {
     model("room of one take", || {
-        let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
-        for n in 0..2u64 {
-            block_on(tx.push(item(n))).ok().expect("room for two");
-        }
-        let producer = thread::spawn(move || {
+        one_take_from_a_full_queue(|tx| {
             block_on(tx.push(item(2))).ok().expect("receiver alive");
-            tx
         });
-        assert_eq!(rx.try_recv().ok().expect("queued").envelope.msg_id, 0);
-        let tx = producer.join().unwrap();
-        assert_eq!(rx.len(), 2);
-        assert_accounting(&rx);
-        drop(tx);
-        drop(rx);
     });
 }
 
@@ -175,31 +157,46 @@ fn loom_a_waiting_sender_gets_the_room_of_one_take() {
 #[test]
 fn loom_a_cancelled_waiting_push_leaves_the_counts_exact() {
     model("cancelled waiting push", || {
-        let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
-        for n in 0..2u64 {
-            block_on(tx.push(item(n))).ok().expect("room for two");
-        }
-        let producer = thread::spawn(move || {
+        one_take_from_a_full_queue(|tx| {
             // `now_or_never` polls once and drops the future if it is still waiting.
-            let first = futures::FutureExt::now_or_never(tx.push(item(2)));
-            if first.is_none() {
+            if futures::FutureExt::now_or_never(tx.push(item(2))).is_none() {
                 block_on(tx.push(item(3))).ok().expect("receiver alive");
             }
-            tx
         });
-        assert_eq!(rx.try_recv().ok().expect("queued").envelope.msg_id, 0);
-        let tx = producer.join().unwrap();
-        assert_eq!(rx.len(), 2);
-        assert_accounting(&rx);
-        drop(tx);
-        drop(rx);
     });
+}
+
+/// Room for two, given back two at a time, messages 0 and 1 queued. `send` runs on a
+/// second thread while the receiver takes message 0 and nothing more; after the join,
+/// two messages are queued and the counts are exact.
+fn one_take_from_a_full_queue(send: fn(&QueueTx)) {
+    let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
+    for n in 0..2u64 {
+        block_on(tx.push(item(n))).ok().expect("room for two");
+    }
+    let producer = thread::spawn(move || {
+        send(&tx);
+        tx
+    });
+    assert_eq!(rx.try_recv().ok().expect("queued").envelope.msg_id, 0);
+    let tx = producer.join().unwrap();
+    assert_eq!(rx.len(), 2);
+    check_and_drop(tx, rx);
+}
+
+/// After the join: checks the counts ([`assert_accounting`]), then drops the channel's
+/// halves here, in the main thread (async-channel drops through std's `Arc`, which loom
+/// would misreport from inside a model thread).
+fn check_and_drop(tx: QueueTx, rx: QueueRx) {
+    assert_accounting(&rx);
+    drop(tx);
+    drop(rx);
 }
 
 /// Once every thread is joined: no waiter is left registered in either word, and the
 /// length counts exactly the messages in the channel plus the room still held back. Room
 /// given back twice, or lost, breaks the equality.
-fn assert_accounting(rx: &crate::queue::QueueRx) {
+fn assert_accounting(rx: &QueueRx) {
     let (len, waiters, owed, owed_waiters) = rx.state.accounting();
     assert_eq!((waiters, owed_waiters), (0, 0), "a waiter left registered");
     assert_eq!(len, rx.len() as u64 + owed, "len != queued + held back");

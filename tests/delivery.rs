@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use common::{lossless, timeout, within};
 use futures::StreamExt;
-use pipedream_rs::{Dropped, HandlerKind, QueueFull, Relay, RelayError, SendError, TryRecvError};
+use pipedream_rs::{
+    Dropped, HandlerKind, QueueFull, Relay, RelayError, RelaySender, SendError, Subscription,
+    TryRecvError,
+};
 
 /// Long enough for anything that should happen; only reached when something hangs.
 const WAIT: Duration = Duration::from_secs(10);
@@ -182,12 +185,7 @@ on_every_runtime! {
         // not wait for a batch that only it could complete.
         let (tx, rx) = lossless(128);
         let mut sub = rx.subscribe::<u32>();
-        within(WAIT, "filling the queue", async {
-            for i in 0..128u32 {
-                tx.send(i).await.unwrap();
-            }
-        })
-        .await;
+        send_all(&tx, 0..128).await;
         within(WAIT, "take one, send one, 300 times", async {
             for _ in 0..300 {
                 let n = *sub.recv().await.unwrap();
@@ -201,11 +199,7 @@ on_every_runtime! {
             let n = model.pop_front().unwrap();
             model.push_back(n + 1_000);
         }
-        let mut left = Vec::new();
-        while let Ok(v) = sub.try_recv() {
-            left.push(*v);
-        }
-        assert_eq!(left, Vec::from(model));
+        assert_eq!(take_queued(&mut sub), Vec::from(model));
     }
 
     async fn a_sender_already_waiting_gets_the_room_of_a_single_take() {
@@ -216,12 +210,7 @@ on_every_runtime! {
         // deadlock with it over one held-back slot.
         let (tx, rx) = lossless(128);
         let mut sub = rx.subscribe::<u32>();
-        within(WAIT, "filling the queue", async {
-            for i in 0..128u32 {
-                tx.send(i).await.unwrap();
-            }
-        })
-        .await;
+        send_all(&tx, 0..128).await;
         // The first poll reaches the queue's lossless wait, which registers the sender as
         // waiting before it returns `Pending`. (The loom model
         // `loom_a_waiting_sender_gets_the_room_of_one_take` checks the queue itself, without
@@ -230,11 +219,7 @@ on_every_runtime! {
         assert!(futures::poll!(waiting.as_mut()).is_pending(), "the queue is full");
         assert_eq!(*sub.try_recv().unwrap(), 0);
         within(WAIT, "the waiting send, after one take", waiting).await.unwrap();
-        let mut left = Vec::new();
-        while let Ok(v) = sub.try_recv() {
-            left.push(*v);
-        }
-        assert_eq!(left, (1..=128).collect::<Vec<u32>>());
+        assert_eq!(take_queued(&mut sub), (1..=128).collect::<Vec<u32>>());
     }
 
     async fn broadcast_send_fails_with_queue_full_when_a_tracked_handlers_queue_is_full() {
@@ -400,4 +385,23 @@ on_every_runtime! {
         got.sort_unstable();
         assert_eq!(got, (0..50).collect::<Vec<_>>());
     }
+}
+
+/// Sends each of `values` in turn, bounded.
+async fn send_all(tx: &RelaySender, values: std::ops::Range<u32>) {
+    within(WAIT, "sending", async {
+        for i in values {
+            tx.send(i).await.unwrap();
+        }
+    })
+    .await;
+}
+
+/// Takes what is queued now, without waiting.
+fn take_queued(sub: &mut Subscription<u32>) -> Vec<u32> {
+    let mut got = Vec::new();
+    while let Ok(v) = sub.try_recv() {
+        got.push(*v);
+    }
+    got
 }
