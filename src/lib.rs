@@ -61,47 +61,32 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
-mod config;
+// The crate reads as four rooms (docs/architecture.md, "The pieces"):
+// - `relay`: the public face: building a relay, sending, subscribing, handlers, errors;
+// - `core`: the machinery under it: registry, queues, the send path, trackers, waits;
+// - `topology`: relays derived from relays, and connections between relays;
+// - `spawner`: the executors tasks run on, one module per runtime feature.
 mod core;
-mod deadlock;
-mod delivery;
-mod envelope;
-mod error;
-mod events;
-mod forward;
-mod forwarder;
-mod handler;
-#[cfg(all(test, loom))]
-mod loom_models;
-mod queue;
-mod receiver;
-mod registry;
 mod relay;
-mod sender;
 pub mod spawner;
-mod stats;
-mod subscription;
-mod sync;
-mod task;
-mod tracked;
-mod tracker;
-mod transform;
-mod wait;
+mod topology;
 
-pub(crate) use crate::config::Config;
-pub use crate::config::{DeliveryMode, ErrorMode, PanicMode};
-pub use crate::deadlock::WouldDeadlock;
-pub use crate::envelope::Envelope;
-pub use crate::error::{
+pub use crate::core::deadlock::WouldDeadlock;
+pub use crate::relay::config::{DeliveryMode, ErrorMode, PanicMode};
+pub use crate::relay::envelope::Envelope;
+pub use crate::relay::error::{
     BoxError, BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
     Unsent,
 };
-pub use crate::events::Dropped;
-pub use crate::forward::ForwardTarget;
-pub use crate::handler::HandlerResult;
-pub use crate::receiver::RelayReceiver;
+pub use crate::relay::events::Dropped;
+pub use crate::relay::handler::HandlerResult;
+pub use crate::relay::receiver::RelayReceiver;
+pub use crate::relay::sender::{RelaySender, WeakSender};
+pub use crate::relay::stats::RelayStats;
+pub use crate::relay::subscription::{EnvelopeSubscription, Subscription, TryRecvError};
+pub use crate::relay::task_handle::TaskHandle;
+pub use crate::relay::tracked_subscription::{Tracked, TrackedSubscription};
 pub use crate::relay::{Relay, RelayBuilder, DEFAULT_CHANNEL_SIZE};
-pub use crate::sender::{RelaySender, WeakSender};
 #[cfg(feature = "async-std")]
 pub use crate::spawner::AsyncStdSpawner;
 #[cfg(feature = "smol")]
@@ -109,8 +94,5 @@ pub use crate::spawner::SmolSpawner;
 #[cfg(feature = "tokio")]
 pub use crate::spawner::TokioSpawner;
 pub use crate::spawner::{BoxFuture, Spawner};
-pub use crate::stats::RelayStats;
-pub use crate::subscription::{EnvelopeSubscription, Subscription, TryRecvError};
-pub use crate::task::TaskHandle;
-pub use crate::tracked::{Tracked, TrackedSubscription};
-pub use crate::transform::BatchError;
+pub use crate::topology::connect::ForwardTarget;
+pub use crate::topology::derived::BatchError;

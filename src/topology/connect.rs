@@ -23,15 +23,16 @@ use std::sync::Arc;
 
 use futures::future::{select, Either};
 
+use crate::core::delivery::Delivery;
+use crate::core::inbox::Inbox;
 use crate::core::is_internal_event;
-use crate::error::HandlerKind;
-use crate::receiver::RelayReceiver;
+use crate::relay::config::Config;
+use crate::relay::error::HandlerKind;
+use crate::relay::receiver::RelayReceiver;
+use crate::relay::sender::{RelaySender, WeakSender};
+use crate::relay::task_handle::TaskHandle;
 use crate::relay::Relay;
-use crate::sender::{RelaySender, WeakSender};
 use crate::spawner::BoxFuture;
-use crate::task::TaskHandle;
-use crate::tracked::Inbox;
-use crate::Config;
 
 /// Something [`RelayReceiver::forward`] can send into: a [`RelaySender`] or a
 /// [`WeakSender`]. The forward holds it weakly either way, so it never keeps the target
@@ -210,7 +211,7 @@ async fn forwarding(mut inbox: Inbox, target: WeakSender) {
             return;
         };
         // Tracked by the target's own rules; its handler errors stay on the target.
-        if let Err(crate::SendError::Closed) = core.forward_envelope(envelope, true).await {
+        if let Err(crate::SendError::Closed) = Delivery::forwarded(&core, envelope, true).await {
             return;
         }
     }

@@ -1,5 +1,5 @@
 //! The one implementation of the eventcount pattern every wait in the crate uses (except
-//! the lossless capacity wait, which also registers as a waiter: see `queue.rs`).
+//! the lossless capacity wait, which also registers as a waiter: see `core/queue.rs`).
 //!
 //! Check the condition; if false, create a listener; check again (a notification between
 //! the first check and the listener's creation would otherwise be lost); then await the

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use loom::future::block_on;
 use loom::thread;
 
-use crate::config::ErrorMode;
-use crate::error::{HandlerKind, PanicError, RelayError, SendError};
-use crate::queue::{QueueRx, QueueTx};
-use crate::task::Tasks;
-use crate::tracker::Tracker;
+use crate::core::queue::{QueueRx, QueueTx};
+use crate::core::tasks::Tasks;
+use crate::core::tracker::Tracker;
+use crate::relay::config::ErrorMode;
+use crate::relay::error::{HandlerKind, PanicError, RelayError, SendError};
 
 /// `loom::model`, printing how many interleavings it explored.
 fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
@@ -101,7 +101,7 @@ fn loom_ready_releases_every_waiter() {
 #[test]
 fn loom_lossless_push_waits_for_room_and_wakes() {
     model("lossless capacity wait", || {
-        let (tx, mut rx) = crate::queue::queue(1, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue(1, 1, None);
         let producer = thread::spawn(move || {
             for n in 0..2u64 {
                 block_on(tx.push(item(n))).ok().expect("receiver alive");
@@ -123,7 +123,7 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
 #[test]
 fn loom_batched_credit_wakes_the_waiting_sender() {
     model("batched credit", || {
-        let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue_with_credit_batch(2, 2, 1, None);
         let producer = thread::spawn(move || {
             for n in 0..3u64 {
                 block_on(tx.push(item(n))).ok().expect("receiver alive");
@@ -170,7 +170,7 @@ fn loom_a_cancelled_waiting_push_leaves_the_counts_exact() {
 /// second thread while the receiver takes message 0 and nothing more; after the join,
 /// two messages are queued and the counts are exact.
 fn one_take_from_a_full_queue(send: fn(&QueueTx)) {
-    let (tx, mut rx) = crate::queue::queue_with_credit_batch(2, 2, 1, None);
+    let (tx, mut rx) = crate::core::queue::queue_with_credit_batch(2, 2, 1, None);
     for n in 0..2u64 {
         block_on(tx.push(item(n))).ok().expect("room for two");
     }
@@ -202,9 +202,9 @@ fn assert_accounting(rx: &QueueRx) {
     assert_eq!(len, rx.len() as u64 + owed, "len != queued + held back");
 }
 
-fn item(n: u64) -> crate::envelope::Queued {
-    crate::envelope::Queued {
-        envelope: crate::envelope::Envelope {
+fn item(n: u64) -> crate::relay::envelope::Queued {
+    crate::relay::envelope::Queued {
+        envelope: crate::relay::envelope::Envelope {
             value: Arc::new(n),
             type_name: std::any::type_name::<u64>,
             msg_id: n,

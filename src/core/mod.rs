@@ -7,30 +7,41 @@
 //! 3. wrap the value in its `Arc` (outside the lock; with the tracker, the only
 //!    allocations besides the queues' amortised blocks).
 //!
-//! When the returned [`Delivery`] is first polled (`Core::push_ready`):
+//! When the returned `Delivery` (`core/delivery.rs`) is first polled (`Core::push_ready`):
 //! 4. push the envelope to each target queue with room, without waiting. A full queue is
 //!    a counted, reported miss in broadcast mode; in lossless mode it hands the rest of
 //!    the delivery to `Core::deliver_rest`, a boxed future that waits for room;
 //! 5. yield once if a queue is more than half full, then wait on the tracker, if any.
+
+pub(crate) mod deadlock;
+pub(crate) mod delivery;
+pub(crate) mod inbox;
+#[cfg(all(test, loom))]
+mod loom_models;
+pub(crate) mod queue;
+pub(crate) mod registry;
+pub(crate) mod sync;
+pub(crate) mod tasks;
+pub(crate) mod tracker;
+pub(crate) mod wait;
 
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use event_listener::Event;
 
-use crate::config::{Config, DeliveryMode};
-use crate::deadlock::WouldDeadlock;
-use crate::delivery::Delivery;
-use crate::envelope::{erased_name, Envelope, Queued, TypeName};
-use crate::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
-use crate::events::Dropped;
-use crate::queue::{queue, PushError, QueueRx, QueueTx};
-use crate::registry::{Registry, Targets};
-use crate::stats::RelayStats;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
-use crate::task::Tasks;
-use crate::tracker::Tracker;
-use crate::wait::wait_until;
+use crate::core::deadlock::WouldDeadlock;
+use crate::core::queue::{queue, PushError, QueueRx, QueueTx};
+use crate::core::registry::{Registry, Targets};
+use crate::core::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::core::tasks::Tasks;
+use crate::core::tracker::Tracker;
+use crate::core::wait::wait_until;
+use crate::relay::config::{Config, DeliveryMode};
+use crate::relay::envelope::{erased_name, Envelope, Queued, TypeName};
+use crate::relay::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
+use crate::relay::events::Dropped;
+use crate::relay::stats::RelayStats;
 
 // Process-wide ids stay on std atomics (loom's are not `const`).
 /// A send that has taken its snapshot and is ready to deliver.
@@ -148,7 +159,7 @@ impl Core {
     /// is born closed.
     pub(crate) fn register(
         self: &Arc<Self>,
-        ty: Option<(TypeId, crate::envelope::TypeName)>,
+        ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         tracked: Option<HandlerKind>,
     ) -> QueueRx {
         let mut registry = self.registry();
@@ -263,29 +274,6 @@ impl Core {
         }
     }
 
-    /// Sends a typed value (prepare now, deliver when polled).
-    pub(crate) fn send_value<T: Any + Send + Sync>(
-        &self,
-        value: T,
-        origin: Option<u64>,
-    ) -> Delivery<'_, &Core> {
-        Delivery::new(self, self.prepare_value(value, origin))
-    }
-
-    /// Sends a message received elsewhere (a parent or a forwarding source) into this
-    /// relay: same value, type and origin, a new message id here. With `wait == false`
-    /// nobody waits for this relay's tracked handlers (they still process it).
-    pub(crate) fn forward_envelope(&self, envelope: &Envelope, wait: bool) -> Delivery<'_, &Core> {
-        let outgoing = self.prepare(
-            envelope.value.clone(),
-            envelope.type_id(),
-            Some(envelope.type_name),
-            Some(envelope.origin),
-            wait,
-        );
-        Delivery::new(self, outgoing)
-    }
-
     /// The synchronous half of a send, run when `send` is *called*: checks the relay is
     /// open, takes the snapshot of targets, numbers the message and creates its tracker.
     /// This is what makes the snapshot rule exact: a subscriber registered before the call
@@ -323,7 +311,7 @@ impl Core {
         let tracker = (wait && targets.tracked > 0).then(|| {
             // Named here, at the call: `handler_send(..).await` is called inside the
             // handler's poll, where the deadlock scope is set.
-            let chain = crate::deadlock::chain_for_send();
+            let chain = crate::core::deadlock::chain_for_send();
             Arc::new(Tracker::new(targets.tracked, self.config.error_mode, chain))
         });
         Ok(Snapshot {
@@ -335,7 +323,7 @@ impl Core {
         })
     }
 
-    /// The first poll of a send (see `delivery.rs`): pushes the message to every target
+    /// The first poll of a send (see `core/delivery.rs`): pushes the message to every target
     /// queue with room, in order, without waiting. In lossless mode the first full queue
     /// stops it, and what is left is handed back as [`Pushed::Blocked`].
     pub(crate) fn push_ready(&self, outgoing: Outgoing) -> Pushed {

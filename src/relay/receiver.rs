@@ -4,14 +4,15 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 
-use crate::config::Config;
+use crate::core::tasks::Tasks;
 use crate::core::Core;
-use crate::error::{HandlerKind, SendError};
-use crate::handler::{start_handler, start_within, HandlerResult};
-use crate::stats::RelayStats;
-use crate::subscription::{EnvelopeSubscription, Subscription};
-use crate::task::{TaskHandle, Tasks};
-use crate::tracked::TrackedSubscription;
+use crate::relay::config::Config;
+use crate::relay::error::{HandlerKind, SendError};
+use crate::relay::handler::{start_handler, start_within, HandlerResult};
+use crate::relay::stats::RelayStats;
+use crate::relay::subscription::{EnvelopeSubscription, Subscription};
+use crate::relay::task_handle::TaskHandle;
+use crate::relay::tracked_subscription::TrackedSubscription;
 
 /// The receiving half of a relay: subscribe, register handlers, observe.
 ///

@@ -4,9 +4,9 @@ use std::any::{Any, TypeId};
 use std::future::Future;
 use std::sync::{Arc, Weak};
 
+use crate::core::delivery::Delivery;
 use crate::core::{Core, Outgoing};
-use crate::delivery::Delivery;
-use crate::error::{SendError, Unsent};
+use crate::relay::error::{SendError, Unsent};
 
 /// The owning, sending half of a relay.
 ///

@@ -17,17 +17,20 @@
 //! Untracked forwarders (`map`, `filter_map`, `batch`, `forward`, `merge`) are tracking
 //! boundaries: the parent's sends do not wait for them.
 
+pub(crate) mod connect;
+pub(crate) mod derived;
+
 use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::config::{Config, PanicMode};
-use crate::error::{BoxError, PanicError};
-use crate::receiver::RelayReceiver;
+use crate::core::inbox::Completion;
+use crate::relay::config::{Config, PanicMode};
+use crate::relay::error::{BoxError, PanicError};
+use crate::relay::receiver::RelayReceiver;
+use crate::relay::sender::RelaySender;
 use crate::relay::Relay;
-use crate::sender::RelaySender;
-use crate::tracked::Completion;
 
 /// Runs user code for a forwarder, catching a panic.
 pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {

@@ -5,10 +5,10 @@ use std::task::{Context, Poll};
 
 use event_listener::{Event, EventListener};
 
-use crate::config::ErrorMode;
-use crate::error::{RelayError, SendError};
-use crate::sync::{AtomicUsize, Mutex, Ordering};
-use crate::wait::poll_until;
+use crate::core::sync::{AtomicUsize, Mutex, Ordering};
+use crate::core::wait::poll_until;
+use crate::relay::config::ErrorMode;
+use crate::relay::error::{RelayError, SendError};
 
 /// Completion state of one tracked message.
 ///
@@ -31,7 +31,7 @@ pub(crate) struct Tracker {
     errors: Mutex<Vec<RelayError>>,
     mode: ErrorMode,
     /// Handlers (subscriber ids) blocked until this message completes: the sending
-    /// handler and, transitively, whoever waits on it. See `deadlock.rs`.
+    /// handler and, transitively, whoever waits on it. See `core/deadlock.rs`.
     blocked: Option<Arc<[u64]>>,
 }
 
@@ -125,7 +125,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{HandlerKind, PanicError};
+    use crate::relay::error::{HandlerKind, PanicError};
 
     fn err(n: u64) -> RelayError {
         RelayError {

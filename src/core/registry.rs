@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 static NEXT_SUBSCRIBER_ID: AtomicU64 = AtomicU64::new(1);
 
-use crate::envelope::TypeName;
-use crate::queue::QueueTx;
+use crate::core::queue::QueueTx;
+use crate::relay::envelope::TypeName;
 
 /// Every queue one message goes to, and how many of them are tracked.
 pub(crate) struct Targets {

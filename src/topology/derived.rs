@@ -10,14 +10,15 @@
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
-use crate::config::PanicMode;
+use crate::core::deadlock::InHandler;
+use crate::core::delivery::Delivery;
+use crate::core::inbox::{Completion, Inbox};
 use crate::core::is_internal_event;
-use crate::deadlock::InHandler;
-use crate::error::HandlerKind;
-use crate::forwarder::{forwarder_panicked, guarded};
-use crate::receiver::RelayReceiver;
-use crate::sender::RelaySender;
-use crate::tracked::{Completion, Inbox};
+use crate::relay::config::PanicMode;
+use crate::relay::error::HandlerKind;
+use crate::relay::receiver::RelayReceiver;
+use crate::relay::sender::RelaySender;
+use crate::topology::{forwarder_panicked, guarded};
 
 /// Why [`RelayReceiver::batch`] refused a batch size.
 ///
@@ -213,7 +214,7 @@ impl RelayReceiver {
                         let origin = msg.envelope().origin;
                         drop(msg);
                         // The child's handler errors were published on the child.
-                        let _ = child_tx.core.send_value(out, Some(origin)).await;
+                        let _ = Delivery::value(&child_tx.core, out, Some(origin)).await;
                     }
                     Ok(None) => {}
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
@@ -331,11 +332,11 @@ impl RelayReceiver {
                 drop(msg);
                 if batch.len() == size {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(size));
-                    let _ = child_tx.core.send_value(full, None).await;
+                    let _ = Delivery::value(&child_tx.core, full, None).await;
                 }
             }
             if !batch.is_empty() {
-                let _ = child_tx.core.send_value(batch, None).await;
+                let _ = Delivery::value(&child_tx.core, batch, None).await;
             }
         })
     }
@@ -406,9 +407,6 @@ fn unshare<T: Clone>(shared: Arc<T>) -> T {
 /// Sends `msg` into `child` and settles it with the child's verdict (waiting for the
 /// child's tracked handlers only if the parent's sender is waiting for this message).
 async fn pass_on(msg: Completion, child: &RelaySender) {
-    let outcome = child
-        .core
-        .forward_envelope(msg.envelope(), msg.is_tracked())
-        .await;
+    let outcome = Delivery::forwarded(&child.core, msg.envelope(), msg.is_tracked()).await;
     msg.settle_forwarded(outcome);
 }

@@ -9,12 +9,13 @@ use std::sync::{Arc, Weak};
 
 use futures::FutureExt;
 
-use crate::config::{Config, PanicMode};
+use crate::core::deadlock::InHandler;
+use crate::core::tasks::Tasks;
 use crate::core::Core;
-use crate::deadlock::InHandler;
-use crate::error::{BoxError, HandlerKind, PanicError, RelayError};
-use crate::task::{TaskHandle, Tasks};
-use crate::tracked::TrackedSubscription;
+use crate::relay::config::{Config, PanicMode};
+use crate::relay::error::{BoxError, HandlerKind, PanicError, RelayError};
+use crate::relay::task_handle::TaskHandle;
+use crate::relay::tracked_subscription::TrackedSubscription;
 
 /// What a handler may return: `()` (always succeeds) or `Result<(), E>` for any error type.
 ///

@@ -15,6 +15,7 @@
 //! runs in a boxed `async` future (`Core::deliver_rest`) that waits for room, and then
 //! steps 2 and 3 follow as on the common path.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
@@ -24,9 +25,10 @@ use std::task::{Context, Poll};
 
 use event_listener::EventListener;
 
+use crate::core::tracker::Tracker;
 use crate::core::{Core, Outgoing, Pushed};
-use crate::error::SendError;
-use crate::tracker::Tracker;
+use crate::relay::envelope::Envelope;
+use crate::relay::error::SendError;
 
 /// The boxed remainder of a delivery that had to wait for room; it ends where the first
 /// poll's push ends: whether a queue is crowded, and the tracker to wait on.
@@ -68,6 +70,31 @@ where
             Err(e) => State::Failed(e),
         };
         Delivery { state }
+    }
+}
+
+impl<'a> Delivery<'a, &'a Core> {
+    /// Sends a typed value (prepare now, deliver when polled).
+    pub(crate) fn value<T: Any + Send + Sync>(
+        core: &'a Core,
+        value: T,
+        origin: Option<u64>,
+    ) -> Self {
+        Delivery::new(core, core.prepare_value(value, origin))
+    }
+
+    /// Sends a message received elsewhere (a parent or a forwarding source) into `core`:
+    /// same value, type and origin, a new message id here. With `wait == false` nobody
+    /// waits for this relay's tracked handlers (they still process it).
+    pub(crate) fn forwarded(core: &'a Core, envelope: &Envelope, wait: bool) -> Self {
+        let outgoing = core.prepare(
+            envelope.value.clone(),
+            envelope.type_id(),
+            Some(envelope.type_name),
+            Some(envelope.origin),
+            wait,
+        );
+        Delivery::new(core, outgoing)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The synchronisation primitives the crate's shared state uses: std's, or loom's in a
-//! `--cfg loom` build, so the loom models in `loom_models.rs` explore every interleaving
+//! `--cfg loom` build, so the loom models in `core/loom_models.rs` explore every interleaving
 //! of the real code (the pattern tokio and concurrent-queue use).
 
 #[cfg(loom)]

@@ -26,9 +26,9 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 
+use crate::core::queue::QueueRx;
 use crate::core::Core;
-use crate::envelope::{Envelope, Queued};
-use crate::queue::QueueRx;
+use crate::relay::envelope::{Envelope, Queued};
 
 /// Why [`Subscription::try_recv`] returned no message.
 ///
@@ -69,14 +69,14 @@ pub(crate) struct Attached {
 impl Attached {
     pub(crate) fn new(
         core: &Weak<Core>,
-        ty: Option<(TypeId, crate::envelope::TypeName)>,
+        ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         tracked: Option<crate::HandlerKind>,
     ) -> Self {
         let (queue, relay_id) = match core.upgrade() {
             Some(c) => (c.register(ty, tracked), c.id),
             None => {
                 // The relay is gone: a queue whose only sender is already dropped.
-                let (_, rx) = crate::queue::queue(1, 0, tracked);
+                let (_, rx) = crate::core::queue::queue(1, 0, tracked);
                 (rx, 0)
             }
         };

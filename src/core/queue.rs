@@ -49,9 +49,9 @@ use async_channel::{Receiver, Sender, TryRecvError};
 use event_listener::Event;
 use futures::Stream;
 
-use crate::envelope::Queued;
-use crate::error::HandlerKind;
-use crate::sync::{AtomicU64, Ordering};
+use crate::core::sync::{AtomicU64, Ordering};
+use crate::relay::envelope::Queued;
+use crate::relay::error::HandlerKind;
 
 /// Accounting shared by a queue's senders (the registry's copies) and its receiver.
 ///

@@ -4,7 +4,7 @@ use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::tracker::Tracker;
+use crate::core::tracker::Tracker;
 
 /// One message as the relay carries it: the value behind an `Arc`, its type, its id and
 /// the relay it entered first.

@@ -1,12 +1,24 @@
 //! [`Relay`], the entry point, and [`RelayBuilder`], its configuration.
 
+pub(crate) mod config;
+pub(crate) mod envelope;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod handler;
+pub(crate) mod receiver;
+pub(crate) mod sender;
+pub(crate) mod stats;
+pub(crate) mod subscription;
+pub(crate) mod task_handle;
+pub(crate) mod tracked_subscription;
+
 use std::sync::Arc;
 
-use crate::config::{Config, DeliveryMode, ErrorMode, PanicMode};
 use crate::core::Core;
-use crate::error::BuildError;
-use crate::receiver::RelayReceiver;
-use crate::sender::RelaySender;
+use crate::relay::config::{Config, DeliveryMode, ErrorMode, PanicMode};
+use crate::relay::error::BuildError;
+use crate::relay::receiver::RelayReceiver;
+use crate::relay::sender::RelaySender;
 use crate::spawner::{default_spawner, Spawner};
 
 /// The default per-subscriber queue size: 65,536 messages. Memory follows what is queued,

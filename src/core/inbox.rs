@@ -1,0 +1,174 @@
+//! [`Inbox`]: the receiving end every handler and forwarder is built on, and
+//! [`Completion`], one received message that must be settled exactly once.
+
+use std::any::{Any, TypeId};
+use std::sync::{Arc, Weak};
+
+use crate::core::tracker::Tracker;
+use crate::core::Core;
+use crate::relay::envelope::{Envelope, Queued};
+use crate::relay::error::{BoxError, HandlerGone, HandlerKind, RelayError, SendError};
+use crate::relay::subscription::{map_try, Attached, TryRecvError};
+
+/// The receiving end every handler and forwarder is built on: a registered queue (typed
+/// or wildcard, tracked or not) that hands out [`Completion`]s.
+pub(crate) struct Inbox {
+    attached: Attached,
+    kind: HandlerKind,
+}
+
+impl Inbox {
+    /// Registers now. `ty: None` receives every type; `tracked` decides whether sends wait.
+    pub(crate) fn new(
+        core: &Weak<Core>,
+        ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
+        kind: HandlerKind,
+        tracked: bool,
+    ) -> Self {
+        Inbox {
+            attached: Attached::new(core, ty, tracked.then_some(kind)),
+            kind,
+        }
+    }
+
+    pub(crate) fn typed<T: Any>(core: &Weak<Core>, kind: HandlerKind, tracked: bool) -> Self {
+        Self::new(
+            core,
+            Some((TypeId::of::<T>(), std::any::type_name::<T>)),
+            kind,
+            tracked,
+        )
+    }
+
+    pub(crate) async fn recv(&mut self) -> Option<Completion> {
+        let item = self.attached.queue.recv().await?;
+        Some(self.wrap(item))
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Result<Completion, TryRecvError> {
+        let item = self.attached.queue.try_recv().map_err(map_try)?;
+        Ok(self.wrap(item))
+    }
+
+    fn wrap(&self, item: Queued) -> Completion {
+        Completion {
+            msg_id: item.envelope.msg_id,
+            type_name: item.envelope.type_name(),
+            envelope: Some(item.envelope),
+            tracker: item.tracker,
+            core: self.attached.core.clone(),
+            relay_id: self.attached.relay_id,
+            kind: self.kind,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.attached.id()
+    }
+
+    pub(crate) fn keep_registered(&mut self) {
+        self.attached.keep_registered();
+    }
+
+    pub(crate) fn is_wildcard(&self) -> bool {
+        self.attached.ty.is_none()
+    }
+}
+
+/// One received message that its handler must settle exactly once.
+///
+/// Invariant: the tracker (if any) is taken by the first of `complete`, `fail*` or `Drop`,
+/// so it is completed exactly once; `Drop` without settling fails it with [`HandlerGone`].
+/// The envelope can be taken out (to let go of the value's `Arc`) while the message stays
+/// reportable: `msg_id` and `type_name` are kept for errors.
+pub(crate) struct Completion {
+    envelope: Option<Envelope>,
+    pub(crate) msg_id: u64,
+    type_name: &'static str,
+    tracker: Option<Arc<Tracker>>,
+    core: Weak<Core>,
+    relay_id: u64,
+    kind: HandlerKind,
+}
+
+impl Completion {
+    pub(crate) fn is_tracked(&self) -> bool {
+        self.tracker.is_some()
+    }
+
+    pub(crate) fn envelope(&self) -> &Envelope {
+        self.envelope
+            .as_ref()
+            .expect("the envelope is only taken by its last user")
+    }
+
+    /// Takes the envelope, so this message no longer holds the value's `Arc`.
+    pub(crate) fn take_envelope(&mut self) -> Envelope {
+        self.envelope.take().expect("the envelope is taken once")
+    }
+
+    /// Who is blocked until this message completes (for deadlock detection).
+    pub(crate) fn blocked(&self) -> Option<Arc<[u64]>> {
+        self.tracker.as_ref()?.blocked().cloned()
+    }
+
+    pub(crate) fn complete(mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.complete();
+        }
+    }
+
+    /// This handler failed: the dual path (back to the sender, and a `RelayError` event
+    /// on this handler's relay).
+    pub(crate) fn fail(mut self, error: BoxError) {
+        self.report_failure(error);
+    }
+
+    /// Settles with the outcome of passing the message on to a child relay: the child's
+    /// handler errors go back to this message's sender as they are (they were already
+    /// published on the child relay, where those handlers live).
+    pub(crate) fn settle_forwarded(mut self, outcome: Result<(), SendError>) {
+        let errors = match outcome {
+            Ok(()) => return self.complete(),
+            Err(SendError::Downstream(e)) => vec![e],
+            Err(SendError::Aggregate(v)) => v,
+            Err(_) => return self.report_failure(Arc::new(HandlerGone)),
+        };
+        if let Some(tracker) = self.tracker.take() {
+            tracker.fail_many(errors);
+        }
+    }
+
+    pub(crate) fn relay_error(&self, error: BoxError) -> RelayError {
+        RelayError {
+            msg_id: self.msg_id,
+            relay_id: self.relay_id,
+            kind: self.kind,
+            type_name: self.type_name,
+            error,
+        }
+    }
+
+    fn report_failure(&mut self, error: BoxError) {
+        let tracker = self.tracker.take();
+        let relay_error = self.relay_error(error);
+        match self.core.upgrade() {
+            Some(core) => core.report(tracker.as_deref(), relay_error),
+            // Nobody is waiting if the relay is gone (in-flight sends keep it alive), but
+            // complete the tracker anyway so the invariant holds.
+            None => {
+                if let Some(tracker) = tracker {
+                    tracker.fail(relay_error);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if self.tracker.is_some() {
+            self.report_failure(Arc::new(HandlerGone));
+        }
+    }
+}
