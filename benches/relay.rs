@@ -451,7 +451,7 @@ fn pd_sinks(rx: &RelayReceiver, n: usize) -> Vec<Arc<AtomicU64>> {
         .map(|_| {
             let acc = Arc::new(AtomicU64::new(0));
             let a = acc.clone();
-            rx.sink::<Msg32, _, _>(move |v| {
+            rx.sink::<Msg32>(move |v| {
                 a.fetch_add(mix(v), Ordering::Relaxed);
             });
             acc
@@ -1147,7 +1147,7 @@ fn run_w4(b: &mut Bench, subs: usize, queued: usize) {
             let (tx, rx) = relay_with(big);
             let keep: Vec<_> = (0..subs_now).map(|_| rx.subscribe::<Msg32>()).collect();
             let per = per_queued(queued, |i| {
-                futures::executor::block_on(tx.send(Msg32::new(i))).expect("send")
+                futures::executor::block_on(tx.send(Msg32::new(i))).expect("send");
             });
             assert_eq!(keep[0].len(), queued);
             q.push((
@@ -1215,8 +1215,8 @@ async fn w5_pd_chain(rt: Rt, kind: Stage, depth: usize, m: usize) -> Duration {
     let mut end = rx.clone();
     for _ in 0..depth {
         end = match kind {
-            Stage::Filter => end.filter::<Msg32, _>(|v| v.a != u64::MAX),
-            Stage::Map => end.map::<Msg32, Msg32, _>(|v| Msg32 { c: v.c ^ 1, ..*v }),
+            Stage::Filter => end.filter::<Msg32>(|v| v.a != u64::MAX),
+            Stage::Map => end.map::<Msg32, Msg32>(|v| Msg32 { c: v.c ^ 1, ..*v }),
         };
     }
     let h = pd_consumer(&rt, &end, m);

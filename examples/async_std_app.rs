@@ -15,7 +15,7 @@ fn main() {
     async_std::task::block_on(async {
         let (tx, rx) = Relay::channel();
         let mut ticks = rx.subscribe::<Tick>();
-        rx.sink::<Tick, _, _>(|t| println!("sink saw tick {}", t.0));
+        rx.sink::<Tick>(|t| println!("sink saw tick {}", t.0));
 
         for n in 1..=3 {
             tx.send(Tick(n)).await.expect("the sink ran");

@@ -36,7 +36,7 @@ fn main() {
         .spawner(move |task: BoxFuture| closure_pool.spawn_ok(task))
         .build()
         .expect("a spawner was given");
-    rx.sink::<String, _, _>(|s| println!("closure spawner ran the sink for {s:?}"));
+    rx.sink::<String>(|s| println!("closure spawner ran the sink for {s:?}"));
     block_on(tx.send(String::from("hello"))).expect("handled");
 
     // 2. A type implementing Spawner, shared by reference counting.
@@ -49,10 +49,10 @@ fn main() {
         .spawner(move |task: BoxFuture| shared.spawn(task))
         .build()
         .expect("a spawner was given");
-    rx.sink::<u32, _, _>(|n| println!("counting spawner: sink got {n}"));
+    rx.sink::<u32>(|n| println!("counting spawner: sink got {n}"));
     // Derived relays use the same spawner. `map` is a tracking boundary: the send above
     // does not wait for it, so read its output to see it.
-    let doubled = rx.map::<u32, u32, _>(|n| n * 2);
+    let doubled = rx.map::<u32, u32>(|n| n * 2);
     let mut doubled_values = doubled.subscribe::<u32>();
     block_on(async {
         tx.send(21u32).await.expect("handled");

@@ -20,7 +20,7 @@ fn main() {
             let rx = rx.clone();
             let total = total.clone();
             smol::spawn(async move {
-                rx.sink::<u32, _, _>(move |n| {
+                rx.sink::<u32>(move |n| {
                     total.fetch_add(*n, Ordering::SeqCst);
                     println!("plugin {plugin} handled {n}");
                 });
@@ -36,7 +36,7 @@ fn main() {
 
         // A handler added later joins from the next send on.
         let late = total.clone();
-        rx.tap::<u32, _, _>(move |n| {
+        rx.tap::<u32>(move |n| {
             late.fetch_add(*n, Ordering::SeqCst);
             println!("late tap saw {n}");
         });

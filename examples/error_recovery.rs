@@ -26,7 +26,7 @@ fn main() {
         let (tx, rx) = Relay::channel();
         let attempts = Arc::new(AtomicU32::new(0));
         let a = attempts.clone();
-        rx.sink::<Payment, _, _>(move |p| {
+        rx.sink::<Payment>(move |p| {
             let n = a.fetch_add(1, Ordering::SeqCst) + 1;
             if n < 3 {
                 Err(Unavailable(n))
@@ -39,7 +39,7 @@ fn main() {
         loop {
             tries += 1;
             match tx.send(Payment(42)).await {
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(e) if tries < 5 => println!("retrying after: {e}"),
                 Err(e) => panic!("giving up: {e}"),
             }
@@ -50,8 +50,8 @@ fn main() {
             .error_mode(ErrorMode::Aggregate)
             .build()
             .unwrap();
-        rx.sink::<Payment, _, _>(|_| Err(Quota));
-        rx.tap::<Payment, _, _>(|p| {
+        rx.sink::<Payment>(|_| Err(Quota));
+        rx.tap::<Payment>(|p| {
             if p.0 > 100 {
                 Err(Unavailable(0))
             } else {
@@ -67,7 +67,7 @@ fn main() {
         // 3. Panics are caught: the sender gets a PanicError, the handler keeps serving.
         let (tx, rx) = Relay::channel();
         let mut failures = rx.subscribe::<RelayError>(); // every failure, as an event
-        rx.sink::<u32, _, _>(|n| {
+        rx.sink::<u32>(|n| {
             if *n == 13 {
                 panic!("unlucky number");
             }

@@ -30,7 +30,7 @@ fn main() {
         });
 
         // A derived relay: closes after its forwarder has passed on what it had.
-        let audit = rx.map::<u32, String, _>(|n| format!("job {n}"));
+        let audit = rx.map::<u32, String>(|n| format!("job {n}"));
         let mut audit_log = audit.subscribe::<String>();
         let auditor = rx.within(move || async move {
             let mut lines = 0;

@@ -21,7 +21,7 @@ fn main() {
 
         let slow = rx.subscribe::<u32>(); // never reads: its queue fills after 8
         let mut fast = rx.subscribe::<u32>();
-        rx.tap::<u32, _, _>(|n| {
+        rx.tap::<u32>(|n| {
             if n % 10 == 0 {
                 Err(Rejected(*n))
             } else {

@@ -50,8 +50,8 @@ fn main() {
 
         // Consume: only plausible readings reach the store (a tracked filter: a sender of a
         // Reading waits for the decision *and* for the store).
-        let plausible = readings.filter::<Reading, _>(|r| r.celsius > -100.0);
-        plausible.sink::<Reading, _, _>(|r| {
+        let plausible = readings.filter::<Reading>(|r| r.celsius > -100.0);
+        plausible.sink::<Reading>(|r| {
             if !["kitchen", "freezer"].contains(&r.sensor.as_str()) {
                 return Err(PipelineError::UnknownSensor(r.sensor.clone()));
             }
@@ -60,13 +60,13 @@ fn main() {
         });
         // Implausible readings are not an error here; watch them on the side, untracked.
         let mut rejected = readings
-            .filter::<Reading, _>(|r| r.celsius <= -100.0)
+            .filter::<Reading>(|r| r.celsius <= -100.0)
             .subscribe::<Reading>();
 
         // Parse: a tracked async sink on the raw relay that forwards with a tracked send, so
         // the raw sender hears about every failure further down.
         let next = readings_tx.weak();
-        lines.sink_async::<String, _, _>(move |line: Arc<String>| {
+        lines.sink_async::<String>(move |line: Arc<String>| {
             let next = next.clone();
             async move {
                 let reading = parse(&line)?;
@@ -87,7 +87,7 @@ fn main() {
         ] {
             println!("send {line:?}");
             match lines_tx.send(line.to_owned()).await {
-                Ok(()) => println!("  ok: processed end to end"),
+                Ok(_) => println!("  ok: processed end to end"),
                 Err(e) => println!("  error back at the sender: {e}"),
             }
         }

@@ -103,7 +103,7 @@ async fn handler_errors() -> Result<(), Box<dyn Error>> {
     let (tx, rx) = Relay::channel();
     // Subscribe to failures before sending: a subscription sees what is sent after it exists.
     let mut failures = rx.subscribe::<RelayError>();
-    rx.sink::<Order, _, _>(|order| {
+    rx.sink::<Order>(|order| {
         if order.items == 0 {
             return Err(EmptyOrder(order.id));
         }

@@ -20,7 +20,7 @@ async fn main() {
     let (tx, rx) = Relay::channel(); // inside the runtime: tokio is chosen
 
     // An async sink using tokio's timer; `send` waits until it is done.
-    rx.sink_async::<Request, _, _>(|req: Arc<Request>| async move {
+    rx.sink_async::<Request>(|req: Arc<Request>| async move {
         tokio::time::sleep(Duration::from_millis(5)).await;
         println!(
             "handled {} on {:?}",
@@ -40,7 +40,7 @@ async fn main() {
             .spawner(TokioSpawner::new(handle))
             .build()
             .expect("a spawner was given");
-        rx.sink::<u32, _, _>(|n| println!("sink on tokio, sent from a plain thread: {n}"));
+        rx.sink::<u32>(|n| println!("sink on tokio, sent from a plain thread: {n}"));
         futures::executor::block_on(tx.send(7u32)).expect("handled");
     });
     tokio::task::spawn_blocking(move || outside.join().unwrap())

@@ -17,7 +17,7 @@
 //!
 //! let (tx, rx) = Relay::channel();
 //! let mut log = rx.subscribe::<String>();                 // untracked: only Strings
-//! rx.sink::<Order, _, _>(|o| {                            // tracked: send waits for it
+//! rx.sink::<Order>(|o| {                            // tracked: send waits for it
 //!     if o.items == 0 { Err(EmptyOrder(o.id)) } else { Ok(()) }
 //! });
 //!
@@ -75,11 +75,12 @@ pub use crate::core::deadlock::WouldDeadlock;
 pub use crate::relay::config::{DeliveryMode, ErrorMode, PanicMode};
 pub use crate::relay::envelope::Envelope;
 pub use crate::relay::error::{
-    BoxError, BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
-    Unsent,
+    BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
+    SharedError, Unsent,
 };
-pub use crate::relay::events::Dropped;
-pub use crate::relay::handler::HandlerResult;
+pub use crate::relay::events::{Dropped, Unrouted};
+pub use crate::relay::handler::{AsyncHandler, Handler, HandlerResult};
+pub use crate::relay::receipt::Receipt;
 pub use crate::relay::receiver::RelayReceiver;
 pub use crate::relay::sender::{RelaySender, WeakSender};
 pub use crate::relay::stats::RelayStats;

@@ -96,7 +96,7 @@ on_every_runtime! {
         let child = rx.batch::<u32>(3).unwrap();
         let handled = Arc::new(Mutex::new(Vec::new()));
         let h = handled.clone();
-        child.sink_async::<Vec<u32>, _, _>(move |batch: Arc<Vec<u32>>| {
+        child.sink_async::<Vec<u32>>(move |batch: Arc<Vec<u32>>| {
             let h = h.clone();
             async move {
                 common::sleep(Duration::from_millis(2)).await;
@@ -173,7 +173,7 @@ on_every_runtime! {
         let child = rx.batch::<Counted>(1).unwrap();
         let (open, gate) = async_channel::bounded::<()>(1);
         let (entered_tx, entered) = async_channel::unbounded();
-        child.sink_async::<Vec<Counted>, _, _>(move |batch: Arc<Vec<Counted>>| {
+        child.sink_async::<Vec<Counted>>(move |batch: Arc<Vec<Counted>>| {
             let (gate, entered_tx) = (gate.clone(), entered_tx.clone());
             async move {
                 let _ = entered_tx.send(batch[0].id).await;

@@ -35,7 +35,7 @@ on_every_runtime! {
         let (tx, rx) = Relay::channel();
         let mut levels = vec![rx.clone()];
         for _ in 0..8 {
-            let next = levels.last().unwrap().filter::<u32, _>(|_| true);
+            let next = levels.last().unwrap().filter::<u32>(|_| true);
             levels.push(next);
         }
         let mut subs: Vec<_> = levels.iter().map(|r| r.subscribe::<u32>()).collect();
@@ -54,15 +54,15 @@ on_every_runtime! {
 
     async fn dropping_the_root_closes_a_tree_of_derived_relays_after_each_drains() {
         let (tx, rx) = Relay::channel();
-        let evens = rx.filter::<u32, _>(|n| n % 2 == 0);
-        let fours = evens.filter::<u32, _>(|n| n % 4 == 0);
-        let tens = evens.map::<u32, u64, _>(|n| u64::from(*n) * 10);
-        let shifted = rx.map::<u32, u64, _>(|n| u64::from(*n) + 100);
-        let thirds = shifted.filter::<u64, _>(|n| n % 3 == 0);
+        let evens = rx.filter::<u32>(|n| n % 2 == 0);
+        let fours = evens.filter::<u32>(|n| n % 4 == 0);
+        let tens = evens.map::<u32, u64>(|n| u64::from(*n) * 10);
+        let shifted = rx.map::<u32, u64>(|n| u64::from(*n) + 100);
+        let thirds = shifted.filter::<u64>(|n| n % 3 == 0);
         let fives = shifted.batch::<u64>(5).unwrap();
         let (numbers, others) = rx.split::<u32>();
         let texts = rx.exclude::<u32>();
-        let parsed = texts.filter_map::<String, u32, _>(|s| s.parse().ok());
+        let parsed = texts.filter_map::<String, u32>(|s| s.parse().ok());
 
         let mut on_root = rx.subscribe::<u32>();
         let mut on_evens = evens.subscribe::<u32>();
@@ -113,9 +113,9 @@ on_every_runtime! {
 
     async fn a_boundary_child_receives_everything_sent_before_the_root_closed_then_none() {
         let (tx, rx) = Relay::channel();
-        let mut mapped = rx.map::<u32, u32, _>(|n| n + 1).subscribe::<u32>();
+        let mut mapped = rx.map::<u32, u32>(|n| n + 1).subscribe::<u32>();
         let mut kept = rx
-            .filter_map::<u32, u32, _>(|n| (n % 3 == 0).then_some(*n))
+            .filter_map::<u32, u32>(|n| (n % 3 == 0).then_some(*n))
             .subscribe::<u32>();
         for n in 0..1_000u32 {
             within(BOUND, "send", tx.send(n)).await.unwrap();
@@ -127,8 +127,8 @@ on_every_runtime! {
 
     async fn close_timeline_is_root_then_child_then_grandchild() {
         let (tx, root) = Relay::channel();
-        let child = root.map::<u32, u32, _>(|n| *n);
-        let grandchild = child.filter::<u32, _>(|_| true);
+        let child = root.map::<u32, u32>(|n| *n);
+        let grandchild = child.filter::<u32>(|_| true);
         let mut on_grandchild = grandchild.subscribe::<u32>();
         for n in 0..100u32 {
             within(BOUND, "send", tx.send(n)).await.unwrap();
@@ -167,13 +167,13 @@ on_every_runtime! {
         tx.close();
         let (matched, rest) = rx.split::<u32>();
         let children = [
-            ("filter", rx.filter::<u32, _>(|_| true)),
+            ("filter", rx.filter::<u32>(|_| true)),
             ("only", rx.only::<u32>()),
             ("exclude", rx.exclude::<u32>()),
             ("split (matched)", matched),
             ("split (rest)", rest),
-            ("map", rx.map::<u32, u32, _>(|n| *n)),
-            ("filter_map", rx.filter_map::<u32, u32, _>(|n| Some(*n))),
+            ("map", rx.map::<u32, u32>(|n| *n)),
+            ("filter_map", rx.filter_map::<u32, u32>(|n| Some(*n))),
             ("batch", rx.batch::<u32>(2).unwrap()),
             ("batch_of", rx.batch_of::<u32, 2>()),
             ("batch_shared", rx.batch_shared::<u32>(2).unwrap()),
@@ -182,7 +182,7 @@ on_every_runtime! {
             assert!(child.is_closed(), "{op} of a closed relay");
             let ended = child.subscribe::<u32>().try_recv().unwrap_err();
             assert_eq!(ended, TryRecvError::Closed, "{op}");
-            assert!(child.filter::<u32, _>(|_| true).is_closed(), "a child of {op}");
+            assert!(child.filter::<u32>(|_| true).is_closed(), "a child of {op}");
         }
         wait_until(BOUND, "no forwarder left running", || rx.stats().live_tasks == 0).await;
     }
@@ -190,8 +190,8 @@ on_every_runtime! {
     async fn derived_relays_of_a_dropped_relay_are_closed_at_once() {
         let (tx, rx) = Relay::channel();
         drop(tx);
-        assert!(rx.filter::<u32, _>(|_| true).is_closed());
-        assert!(rx.map::<u32, u32, _>(|n| *n).is_closed());
+        assert!(rx.filter::<u32>(|_| true).is_closed());
+        assert!(rx.map::<u32, u32>(|n| *n).is_closed());
         assert!(rx.batch::<u32>(3).unwrap().is_closed());
         let (matched, rest) = rx.split::<u32>();
         assert!(matched.is_closed() && rest.is_closed());
@@ -217,8 +217,8 @@ on_every_runtime! {
 
     async fn a_child_of_an_open_relay_stays_open_while_its_parent_is() {
         let (tx, rx) = Relay::channel();
-        let child = rx.filter::<u32, _>(|_| true);
-        let mapped = rx.map::<u32, u32, _>(|n| *n);
+        let child = rx.filter::<u32>(|_| true);
+        let mapped = rx.map::<u32, u32>(|n| *n);
         sleep(Duration::from_millis(50)).await;
         assert!(!child.is_closed() && !mapped.is_closed());
         drop(tx);
@@ -233,7 +233,7 @@ on_every_runtime! {
     async fn a_panicking_filter_fails_the_send_reports_it_and_closes_the_child() {
         let (tx, rx) = Relay::channel();
         let mut parent_errors = rx.subscribe::<RelayError>();
-        let child = rx.filter::<u32, _>(|n| if *n == 13 { panic!("unlucky 13") } else { true });
+        let child = rx.filter::<u32>(|n| if *n == 13 { panic!("unlucky 13") } else { true });
         let mut on_child = child.subscribe::<u32>();
 
         within(BOUND, "send 1", tx.send(1u32)).await.unwrap();
@@ -252,10 +252,10 @@ on_every_runtime! {
 
     async fn messages_queued_behind_a_filter_panic_fail_with_handler_gone() {
         let (tx, rx) = Relay::channel();
-        let child = rx.filter::<u32, _>(|n| if *n == 13 { panic!("unlucky 13") } else { true });
+        let child = rx.filter::<u32>(|n| if *n == 13 { panic!("unlucky 13") } else { true });
         // Hold the forwarder on message 1 until 13 and 14 are queued behind it.
         let (open, gate) = async_channel::bounded::<()>(1);
-        child.sink_async::<u32, _, _>(move |_| {
+        child.sink_async::<u32>(move |_| {
             let gate = gate.clone();
             async move {
                 let _ = gate.recv().await;
@@ -280,7 +280,7 @@ on_every_runtime! {
     async fn a_panicking_map_reports_on_the_parent_and_closes_the_child() {
         let (tx, rx) = Relay::channel();
         let mut parent_errors = rx.subscribe::<RelayError>();
-        let child = rx.map::<u32, u32, _>(|n| if *n == 13 { panic!("unlucky 13") } else { n * 2 });
+        let child = rx.map::<u32, u32>(|n| if *n == 13 { panic!("unlucky 13") } else { n * 2 });
         let mut on_child = child.subscribe::<u32>();
 
         within(BOUND, "send 1", tx.send(1u32)).await.unwrap();
@@ -296,7 +296,7 @@ on_every_runtime! {
     async fn a_panicking_filter_map_reports_on_the_parent_and_closes_the_child() {
         let (tx, rx) = Relay::channel();
         let mut parent_errors = rx.subscribe::<RelayError>();
-        let child = rx.filter_map::<u32, u32, _>(|n| match n {
+        let child = rx.filter_map::<u32, u32>(|n| match n {
             13 => panic!("unlucky 13"),
             n if n % 2 == 0 => Some(*n),
             _ => None,
@@ -340,7 +340,7 @@ on_every_runtime! {
 
     async fn a_panicked_forwarders_child_wakes_a_waiting_subscriber() {
         let (tx, rx) = Relay::channel();
-        let child = rx.map::<u32, u32, _>(|_| panic!("always"));
+        let child = rx.map::<u32, u32>(|_| panic!("always"));
         let mut on_child = child.subscribe::<u32>();
         let waiting = on_child.recv(); // already waiting when the panic happens
         let sending = async {

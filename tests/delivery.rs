@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{lossless, timeout, within};
 use futures::StreamExt;
 use pipedream_rs::{
-    Dropped, HandlerKind, QueueFull, Relay, RelayError, RelaySender, SendError, Subscription,
-    TryRecvError,
+    DeliveryMode, Dropped, HandlerKind, QueueFull, Relay, RelayError, RelaySender, SendError,
+    Subscription, TryRecvError, Unrouted,
 };
 
 /// Long enough for anything that should happen; only reached when something hangs.
@@ -21,6 +21,96 @@ const WAIT: Duration = Duration::from_secs(10);
 const STAYS_PENDING: Duration = Duration::from_millis(100);
 
 on_every_runtime! {
+    // ----- receipts and unrouted messages ------------------------------------------------
+
+    async fn a_receipt_counts_queued_handled_and_missed_in_broadcast_mode() {
+        let (tx, rx) = Relay::channel_with_size(1);
+        let _stalled = rx.subscribe::<u32>(); // never reads
+        let mut reading = rx.subscribe::<u32>();
+        rx.sink::<u32>(|_| ());
+        let first = tx.send(1u32).await.unwrap();
+        assert_eq!((first.queued, first.handled, first.missed), (3, 1, 0));
+        assert_eq!(*within(WAIT, "the first message", reading.recv()).await.unwrap(), 1);
+        let second = tx.send(2u32).await.unwrap();
+        // The stalled queue is full: that subscriber missed it, the others got it.
+        assert_eq!((second.queued, second.handled, second.missed), (2, 1, 1));
+        assert_eq!(second.msg_id, first.msg_id + 1);
+        assert!(!second.is_unrouted());
+    }
+
+    async fn a_lossless_receipt_counts_every_subscriber_queued() {
+        let (tx, rx) = lossless(4);
+        let _a = rx.subscribe::<u8>();
+        let _all = rx.subscribe_all();
+        rx.tap::<u8>(|_| ());
+        let receipt = tx.send(7u8).await.unwrap();
+        assert_eq!((receipt.queued, receipt.handled, receipt.missed), (3, 1, 0));
+    }
+
+    async fn a_message_nobody_subscribes_to_is_ok_counted_and_reported_with_its_type() {
+        let (tx, rx) = Relay::channel();
+        let mut unrouted = rx.subscribe::<Unrouted>();
+        let _names = rx.subscribe::<String>();
+        let _ids = rx.subscribe::<u64>();
+        // The two classic slips: a &str for a String, an i32 literal for a u64.
+        let a = tx.send("ada").await.unwrap();
+        let b = tx.send(5).await.unwrap();
+        assert!(a.is_unrouted() && b.is_unrouted(), "{a:?} {b:?}");
+        assert_eq!((a.queued, a.handled, a.missed), (0, 0, 0));
+        let first = within(WAIT, "the first Unrouted event", unrouted.recv()).await.unwrap();
+        let second = within(WAIT, "the second Unrouted event", unrouted.recv()).await.unwrap();
+        assert_eq!((first.relay_id, first.msg_id, first.type_name), (tx.id(), a.msg_id, "&str"));
+        assert_eq!((second.msg_id, second.type_name), (b.msg_id, "i32"));
+        let stats = rx.stats();
+        assert_eq!(stats.unrouted, 2);
+        // The properly typed sends are routed, and not counted.
+        assert!(!tx.send(String::from("ada")).await.unwrap().is_unrouted());
+        assert!(!tx.send(5u64).await.unwrap().is_unrouted());
+        assert_eq!(rx.stats().unrouted, 2);
+    }
+
+    async fn reject_unrouted_fails_the_send_hands_the_value_back_and_still_reports_it() {
+        let (tx, rx) = Relay::builder().reject_unrouted(true).build().unwrap();
+        let mut unrouted = rx.subscribe::<Unrouted>();
+        let _ids = rx.subscribe::<u64>();
+        assert_eq!(tx.send(5).await, Err(SendError::Unrouted { type_name: "i32" }));
+        let back = tx.send_or_return(String::from("kept")).err().unwrap().into_inner();
+        assert_eq!(back, "kept");
+        assert!(tx.send(5u64).await.is_ok());
+        assert_eq!(rx.stats().unrouted, 2);
+        let event = within(WAIT, "the Unrouted event", unrouted.recv()).await.unwrap();
+        assert_eq!(event.type_name, "i32");
+        // A wildcard subscriber routes every type.
+        let _all = rx.subscribe_all();
+        assert!(tx.send(5).await.is_ok());
+    }
+
+    async fn no_unrouted_report_is_made_about_the_relays_own_events() {
+        let (tx, rx) = Relay::channel_with_size(1);
+        // Only an `Unrouted` subscriber: the reports about reports must not loop.
+        let mut unrouted = rx.subscribe::<Unrouted>();
+        let _stalled = rx.subscribe::<u8>();
+        tx.send(1u8).await.unwrap();
+        tx.send(2u8).await.unwrap(); // a Dropped event nobody subscribes to: not made
+        tx.send(3u16).await.unwrap(); // unrouted: reported once
+        let event = within(WAIT, "the Unrouted event", unrouted.recv()).await.unwrap();
+        assert_eq!(event.type_name, "u16");
+        assert_eq!(unrouted.try_recv().unwrap_err(), TryRecvError::Empty);
+        assert_eq!(rx.stats().unrouted, 1);
+    }
+
+    async fn a_forwarder_passing_into_an_unwatched_child_is_never_refused() {
+        let (tx, rx) = Relay::builder()
+            .reject_unrouted(true)
+            .delivery_mode(DeliveryMode::Broadcast)
+            .build()
+            .unwrap();
+        let child = rx.filter::<u8>(|_| true); // nobody subscribes to the child
+        let receipt = tx.send(1u8).await.unwrap(); // the filter itself receives it
+        assert_eq!((receipt.queued, receipt.handled), (1, 1));
+        assert_eq!(child.stats().unrouted, 1);
+    }
+
     // ----- typed fan-out and routing ---------------------------------------------------
 
     async fn every_string_subscriber_gets_every_string_and_the_i32_subscriber_only_i32s() {
@@ -49,7 +139,7 @@ on_every_runtime! {
         let (tx, rx) = Relay::channel();
         let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let s = seen.clone();
-        rx.sink::<String, _, _>(move |text| s.lock().unwrap().push(text.clone()));
+        rx.sink::<String>(move |text| s.lock().unwrap().push(text.clone()));
         let idle_strings = rx.subscribe::<String>();
         let mut ints = rx.subscribe::<i32>();
 
@@ -119,16 +209,15 @@ on_every_runtime! {
         assert_eq!(stalled.dropped(), missed);
         assert_eq!(rx.stats().dropped, missed);
         assert_eq!(fast.dropped(), 0);
-        let expected: Vec<Dropped> = ids[4..]
+        let expected: Vec<_> = ids[4..]
             .iter()
-            .map(|&msg_id| Dropped {
-                relay_id: tx.id(),
-                msg_id,
-                type_name: "u32",
-                subscriber_id: stalled.id(),
-            })
+            .map(|&msg_id| (tx.id(), msg_id, "u32", stalled.id()))
             .collect();
-        assert_eq!(events, expected);
+        let got: Vec<_> = events
+            .iter()
+            .map(|d| (d.relay_id, d.msg_id, d.type_name, d.subscriber_id))
+            .collect();
+        assert_eq!(got, expected);
         for i in 0..4 {
             assert_eq!(*stalled.try_recv().unwrap(), i);
         }
@@ -269,7 +358,7 @@ on_every_runtime! {
         let mut fast = rx.subscribe::<u32>();
         let handled = Arc::new(Mutex::new(Vec::with_capacity(N as usize)));
         let h = handled.clone();
-        rx.sink::<u32, _, _>(move |n| h.lock().unwrap().push(*n));
+        rx.sink::<u32>(move |n| h.lock().unwrap().push(*n));
 
         let slow_reader = common::spawn(async move {
             let mut got = Vec::with_capacity(N as usize);
@@ -366,7 +455,7 @@ on_every_runtime! {
         let running = Arc::new(AtomicUsize::new(0));
         let order = Arc::new(Mutex::new(Vec::new()));
         let (r, o) = (running.clone(), order.clone());
-        rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
+        rx.sink_async::<u32>(move |n: Arc<u32>| {
             let (r, o) = (r.clone(), o.clone());
             async move {
                 assert_eq!(r.fetch_add(1, Ordering::SeqCst), 0, "two messages at once");

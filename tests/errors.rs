@@ -52,11 +52,51 @@ fn counter() -> Arc<AtomicUsize> {
 on_every_runtime! {
     // ----- handler errors --------------------------------------------------------------
 
+    async fn handlers_may_fail_with_any_common_error_type() {
+        let (tx, rx) = Relay::channel();
+        rx.sink::<u8>(|_| Err::<(), _>(String::from("a String")));
+        rx.sink::<u16>(|_| Err::<(), _>("a &str"));
+        rx.sink::<u32>(|_| Err::<(), Box<dyn std::error::Error + Send + Sync>>("boxed".into()));
+        rx.sink::<u64>(|_| Err::<(), _>(anyhow::anyhow!("from anyhow")));
+        rx.sink_async::<i8>(|_| async { Err::<(), _>(anyhow::anyhow!("async anyhow")) });
+        let texts = [
+            tx.send(1u8).await,
+            tx.send(1u16).await,
+            tx.send(1u32).await,
+            tx.send(1u64).await,
+            tx.send(1i8).await,
+        ]
+        .map(|r| r.unwrap_err().errors()[0].error.to_string());
+        assert_eq!(texts, ["a String", "a &str", "boxed", "from anyhow", "async anyhow"]);
+    }
+
+    async fn an_error_chain_shows_each_layer_once() {
+        let (tx, rx) = Relay::channel();
+        rx.tap::<u8>(|n| Err(Rejected(i64::from(*n))));
+        let err = tx.send(4u8).await.unwrap_err();
+        let mut chain = Vec::new();
+        let mut layer: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = layer {
+            chain.push(e.to_string());
+            layer = e.source();
+        }
+        assert_eq!(
+            chain,
+            [
+                "a handler failed".to_string(),
+                format!("tap for u8 failed on message 1 (relay {})", tx.id()),
+                "rejected 4".to_string(),
+            ]
+        );
+        // The copy returned to the sender equals the one a test would compare it with.
+        assert_eq!(err, SendError::Downstream(err.errors()[0].clone()));
+    }
+
     async fn handler_error_comes_back_as_downstream_and_is_published_exactly_once() {
         let (tx, rx) = Relay::channel();
         let mut events = rx.subscribe::<RelayError>();
         let mut all = rx.subscribe_all();
-        rx.sink::<i64, _, _>(|n| if *n < 0 { Err(Rejected(*n)) } else { Ok(()) });
+        rx.sink::<i64>(|n| if *n < 0 { Err(Rejected(*n)) } else { Ok(()) });
 
         tx.send(1i64).await.unwrap();
         let e = downstream(tx.send(-7i64).await);
@@ -67,7 +107,8 @@ on_every_runtime! {
         );
         assert_eq!(e.downcast_ref::<Rejected>(), Some(&Rejected(-7)));
         assert!(!e.is_panic());
-        assert_eq!(e.to_string(), format!("sink for i64 failed on message {id}: rejected -7"));
+        assert_eq!(e.to_string(), format!("sink for i64 failed on message {id} (relay {})", tx.id()));
+        assert_eq!(e.error.to_string(), "rejected -7");
 
         let events_seen = published(&mut events);
         assert_eq!(events_seen.len(), 1, "{events_seen:?}");
@@ -86,10 +127,10 @@ on_every_runtime! {
     async fn each_kind_of_handler_reports_its_own_kind_and_type() {
         let (tx, rx) = Relay::channel();
         let mut events = rx.subscribe::<RelayError>();
-        rx.sink::<u8, _, _>(|n| Err(Rejected(i64::from(*n))));
-        rx.tap::<u16, _, _>(|n| Err(Rejected(i64::from(*n))));
-        rx.sink_async::<u32, _, _>(|n: Arc<u32>| async move { Err(Rejected(i64::from(*n))) });
-        rx.tap_async::<u64, _, _>(|n: Arc<u64>| async move { Err(Rejected(*n as i64)) });
+        rx.sink::<u8>(|n| Err(Rejected(i64::from(*n))));
+        rx.tap::<u16>(|n| Err(Rejected(i64::from(*n))));
+        rx.sink_async::<u32>(|n: Arc<u32>| async move { Err(Rejected(i64::from(*n))) });
+        rx.tap_async::<u64>(|n: Arc<u64>| async move { Err(Rejected(*n as i64)) });
         let mut tracked = rx.subscribe_tracked::<i8>();
 
         let cases = [
@@ -125,8 +166,8 @@ on_every_runtime! {
     async fn first_wins_returns_one_error_but_publishes_every_failure() {
         let (tx, rx) = Relay::channel();
         let mut events = rx.subscribe::<RelayError>();
-        rx.sink::<i64, _, _>(|_| Err(Rejected(1)));
-        rx.tap::<i64, _, _>(|_| Err(Rejected(2)));
+        rx.sink::<i64>(|_| Err(Rejected(1)));
+        rx.tap::<i64>(|_| Err(Rejected(2)));
 
         let e = downstream(tx.send(0i64).await);
         let code = e.downcast_ref::<Rejected>().unwrap().0;
@@ -145,12 +186,12 @@ on_every_runtime! {
         let mut all = rx.subscribe_all();
         // Three handlers fail on odd numbers; a fourth always succeeds.
         let odd = |n: i64, code: i64| if n % 2 == 1 { Err(Rejected(code)) } else { Ok(()) };
-        rx.sink::<i64, _, _>(move |n| odd(*n, 1));
-        rx.tap::<i64, _, _>(move |n| odd(*n, 2));
-        rx.sink_async::<i64, _, _>(move |n: Arc<i64>| async move { odd(*n, 3) });
+        rx.sink::<i64>(move |n| odd(*n, 1));
+        rx.tap::<i64>(move |n| odd(*n, 2));
+        rx.sink_async::<i64>(move |n: Arc<i64>| async move { odd(*n, 3) });
         let fine = counter();
         let f = fine.clone();
-        rx.sink::<i64, _, _>(move |_| {
+        rx.sink::<i64>(move |_| {
             f.fetch_add(1, Ordering::SeqCst);
         });
 
@@ -187,21 +228,21 @@ on_every_runtime! {
         let mut events = rx.subscribe::<RelayError>();
         let calls = counter();
         let c = calls.clone();
-        rx.sink::<u8, _, _>(move |n| {
+        rx.sink::<u8>(move |n| {
             c.fetch_add(1, Ordering::SeqCst);
             if *n == 13 {
                 panic!("sink hates {n}");
             }
         });
         let c = calls.clone();
-        rx.tap::<u16, _, _>(move |n| {
+        rx.tap::<u16>(move |n| {
             c.fetch_add(1, Ordering::SeqCst);
             if *n == 13 {
                 panic!("tap panicked");
             }
         });
         let c = calls.clone();
-        rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
+        rx.sink_async::<u32>(move |n: Arc<u32>| {
             let c = c.clone();
             async move {
                 common::sleep(Duration::from_millis(1)).await;
@@ -212,7 +253,7 @@ on_every_runtime! {
             }
         });
         let c = calls.clone();
-        rx.tap_async::<u64, _, _>(move |n: Arc<u64>| {
+        rx.tap_async::<u64>(move |n: Arc<u64>| {
             c.fetch_add(1, Ordering::SeqCst);
             // Panics while making the future, before any `.await`.
             if *n == 13 {
@@ -239,8 +280,9 @@ on_every_runtime! {
             let id = e.msg_id;
             assert_eq!(
                 e.to_string(),
-                format!("{kind} for {type_name} failed on message {id}: handler panicked: {message}")
+                format!("{kind} for {type_name} failed on message {id} (relay {})", e.relay_id)
             );
+            assert_eq!(e.error.to_string(), format!("handler panicked: {message}"));
             assert_eq!((event.kind, event.msg_id, panic_message(event)), (*kind, id, *message));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -257,7 +299,7 @@ on_every_runtime! {
 
     async fn a_panic_with_a_non_string_payload_is_still_reported() {
         let (tx, rx) = Relay::channel();
-        rx.sink::<u8, _, ()>(|_| std::panic::panic_any(42u32));
+        rx.sink::<u8>(|_| -> () { std::panic::panic_any(42u32) });
         let e = downstream(tx.send(1u8).await);
         assert_eq!(panic_message(&e), "<non-string panic payload>");
     }
@@ -267,11 +309,11 @@ on_every_runtime! {
         let mut events = rx.subscribe::<RelayError>();
         let calls = counter();
         let c = calls.clone();
-        rx.sink::<RelayError, _, _>(move |_| {
+        rx.sink::<RelayError>(move |_| {
             c.fetch_add(1, Ordering::SeqCst);
             Err(Rejected(0))
         });
-        rx.sink::<u8, _, _>(|_| Err(Rejected(1)));
+        rx.sink::<u8>(|_| Err(Rejected(1)));
         downstream(tx.send(1u8).await);
         // The u8 failure is published once; the RelayError sink's own failure is not.
         common::wait_until(WAIT, "the RelayError sink", || calls.load(Ordering::SeqCst) == 1).await;
@@ -312,7 +354,7 @@ on_every_runtime! {
         let mut events = rx.subscribe::<RelayError>();
         let calls = counter();
         let c = calls.clone();
-        rx.sink::<u32, _, _>(move |n| {
+        rx.sink::<u32>(move |n| {
             c.fetch_add(1, Ordering::SeqCst);
             if *n == 13 {
                 panic!("propagated");
@@ -345,19 +387,12 @@ on_every_runtime! {
 }
 
 #[test]
-fn relay_error_names_the_handler_the_type_and_the_message() {
-    let e = RelayError {
-        msg_id: 3,
-        relay_id: 1,
-        kind: HandlerKind::Tap,
-        type_name: "u8",
-        error: Arc::new(Rejected(4)),
-    };
-    assert_eq!(e.to_string(), "tap for u8 failed on message 3: rejected 4");
+fn an_empty_aggregate_displays_without_panicking() {
+    // The relay never builds one, but the variant is public.
     assert_eq!(
-        std::error::Error::source(&e).map(|s| s.to_string()),
-        Some("rejected 4".into())
+        SendError::Aggregate(Vec::new()).to_string(),
+        "0 handlers failed"
     );
-    assert_eq!(SendError::Downstream(e.clone()).errors().len(), 1);
+    assert!(std::error::Error::source(&SendError::Aggregate(Vec::new())).is_none());
     assert!(SendError::Closed.errors().is_empty());
 }

@@ -49,14 +49,14 @@ on_every_runtime! {
     async fn a_tree_of_derived_relays_is_freed_after_every_handle_is_dropped() {
         let canary = Arc::new(());
         let (tx, rx) = Relay::channel();
-        let filtered = rx.filter::<Canary, _>(|_| true);
-        let mapped = rx.map::<Canary, Canary, _>(|c| c.clone());
+        let filtered = rx.filter::<Canary>(|_| true);
+        let mapped = rx.map::<Canary, Canary>(|c| c.clone());
         let batched = rx.batch::<Canary>(3).unwrap();
         let (matched, rest) = rx.split::<Canary>();
         let excluded = rx.exclude::<Canary>();
         let only = rx.only::<Canary>();
-        let deep = filtered.filter::<Canary, _>(|_| true);
-        let deep_mapped = filtered.filter_map::<Canary, Canary, _>(|c| Some(c.clone()));
+        let deep = filtered.filter::<Canary>(|_| true);
+        let deep_mapped = filtered.filter_map::<Canary, Canary>(|c| Some(c.clone()));
         let shared = mapped.batch_shared::<Canary>(2).unwrap();
         let relays = [
             ("root", rx.clone()),
@@ -73,9 +73,9 @@ on_every_runtime! {
         ];
 
         // Handlers on several levels, and subscriptions that never read (they hold copies).
-        filtered.sink::<Canary, _, _>(|_| ());
-        let _ = mapped.tap::<Canary, _, _>(|_| ());
-        batched.sink::<Vec<Canary>, _, _>(|_| ());
+        filtered.sink::<Canary>(|_| ());
+        let _ = mapped.tap::<Canary>(|_| ());
+        batched.sink::<Vec<Canary>>(|_| ());
         let subscriptions = (
             rx.subscribe::<Canary>(),
             deep.subscribe::<Canary>(),
@@ -110,7 +110,7 @@ on_every_runtime! {
         let (b_tx, b) = Relay::channel();
         let (c_tx, c) = Relay::channel();
         let merged = Relay::merge([a.clone(), b.clone(), c.clone()]);
-        let downstream = merged.filter::<Canary, _>(|_| true);
+        let downstream = merged.filter::<Canary>(|_| true);
         let relays = [
             ("a", a.clone()),
             ("b", b.clone()),
@@ -118,7 +118,7 @@ on_every_runtime! {
             ("merged", merged.clone()),
             ("filter of merged", downstream.clone()),
         ];
-        merged.sink::<Canary, _, _>(|_| ());
+        merged.sink::<Canary>(|_| ());
         let subscriptions = (
             a.subscribe::<Canary>(),
             merged.subscribe_all(),
@@ -144,7 +144,7 @@ on_every_runtime! {
         let relays = [("a", a.clone()), ("b", b.clone())];
         let a_to_b = a.forward_detached(&b_tx);
         let b_to_a = b.forward_detached(&a_tx);
-        b.sink::<Canary, _, _>(|_| ());
+        b.sink::<Canary>(|_| ());
         let subscriptions = (a.subscribe::<Canary>(), b.subscribe_all());
         for _ in 0..5 {
             within(BOUND, "send on a", a_tx.send(Canary(canary.clone()))).await.unwrap();
@@ -192,8 +192,8 @@ on_every_runtime! {
     async fn a_panicked_forwarder_leaves_nothing_behind() {
         let canary = Arc::new(());
         let (tx, rx) = Relay::channel();
-        let child = rx.map::<Canary, Canary, _>(|_| panic!("no"));
-        let guarded = rx.filter::<Canary, _>(|_| panic!("no"));
+        let child = rx.map::<Canary, Canary>(|_| panic!("no"));
+        let guarded = rx.filter::<Canary>(|_| panic!("no"));
         let relays = [("root", rx.clone()), ("map", child.clone()), ("filter", guarded.clone())];
         let subscriptions = (child.subscribe::<Canary>(), guarded.subscribe::<Canary>());
         let _ = within(BOUND, "send", tx.send(Canary(canary.clone()))).await;

@@ -22,7 +22,7 @@ fn gated_recording_sink(rx: &RelayReceiver) -> (Gate, Arc<Mutex<Vec<u32>>>) {
     let gate = Gate::new();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (g, s) = (gate.clone(), seen.clone());
-    rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
+    rx.sink_async::<u32>(move |n: Arc<u32>| {
         let (g, s) = (g.clone(), s.clone());
         async move {
             g.wait().await;
@@ -167,7 +167,7 @@ on_every_runtime! {
         assert!(matches!(rx.subscribe_tracked::<u8>().recv().now_or_never(), Some(None)));
         assert_eq!(rx.subscribe::<u8>().try_recv().unwrap_err(), TryRecvError::Closed);
         // A handler registered on a closed relay ends at once instead of idling forever.
-        rx.sink::<u8, _, _>(|_| ());
+        rx.sink::<u8>(|_| ());
         common::wait_until(WAIT, "the handler task to end", || rx.stats().live_tasks == 0).await;
         assert_eq!(rx.stats().subscribers, 0);
     }
@@ -198,7 +198,7 @@ on_every_runtime! {
         handler_gone(within(WAIT, "the held message's send", second).await, HandlerKind::Tracked);
 
         // No handler any more: a new send has nobody to wait for.
-        assert!(matches!(tx.send(4u32).now_or_never(), Some(Ok(()))));
+        assert!(matches!(tx.send(4u32).now_or_never(), Some(Ok(_))));
         assert_eq!(rx.stats().tracked_handlers, 0);
     }
 
@@ -243,7 +243,7 @@ on_every_runtime! {
         let mut sub = rx.subscribe::<u32>();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        rx.sink::<u32, _, _>(move |n| s.lock().unwrap().push(*n));
+        rx.sink::<u32>(move |n| s.lock().unwrap().push(*n));
         drop(tx.send(1u32));
         within(WAIT, "a later send", tx.send(2u32)).await.unwrap();
         assert_eq!(*seen.lock().unwrap(), [2]);

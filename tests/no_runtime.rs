@@ -52,7 +52,7 @@ fn tracked_sink_errors_come_back_without_a_runtime() {
     let (tx, rx) = builder().error_mode(ErrorMode::Aggregate).build().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     let s = seen.clone();
-    rx.sink::<u32, _, _>(move |n| {
+    rx.sink::<u32>(move |n| {
         s.fetch_add(1, Ordering::SeqCst);
         if n % 2 == 1 {
             Err(Odd(*n))
@@ -60,13 +60,13 @@ fn tracked_sink_errors_come_back_without_a_runtime() {
             Ok(())
         }
     });
-    rx.tap::<u32, _, _>(|n| if n % 2 == 1 { Err(Odd(*n)) } else { Ok(()) });
+    rx.tap::<u32>(|n| if n % 2 == 1 { Err(Odd(*n)) } else { Ok(()) });
     let mut events = rx.subscribe::<RelayError>();
     block_on(async {
         for n in 0..N {
             let result = tx.send(n).await;
             match (n % 2, result) {
-                (0, Ok(())) => {}
+                (0, Ok(_)) => {}
                 (1, Err(SendError::Aggregate(errors))) => assert_eq!(errors.len(), 2),
                 (_, other) => panic!("message {n}: {other:?}"),
             }
@@ -129,8 +129,8 @@ fn broadcast_drops_are_counted_and_reported_without_a_runtime() {
 #[test]
 fn derived_relays_and_cascade_close_without_a_runtime() {
     let (tx, rx) = builder().build().unwrap();
-    let evens = rx.filter::<u32, _>(|n| n % 2 == 0);
-    let texts = evens.map::<u32, String, _>(|n| format!("#{n}"));
+    let evens = rx.filter::<u32>(|n| n % 2 == 0);
+    let texts = evens.map::<u32, String>(|n| format!("#{n}"));
     let mut sub = texts.subscribe::<String>();
     block_on(async {
         for n in 0..6u32 {

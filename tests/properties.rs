@@ -152,19 +152,19 @@ type Log = Arc<Mutex<Vec<Val>>>;
 
 fn add_handler<T: Msg>(rx: &RelayReceiver, kind: HKind, log: Log) {
     match kind {
-        HKind::Sink(SinkKind::Slow) => rx.sink_async::<T, _, _>(move |m: Arc<T>| {
+        HKind::Sink(SinkKind::Slow) => rx.sink_async::<T>(move |m: Arc<T>| {
             let log = log.clone();
             async move {
                 log.lock().unwrap().push(m.val());
                 slow(m.val().x).await;
             }
         }),
-        HKind::Sink(_) => rx.sink::<T, _, _>(move |m: &T| {
+        HKind::Sink(_) => rx.sink::<T>(move |m: &T| {
             log.lock().unwrap().push(m.val());
             run_handler(kind, m.val().x)
         }),
         HKind::Tap(_) => {
-            rx.tap::<T, _, _>(move |m: &T| {
+            rx.tap::<T>(move |m: &T| {
                 log.lock().unwrap().push(m.val());
                 run_handler(kind, m.val().x)
             });
@@ -513,7 +513,8 @@ impl World {
                 }
             })
             .collect();
-        type SendFut<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + 'a>>;
+        type SendFut<'a> =
+            Pin<Box<dyn Future<Output = Result<pipedream_rs::Receipt, SendError>> + 'a>>;
         let futs: Vec<SendFut<'_>> = sends
             .iter()
             .map(|s| {
@@ -560,7 +561,7 @@ impl World {
                 }
             }
             let returned: Vec<RelayError> = match (result, self.errors) {
-                (Ok(()), _) if expected.is_empty() => Vec::new(),
+                (Ok(_), _) if expected.is_empty() => Vec::new(),
                 (Err(SendError::Downstream(e)), ErrorMode::FirstWins) if !expected.is_empty() => {
                     assert!(
                         expected.contains(&failure_of(e)),
@@ -756,7 +757,7 @@ async fn execute(p: Program) {
                 let node = node % w.nodes.len();
                 if w.nodes.len() <= MAX_DERIVED {
                     if let Some(ty) = w.carried(node, ty) {
-                        let child = with_ty!(ty, T => w.nodes[node].rx.filter::<T, _>(move |v: &T| passes(v.val().x, m, r)));
+                        let child = with_ty!(ty, T => w.nodes[node].rx.filter::<T>(move |v: &T| passes(v.val().x, m, r)));
                         w.add_node(child, Some(node), NodeKind::Filter { ty, m, r });
                     }
                 }
@@ -766,7 +767,7 @@ async fn execute(p: Program) {
                 if w.nodes.len() <= MAX_DERIVED {
                     if let Some(from) = w.carried(node, from) {
                         let parent = &w.nodes[node].rx;
-                        let child = with_ty!(from, F => with_ty!(to, U => parent.map::<F, U, _>(|v: &F| {
+                        let child = with_ty!(from, F => with_ty!(to, U => parent.map::<F, U>(|v: &F| {
                             let v = v.val();
                             U::make(Val { seq: v.seq, x: mapped(v.x) })
                         })));

@@ -229,9 +229,9 @@ fn add_handler(rx: &RelayReceiver, ty: Ty, tap: bool, behaviour: Behaviour) {
     with_ty!(ty, T => {
         let f = move |m: Arc<T>| Yielding(Box::pin(behave(behaviour, m.x())));
         if tap {
-            rx.tap_async::<T, _, _>(f);
+            rx.tap_async::<T>(f);
         } else {
-            rx.sink_async::<T, _, _>(f);
+            rx.sink_async::<T>(f);
         }
     })
 }
@@ -340,7 +340,7 @@ async fn round(seed: u64, sends: usize) -> Tally {
     }
     for _ in 0..rng.below(3) {
         let (m, r) = (rng.range(2, 3) as u8, rng.below(2) as u8);
-        let child = rx.filter::<A, _>(move |a| a.0 % m != r);
+        let child = rx.filter::<A>(move |a| a.0 % m != r);
         for _ in 0..rng.range(0, 2) {
             let (tap, behaviour) = (rng.chance(1, 3), random_behaviour(&mut rng));
             add_handler(&child, Ty::A, tap, behaviour);
@@ -364,7 +364,7 @@ async fn round(seed: u64, sends: usize) -> Tally {
     }
     if rng.chance(2, 3) {
         // Behind the tracking boundary: its handlers' errors stay there.
-        let mapped = rx.map::<B, C, _>(|b| C(b.0.wrapping_add(1)));
+        let mapped = rx.map::<B, C>(|b| C(b.0.wrapping_add(1)));
         add_handler(&mapped, Ty::C, false, random_behaviour(&mut rng));
         drains.push(drain(mapped.subscribe::<C>()));
         drains.push(drain(mapped.subscribe::<RelayError>()));
@@ -404,7 +404,7 @@ async fn round(seed: u64, sends: usize) -> Tally {
                     started.fetch_add(1, Ordering::Relaxed);
                     // Once the close has returned, every send made afterwards is refused.
                     let closed_before = closed.load(Ordering::SeqCst);
-                    let send: BoxFuture<Result<(), SendError>> =
+                    let send: BoxFuture<Result<pipedream_rs::Receipt, SendError>> =
                         with_ty!(ty, T => Box::pin(weak.send(T::make(x))));
                     let result = within(BOUND, "a send", send).await;
                     let expected = expected_failures(&specs, ty, x);
@@ -420,7 +420,7 @@ async fn round(seed: u64, sends: usize) -> Tally {
                         }
                         _ if tally.closed > 0 => panic!("{what}: {result:?} after a Closed"),
                         _ if closed_before => panic!("{what}: {result:?} after the close"),
-                        Ok(()) => {
+                        Ok(_) => {
                             assert!(expected.is_empty(), "{what}: Ok");
                             tally.ok += 1;
                         }

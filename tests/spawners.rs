@@ -25,7 +25,7 @@ async fn handler_thread_name(
 ) -> String {
     let name = Arc::new(Mutex::new(None));
     let n = name.clone();
-    rx.sink::<u8, _, _>(move |_| {
+    rx.sink::<u8>(move |_| {
         *n.lock().unwrap() = std::thread::current().name().map(str::to_owned);
     });
     within(WAIT, "a send to the probe sink", tx.send(0u8))
@@ -54,7 +54,7 @@ fn relay_runs_its_tasks_on_a_futures_thread_pool() {
             .starts_with("custom-pool-"));
         let sum = Arc::new(AtomicUsize::new(0));
         let s = sum.clone();
-        rx.tap::<u32, _, _>(move |n| {
+        rx.tap::<u32>(move |n| {
             s.fetch_add(*n as usize, Ordering::SeqCst);
         });
         for n in 1..=10u32 {
@@ -81,7 +81,7 @@ fn relay_runs_its_tasks_on_an_async_executor() {
     block_on(ex.run(async {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        rx.sink_async::<u32, _, _>(move |n: Arc<u32>| {
+        rx.sink_async::<u32>(move |n: Arc<u32>| {
             let s = s.clone();
             async move { s.lock().unwrap().push(*n) }
         });
@@ -121,7 +121,7 @@ fn tokio_spawner_with_a_handle_works_from_outside_the_runtime() {
         .unwrap();
     let in_runtime = Arc::new(Mutex::new(None));
     let r = in_runtime.clone();
-    rx.sink::<u32, _, _>(move |_| {
+    rx.sink::<u32>(move |_| {
         *r.lock().unwrap() = Some(tokio::runtime::Handle::try_current().is_ok());
     });
     block_on(async {
@@ -139,7 +139,7 @@ fn tokio_spawner_with_a_handle_works_from_outside_the_runtime() {
 fn sends_waiting_on_a_task_the_spawner_drops_fail_with_handler_gone() {
     let spawner = DroppingLater::default();
     let (tx, rx) = Relay::builder().spawner(spawner.clone()).build().unwrap();
-    rx.sink::<u32, _, _>(|_| ());
+    rx.sink::<u32>(|_| ());
     let finished = rx.within(|| async {});
     block_on(async {
         let mut ready = Box::pin(rx.ready());
@@ -168,7 +168,7 @@ fn spawner_that_drops_every_task_makes_sends_fail_with_handler_gone_and_ready_st
         .spawner(|task: BoxFuture| drop(task))
         .build()
         .unwrap();
-    rx.sink::<u32, _, _>(|_| ());
+    rx.sink::<u32>(|_| ());
     let handle = rx.within(|| async {});
     block_on(async {
         within(WAIT, "ready() with every task dropped", rx.ready()).await;
@@ -207,7 +207,7 @@ fn default_spawner_inside_an_async_std_task_is_async_std() {
         let (tx, rx) = Relay::channel();
         let in_task = Arc::new(Mutex::new(None));
         let t = in_task.clone();
-        rx.sink::<u32, _, _>(move |_| {
+        rx.sink::<u32>(move |_| {
             *t.lock().unwrap() = Some(async_std::task::try_current().is_some());
         });
         within(WAIT, "a send", tx.send(1u32)).await.unwrap();
@@ -229,7 +229,7 @@ fn default_spawner_outside_any_runtime_without_smol_is_async_std() {
     let (tx, rx) = Relay::channel();
     let in_task = Arc::new(Mutex::new(None));
     let t = in_task.clone();
-    rx.sink::<u32, _, _>(move |_| {
+    rx.sink::<u32>(move |_| {
         *t.lock().unwrap() = Some(async_std::task::try_current().is_some());
     });
     block_on(tx.send(1u32)).unwrap();

@@ -65,7 +65,7 @@ fn gated_sink<T: Any + Send + Sync + Clone>(
 ) -> async_channel::Receiver<T> {
     let (entered_tx, entered) = async_channel::unbounded();
     let gate = gate.clone();
-    rx.sink_async::<T, _, _>(move |msg: Arc<T>| {
+    rx.sink_async::<T>(move |msg: Arc<T>| {
         let (gate, entered_tx) = (gate.clone(), entered_tx.clone());
         async move {
             let _ = entered_tx.send((*msg).clone()).await;
@@ -80,7 +80,7 @@ fn gated_sink<T: Any + Send + Sync + Clone>(
 fn slow_recording_sink<T: Any + Send + Sync + Clone>(rx: &RelayReceiver) -> Arc<Mutex<Vec<T>>> {
     let record = Arc::new(Mutex::new(Vec::new()));
     let r = record.clone();
-    rx.sink_async::<T, _, _>(move |msg: Arc<T>| {
+    rx.sink_async::<T>(move |msg: Arc<T>| {
         let r = r.clone();
         async move {
             sleep(Duration::from_millis(10)).await;
@@ -92,7 +92,7 @@ fn slow_recording_sink<T: Any + Send + Sync + Clone>(rx: &RelayReceiver) -> Arc<
 
 /// A tracked sink for `u32` on `rx` that fails on 13.
 fn sink_failing_on_13(rx: &RelayReceiver) {
-    rx.sink::<u32, _, _>(|n| if *n == 13 { Err(Bad(*n)) } else { Ok(()) });
+    rx.sink::<u32>(|n| if *n == 13 { Err(Bad(*n)) } else { Ok(()) });
 }
 
 fn recorded<T: Clone>(record: &Arc<Mutex<Vec<T>>>) -> Vec<T> {
@@ -114,7 +114,7 @@ on_every_runtime! {
         let (tx, rx) = Relay::channel();
         let decided = Arc::new(Mutex::new(Vec::new()));
         let d = decided.clone();
-        let big = rx.filter::<u32, _>(move |n| {
+        let big = rx.filter::<u32>(move |n| {
             d.lock().unwrap().push(*n);
             *n > 10
         });
@@ -133,7 +133,7 @@ on_every_runtime! {
     async fn filter_returns_the_childs_handler_error_named_by_the_child() {
         let (tx, rx) = Relay::channel();
         let mut parent_errors = rx.subscribe::<RelayError>();
-        let child = rx.filter::<u32, _>(|n| *n > 10);
+        let child = rx.filter::<u32>(|n| *n > 10);
         let mut child_errors = child.subscribe::<RelayError>();
         sink_failing_on_13(&child);
 
@@ -152,7 +152,7 @@ on_every_runtime! {
 
     async fn filter_does_not_wait_for_a_child_that_never_sees_the_message() {
         let (tx, rx) = Relay::channel();
-        let child = rx.filter::<u32, _>(|n| *n >= 100);
+        let child = rx.filter::<u32>(|n| *n >= 100);
         let (key, gate) = gate();
         let entered = gated_sink::<u32>(&child, &gate);
 
@@ -209,7 +209,7 @@ on_every_runtime! {
         let numbers_handled = slow_recording_sink::<u32>(&numbers);
         sink_failing_on_13(&numbers);
         let rest_handled = slow_recording_sink::<String>(&rest);
-        rest.sink::<String, _, _>(|s| {
+        rest.sink::<String>(|s| {
             if s == "bad" { Err(BadText(s.clone())) } else { Ok(()) }
         });
 
@@ -227,7 +227,7 @@ on_every_runtime! {
 
     async fn tracking_passes_through_a_chain_of_tracked_forwarders() {
         let (tx, rx) = Relay::channel();
-        let child = rx.filter::<u32, _>(|n| *n > 1);
+        let child = rx.filter::<u32>(|n| *n > 1);
         let grandchild = child.exclude::<u8>();
         let great = grandchild.only::<u32>();
         let handled = slow_recording_sink::<u32>(&great);
@@ -241,9 +241,9 @@ on_every_runtime! {
 
     async fn aggregate_mode_returns_every_child_error_through_a_filter() {
         let (tx, rx) = Relay::builder().error_mode(ErrorMode::Aggregate).build().unwrap();
-        let child = rx.filter::<u32, _>(|_| true);
-        child.sink::<u32, _, _>(|n| Err(Bad(*n)));
-        child.sink::<u32, _, _>(|n| Err(Bad(*n + 1)));
+        let child = rx.filter::<u32>(|_| true);
+        child.sink::<u32>(|n| Err(Bad(*n)));
+        child.sink::<u32>(|n| Err(Bad(*n + 1)));
         match within(BOUND, "send 7", tx.send(7u32)).await {
             Err(SendError::Aggregate(errors)) => {
                 assert_eq!(errors.len(), 2);
@@ -297,7 +297,7 @@ async fn boundary_child_errors_stay_on_the_child<C: Any + Send + Sync>(
     let mut parent_errors = rx.subscribe::<RelayError>();
     let child = make(&rx);
     let mut child_errors = child.subscribe::<RelayError>();
-    child.sink::<C, _, _>(|_| Err(Bad(0)));
+    child.sink::<C>(|_| Err(Bad(0)));
 
     within(BOUND, "send past the boundary", tx.send(7u32))
         .await
@@ -317,28 +317,28 @@ async fn boundary_child_errors_stay_on_the_child<C: Any + Send + Sync>(
 on_every_runtime! {
     async fn map_send_does_not_wait_for_the_childs_handlers() {
         parent_send_does_not_wait_for_the_boundary_child::<u64>(|rx| {
-            rx.map::<u32, u64, _>(|n| u64::from(*n))
+            rx.map::<u32, u64>(|n| u64::from(*n))
         })
         .await;
     }
 
     async fn map_child_handler_errors_stay_on_the_child() {
         boundary_child_errors_stay_on_the_child::<u64>(|rx| {
-            rx.map::<u32, u64, _>(|n| u64::from(*n))
+            rx.map::<u32, u64>(|n| u64::from(*n))
         })
         .await;
     }
 
     async fn filter_map_send_does_not_wait_for_the_childs_handlers() {
         parent_send_does_not_wait_for_the_boundary_child::<String>(|rx| {
-            rx.filter_map::<u32, String, _>(|n| Some(n.to_string()))
+            rx.filter_map::<u32, String>(|n| Some(n.to_string()))
         })
         .await;
     }
 
     async fn filter_map_child_handler_errors_stay_on_the_child() {
         boundary_child_errors_stay_on_the_child::<String>(|rx| {
-            rx.filter_map::<u32, String, _>(|n| Some(n.to_string()))
+            rx.filter_map::<u32, String>(|n| Some(n.to_string()))
         })
         .await;
     }
@@ -357,8 +357,8 @@ on_every_runtime! {
 
     async fn a_boundary_stops_tracking_for_tracked_forwarders_below_it() {
         let (tx, rx) = Relay::channel();
-        let mapped = rx.map::<u32, u32, _>(|n| *n);
-        let filtered = mapped.filter::<u32, _>(|_| true);
+        let mapped = rx.map::<u32, u32>(|n| *n);
+        let filtered = mapped.filter::<u32>(|_| true);
         let mut errors = filtered.subscribe::<RelayError>();
         sink_failing_on_13(&filtered);
         within(BOUND, "send 13", tx.send(13u32)).await.unwrap();
@@ -498,7 +498,7 @@ async fn internal_events_are_not_passed_on(make: impl Fn(&RelayReceiver) -> Rela
     let mut parent_drops = rx.subscribe::<Dropped>();
     let mut parent_errors = rx.subscribe::<RelayError>();
     let _stalled = rx.subscribe::<u16>();
-    rx.sink::<i32, _, _>(|n| Err(Bad(n.unsigned_abs())));
+    rx.sink::<i32>(|n| Err(Bad(n.unsigned_abs())));
     let child = make(&rx);
     let mut on_child = child.subscribe_all();
 
@@ -579,7 +579,7 @@ on_every_runtime! {
     async fn only_and_filter_pass_on_only_their_type() {
         let (tx, rx) = Relay::channel();
         let mut only = rx.only::<u32>().subscribe_all();
-        let mut filtered = rx.filter::<u32, _>(|_| true).subscribe_all();
+        let mut filtered = rx.filter::<u32>(|_| true).subscribe_all();
         within(BOUND, "send &str", tx.send("no")).await.unwrap();
         within(BOUND, "send u32", tx.send(1u32)).await.unwrap();
         assert!(only.try_recv().unwrap().is::<u32>());
@@ -680,7 +680,7 @@ on_every_runtime! {
         let a_entered = gated_sink::<u32>(&a, &gate);
         let b_handled = Arc::new(AtomicUsize::new(0));
         let h = b_handled.clone();
-        b.sink::<u32, _, _>(move |_| {
+        b.sink::<u32>(move |_| {
             h.fetch_add(1, Ordering::SeqCst);
         });
         let _forwarding = a.forward_detached(&b_tx);
@@ -771,10 +771,10 @@ on_every_runtime! {
         let (tx, rx) = Relay::channel();
         let records: Vec<_> = (0..16u32)
             .map(|i| {
-                let child = rx.filter::<u32, _>(move |n| *n >= i);
+                let child = rx.filter::<u32>(move |n| *n >= i);
                 let record = Arc::new(Mutex::new(Vec::new()));
                 let r = record.clone();
-                child.sink::<u32, _, _>(move |n| r.lock().unwrap().push(*n));
+                child.sink::<u32>(move |n| r.lock().unwrap().push(*n));
                 record
             })
             .collect();
@@ -790,7 +790,7 @@ on_every_runtime! {
     async fn fan_out_to_16_maps_delivers_to_every_child() {
         let (tx, rx) = Relay::channel();
         let mut subs: Vec<_> = (0..16u64)
-            .map(|i| rx.map::<u32, u64, _>(move |n| u64::from(*n) * 16 + i).subscribe::<u64>())
+            .map(|i| rx.map::<u32, u64>(move |n| u64::from(*n) * 16 + i).subscribe::<u64>())
             .collect();
         for n in 0..100u32 {
             within(BOUND, "send", tx.send(n)).await.unwrap();
@@ -854,7 +854,7 @@ on_every_runtime! {
         let (tx, rx) = Relay::channel();
         let total = Arc::new(AtomicUsize::new(0));
         let t = total.clone();
-        rx.filter::<u32, _>(|_| true).sink::<u32, _, _>(move |_| {
+        rx.filter::<u32>(|_| true).sink::<u32>(move |_| {
             t.fetch_add(1, Ordering::SeqCst);
         });
 
@@ -875,10 +875,10 @@ on_every_runtime! {
                 let (parent, created) = (rx.clone(), created.clone());
                 rx.within(move || async move {
                     for _ in 0..10 {
-                        let child = parent.filter::<u32, _>(|n| n % 2 == 0);
+                        let child = parent.filter::<u32>(|n| n % 2 == 0);
                         let count = Arc::new(AtomicUsize::new(0));
                         let c = count.clone();
-                        child.sink::<u32, _, _>(move |_| {
+                        child.sink::<u32>(move |_| {
                             c.fetch_add(1, Ordering::SeqCst);
                         });
                         created.lock().unwrap().push((child, count));
@@ -908,10 +908,10 @@ on_every_runtime! {
         let (_runner_tx, runner) = Relay::channel();
         let deferred = Deferred::new(runner);
         let (tx, rx) = Relay::builder().spawner(deferred.spawner()).build().unwrap();
-        let child = rx.filter::<u32, _>(|_| true); // its forwarder is a task of `rx`
+        let child = rx.filter::<u32>(|_| true); // its forwarder is a task of `rx`
         let handled = Arc::new(AtomicUsize::new(0));
         let h = handled.clone();
-        child.sink::<u32, _, _>(move |_| {
+        child.sink::<u32>(move |_| {
             h.fetch_add(1, Ordering::SeqCst);
         });
 

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 /// use pipedream_rs::{Relay, WouldDeadlock};
 /// let (tx, rx) = Relay::channel();
 /// let echo = tx.weak();
-/// rx.sink_async::<u32, _, _>(move |n| {
+/// rx.sink_async::<u32>(move |n| {
 ///     let echo = echo.clone();
 ///     async move {
 ///         if *n < 1 {

@@ -26,20 +26,23 @@ use std::task::{Context, Poll};
 use event_listener::EventListener;
 
 use crate::core::tracker::Tracker;
-use crate::core::{Core, Outgoing, Pushed};
+use crate::core::{Core, From, Outgoing, Pushed, Tally};
 use crate::relay::envelope::Envelope;
 use crate::relay::error::SendError;
+use crate::relay::receipt::Receipt;
 
 /// The boxed remainder of a delivery that had to wait for room; it ends where the first
-/// poll's push ends: whether a queue is crowded, and the tracker to wait on.
-type Rest<'a> = Pin<Box<dyn Future<Output = (bool, Option<Arc<Tracker>>)> + Send + 'a>>;
+/// poll's push ends: the tally so far, and the tracker to wait on.
+type Rest<'a> = Pin<Box<dyn Future<Output = (Tally, Option<Arc<Tracker>>)> + Send + 'a>>;
 
 /// The future returned by every send. `C` is how it holds the relay: `&Core` for a
 /// `RelaySender` (which outlives the borrow), `Arc<Core>` for a `WeakSender`.
 ///
 /// Invariant: each state is entered at most once, in declaration order (`Failed`, `Rest`
-/// and `Done` are terminal paths); `Start` is left at the first poll, so a future dropped
-/// before its first poll delivered nothing and counted nothing.
+/// and `Finished` are terminal paths); `Start` is left at the first poll, so a future
+/// dropped before its first poll delivered nothing and counted nothing. A finished
+/// delivery polled again answers with the same result (a caller bug `Future` allows; it
+/// must not turn a refused send into `Ok`).
 pub(crate) struct Delivery<'a, C> {
     state: State<'a, C>,
 }
@@ -52,11 +55,11 @@ enum State<'a, C> {
     /// A lossless send met a full queue: the rest of the pushing, boxed.
     Rest(Rest<'a>),
     /// Pushed; a queue was crowded, so give the scheduler one turn before waiting.
-    Yield(Option<Arc<Tracker>>),
+    Yield(Receipt, Option<Arc<Tracker>>),
     /// Pushed; waiting for the tracked handlers.
-    Wait(Arc<Tracker>, Option<EventListener>),
-    /// Finished (or polled after finishing).
-    Done,
+    Wait(Receipt, Arc<Tracker>, Option<EventListener>),
+    /// Finished, with this result (kept for a poll after completion).
+    Finished(Result<Receipt, SendError>),
 }
 
 impl<'a, C> Delivery<'a, C>
@@ -75,12 +78,8 @@ where
 
 impl<'a> Delivery<'a, &'a Core> {
     /// Sends a typed value (prepare now, deliver when polled).
-    pub(crate) fn value<T: Any + Send + Sync>(
-        core: &'a Core,
-        value: T,
-        origin: Option<u64>,
-    ) -> Self {
-        Delivery::new(core, core.prepare_value(value, origin))
+    pub(crate) fn value<T: Any + Send + Sync>(core: &'a Core, value: T, from: From) -> Self {
+        Delivery::new(core, core.prepare_value(value, from))
     }
 
     /// Sends a message received elsewhere (a parent or a forwarding source) into `core`:
@@ -91,7 +90,7 @@ impl<'a> Delivery<'a, &'a Core> {
             envelope.value.clone(),
             envelope.type_id(),
             Some(envelope.type_name),
-            Some(envelope.origin),
+            From::Relay(envelope.origin),
             wait,
         );
         Delivery::new(core, outgoing)
@@ -114,70 +113,65 @@ impl<'a, C> Future for Delivery<'a, C>
 where
     C: Deref<Target = Core> + Clone + Send + Sync + 'a,
 {
-    type Output = Result<(), SendError>;
+    type Output = Result<Receipt, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let state = &mut self.get_mut().state;
         loop {
             // Each arm takes the state by value and puts back what is still pending, so a
-            // finished delivery (or one whose poll unwound) is left `Done`.
-            match std::mem::replace(state, State::Done) {
+            // finished delivery (or one whose poll unwound) is left `Finished`.
+            let next = match std::mem::replace(state, State::Finished(Err(SendError::Closed))) {
                 State::Start(core, outgoing) => match core.push_ready(outgoing) {
-                    Pushed::Done { crowded, tracker } => match pushed(crowded, tracker) {
-                        Some(next) => *state = next,
-                        None => return Poll::Ready(Ok(())),
-                    },
+                    Pushed::Done { tally, tracker } => pushed(tally, tracker),
                     Pushed::Blocked(blocked) => {
-                        *state =
-                            State::Rest(Box::pin(async move { core.deliver_rest(blocked).await }))
+                        State::Rest(Box::pin(async move { core.deliver_rest(blocked).await }))
                     }
                 },
-                State::Failed(error) => return Poll::Ready(Err(error)),
+                State::Failed(error) => State::Finished(Err(error)),
                 State::Rest(mut rest) => match rest.as_mut().poll(cx) {
-                    Poll::Ready((crowded, tracker)) => match pushed(crowded, tracker) {
-                        Some(next) => *state = next,
-                        None => return Poll::Ready(Ok(())),
-                    },
+                    Poll::Ready((tally, tracker)) => pushed(tally, tracker),
                     Poll::Pending => {
                         *state = State::Rest(rest);
                         return Poll::Pending;
                     }
                 },
-                State::Yield(tracker) => {
+                State::Yield(receipt, tracker) => {
                     // Broadcast never waits for room, but a producer that never yields can
                     // starve a consumer on the same worker until its queue overflows. Once
                     // a queue is half full, give the scheduler one turn.
                     cx.waker().wake_by_ref();
                     *state = match tracker {
-                        Some(tracker) => State::Wait(tracker, None),
-                        None => State::Done,
+                        Some(tracker) => State::Wait(receipt, tracker, None),
+                        None => State::Finished(Ok(receipt)),
                     };
                     return Poll::Pending;
                 }
-                State::Wait(tracker, mut listener) => {
-                    return match tracker.poll_wait(&mut listener, cx) {
-                        Poll::Ready(out) => Poll::Ready(out),
+                State::Wait(receipt, tracker, mut listener) => {
+                    match tracker.poll_wait(&mut listener, cx) {
+                        Poll::Ready(verdict) => State::Finished(verdict.map(|()| receipt)),
                         Poll::Pending => {
-                            *state = State::Wait(tracker, listener);
-                            Poll::Pending
+                            *state = State::Wait(receipt, tracker, listener);
+                            return Poll::Pending;
                         }
-                    };
+                    }
                 }
-                // Polled again after the yield of an untracked send (its result), or after
-                // completion (a caller bug `Future` allows; answer the same).
-                State::Done => return Poll::Ready(Ok(())),
-            }
+                State::Finished(result) => {
+                    *state = State::Finished(result.clone());
+                    return Poll::Ready(result);
+                }
+            };
+            *state = next;
         }
     }
 }
 
-/// What follows the pushing: yield once if a queue is crowded, then wait for the tracker;
-/// `None` if there is nothing left to do.
-fn pushed<'a, C>(crowded: bool, tracker: Option<Arc<Tracker>>) -> Option<State<'a, C>> {
-    match (crowded, tracker) {
-        (true, tracker) => Some(State::Yield(tracker)),
-        (false, Some(tracker)) => Some(State::Wait(tracker, None)),
-        (false, None) => None,
+/// What follows the pushing: yield once if a queue is crowded, then wait for the tracker
+/// if there is one, else finish.
+fn pushed<'a, C>(tally: Tally, tracker: Option<Arc<Tracker>>) -> State<'a, C> {
+    match (tally.crowded, tracker) {
+        (true, tracker) => State::Yield(tally.receipt, tracker),
+        (false, Some(tracker)) => State::Wait(tally.receipt, tracker, None),
+        (false, None) => State::Finished(Ok(tally.receipt)),
     }
 }
 
@@ -187,9 +181,9 @@ impl<C> fmt::Debug for Delivery<'_, C> {
             State::Start(..) => "start",
             State::Failed(_) => "failed",
             State::Rest(_) => "waiting for room",
-            State::Yield(_) => "yielding",
+            State::Yield(..) => "yielding",
             State::Wait(..) => "waiting for handlers",
-            State::Done => "done",
+            State::Finished(_) => "finished",
         };
         f.debug_struct("Delivery").field("state", &state).finish()
     }

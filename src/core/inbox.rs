@@ -7,7 +7,8 @@ use std::sync::{Arc, Weak};
 use crate::core::tracker::Tracker;
 use crate::core::Core;
 use crate::relay::envelope::{Envelope, Queued};
-use crate::relay::error::{BoxError, HandlerGone, HandlerKind, RelayError, SendError};
+use crate::relay::error::{HandlerGone, HandlerKind, RelayError, SendError, SharedError};
+use crate::relay::receipt::Receipt;
 use crate::relay::subscription::{map_try, Attached, TryRecvError};
 
 /// The receiving end every handler and forwarder is built on: a registered queue (typed
@@ -120,16 +121,16 @@ impl Completion {
 
     /// This handler failed: the dual path (back to the sender, and a `RelayError` event
     /// on this handler's relay).
-    pub(crate) fn fail(mut self, error: BoxError) {
+    pub(crate) fn fail(mut self, error: SharedError) {
         self.report_failure(error);
     }
 
     /// Settles with the outcome of passing the message on to a child relay: the child's
     /// handler errors go back to this message's sender as they are (they were already
     /// published on the child relay, where those handlers live).
-    pub(crate) fn settle_forwarded(mut self, outcome: Result<(), SendError>) {
+    pub(crate) fn settle_forwarded(mut self, outcome: Result<Receipt, SendError>) {
         let errors = match outcome {
-            Ok(()) => return self.complete(),
+            Ok(_) => return self.complete(),
             Err(SendError::Downstream(e)) => vec![e],
             Err(SendError::Aggregate(v)) => v,
             Err(_) => return self.report_failure(Arc::new(HandlerGone)),
@@ -139,7 +140,7 @@ impl Completion {
         }
     }
 
-    pub(crate) fn relay_error(&self, error: BoxError) -> RelayError {
+    pub(crate) fn relay_error(&self, error: SharedError) -> RelayError {
         RelayError {
             msg_id: self.msg_id,
             relay_id: self.relay_id,
@@ -149,7 +150,7 @@ impl Completion {
         }
     }
 
-    fn report_failure(&mut self, error: BoxError) {
+    fn report_failure(&mut self, error: SharedError) {
         let tracker = self.tracker.take();
         let relay_error = self.relay_error(error);
         match self.core.upgrade() {

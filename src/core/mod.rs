@@ -39,8 +39,11 @@ use crate::core::tracker::Tracker;
 use crate::core::wait::wait_until;
 use crate::relay::config::{Config, DeliveryMode};
 use crate::relay::envelope::{erased_name, Envelope, Queued, TypeName};
-use crate::relay::error::{BoxError, HandlerGone, HandlerKind, QueueFull, RelayError, SendError};
-use crate::relay::events::Dropped;
+use crate::relay::error::{
+    HandlerGone, HandlerKind, QueueFull, RelayError, SendError, SharedError,
+};
+use crate::relay::events::{Dropped, Unrouted};
+use crate::relay::receipt::Receipt;
 use crate::relay::stats::RelayStats;
 
 // Process-wide ids stay on std atomics (loom's are not `const`).
@@ -75,11 +78,19 @@ impl Snapshot {
     }
 }
 
+/// What a send's pushing did so far: the receipt it is filling in, and whether some
+/// queue it pushed to is more than half full (then the send yields once).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Tally {
+    pub(crate) receipt: Receipt,
+    pub(crate) crowded: bool,
+}
+
 /// What the first poll of a send did (see [`Core::push_ready`]).
 pub(crate) enum Pushed {
-    /// Every target was handled. `crowded`: some queue is more than half full.
+    /// Every target was handled.
     Done {
-        crowded: bool,
+        tally: Tally,
         tracker: Option<Arc<Tracker>>,
     },
     /// Lossless mode: a queue was full; the rest goes to [`Core::deliver_rest`].
@@ -94,7 +105,20 @@ pub(crate) struct Blocked {
     tracker: Option<Arc<Tracker>>,
     next: usize,
     item: Queued,
-    crowded: bool,
+    tally: Tally,
+}
+
+/// Who makes a send: what decides its origin (echo prevention) and whether
+/// [`RelayBuilder::reject_unrouted`](crate::RelayBuilder::reject_unrouted) applies.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum From {
+    /// A user's `RelaySender` or `WeakSender`: origin this relay; unrouted may be refused.
+    User,
+    /// The relay's own forwarder making a new message here (`map`, `batch`): origin this
+    /// relay, never refused.
+    Here,
+    /// A forwarder passing on a message that entered relay `0` first: origin kept.
+    Relay(u64),
 }
 
 static NEXT_RELAY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -120,6 +144,7 @@ pub(crate) struct Core {
     sent: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
+    unrouted: AtomicU64,
     /// Tracked handlers registered now (mirrors `Registry::tracked`).
     handlers: AtomicUsize,
     /// Notified (all) whenever a tracked handler registers. `wait_for_handlers` waits on it.
@@ -140,6 +165,7 @@ impl Core {
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
             handlers: AtomicUsize::new(0),
             handlers_event: Event::new(),
             tasks: Arc::new(Tasks::default()),
@@ -237,6 +263,7 @@ impl Core {
             sent: self.sent.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            unrouted: self.unrouted.load(Ordering::Relaxed),
             subscribers,
             tracked_handlers,
             live_tasks: self.tasks.live(),
@@ -249,9 +276,9 @@ impl Core {
     pub(crate) fn prepare_value<T: Any + Send + Sync>(
         &self,
         value: T,
-        origin: Option<u64>,
+        from: From,
     ) -> Result<Outgoing, SendError> {
-        self.prepare_or_return(value, origin)
+        self.prepare_or_return(value, from)
             .map_err(|(error, _)| error)
     }
 
@@ -261,12 +288,12 @@ impl Core {
     pub(crate) fn prepare_or_return<T: Any + Send + Sync>(
         &self,
         value: T,
-        origin: Option<u64>,
+        from: From,
     ) -> Result<Outgoing, (SendError, T)> {
         match self.snapshot(
             TypeId::of::<T>(),
             Some(std::any::type_name::<T>),
-            origin,
+            from,
             true,
         ) {
             Ok(snapshot) => Ok(snapshot.load(Arc::new(value))),
@@ -279,17 +306,17 @@ impl Core {
     /// This is what makes the snapshot rule exact: a subscriber registered before the call
     /// is in it, one registered after is not, however late the future is first polled.
     ///
-    /// `origin` is the relay the message entered first, when it is being forwarded; `None`
-    /// means this relay. `wait` decides whether this send is tracked.
+    /// `from` says who sends: a user's sender, or a forwarder passing on a message that
+    /// entered elsewhere first. `wait` decides whether this send is tracked.
     pub(crate) fn prepare(
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
         type_name: Option<TypeName>,
-        origin: Option<u64>,
+        from: From,
         wait: bool,
     ) -> Result<Outgoing, SendError> {
-        Ok(self.snapshot(type_id, type_name, origin, wait)?.load(value))
+        Ok(self.snapshot(type_id, type_name, from, wait)?.load(value))
     }
 
     /// [`prepare`](Self::prepare) without the value: everything decided at the call.
@@ -297,7 +324,7 @@ impl Core {
         &self,
         type_id: TypeId,
         type_name: Option<TypeName>,
-        origin: Option<u64>,
+        from: From,
         wait: bool,
     ) -> Result<Snapshot, SendError> {
         let (targets, type_name) = {
@@ -308,6 +335,16 @@ impl Core {
             let name = type_name.or_else(|| registry.type_name(type_id));
             (registry.targets(type_id), name.unwrap_or(erased_name))
         };
+        let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
+        if targets.slots.is_empty() && from == From::User && self.config.reject_unrouted {
+            // Refused at the call, so `send_or_return` can hand the value back; still
+            // counted and reported, as every unrouted message is.
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            self.unrouted(msg_id, type_id, type_name);
+            return Err(SendError::Unrouted {
+                type_name: type_name(),
+            });
+        }
         let tracker = (wait && targets.tracked > 0).then(|| {
             // Named here, at the call: `handler_send(..).await` is called inside the
             // handler's poll, where the deadlock scope is set.
@@ -317,10 +354,27 @@ impl Core {
         Ok(Snapshot {
             targets,
             type_name,
-            msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
-            origin: origin.unwrap_or(self.id),
+            msg_id,
+            origin: match from {
+                From::Relay(origin) => origin,
+                From::User | From::Here => self.id,
+            },
             tracker,
         })
+    }
+
+    /// A message reached no subscriber: count it, and report it unless it is one of the
+    /// relay's own events (which are simply not made while nobody subscribes to them).
+    fn unrouted(&self, msg_id: u64, type_id: TypeId, type_name: TypeName) {
+        if is_internal_event(type_id) {
+            return;
+        }
+        self.unrouted.fetch_add(1, Ordering::Relaxed);
+        self.emit(Unrouted {
+            relay_id: self.id,
+            msg_id,
+            type_name: type_name(),
+        });
     }
 
     /// The first poll of a send (see `core/delivery.rs`): pushes the message to every target
@@ -334,69 +388,74 @@ impl Core {
         } = outgoing;
         // Counted when delivery starts: a send dropped before its first poll sent nothing.
         self.sent.fetch_add(1, Ordering::Relaxed);
-        let mut delivered = 0;
-        let mut crowded = false;
-        let blocked = self.push_from(
-            &envelope,
-            &targets.slots,
-            tracker.as_ref(),
-            &mut delivered,
-            &mut crowded,
-        );
-        if delivered > 0 {
-            self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        let mut tally = Tally::default();
+        tally.receipt.msg_id = envelope.msg_id;
+        if targets.slots.is_empty() {
+            self.unrouted(envelope.msg_id, envelope.type_id(), envelope.type_name);
+            return Pushed::Done { tally, tracker };
+        }
+        let blocked = self.push_from(&envelope, &targets.slots, tracker.as_ref(), &mut tally);
+        if tally.receipt.queued > 0 {
+            self.delivered
+                .fetch_add(tally.receipt.queued as u64, Ordering::Relaxed);
         }
         match blocked {
-            None => Pushed::Done { crowded, tracker },
+            None => Pushed::Done { tally, tracker },
             Some((next, item)) => Pushed::Blocked(Blocked {
                 envelope,
                 targets,
                 tracker,
                 next,
                 item,
-                crowded,
+                tally,
             }),
         }
     }
 
     /// The cold path of a lossless send that met a full queue: wait for room there, then
     /// push to the rest (waiting again where needed). Hands back what the first poll would
-    /// have: whether a queue is crowded, and the tracker to wait on.
-    pub(crate) async fn deliver_rest(&self, blocked: Blocked) -> (bool, Option<Arc<Tracker>>) {
+    /// have: the tally, and the tracker to wait on.
+    pub(crate) async fn deliver_rest(&self, blocked: Blocked) -> (Tally, Option<Arc<Tracker>>) {
         let Blocked {
             envelope,
             targets,
             tracker,
             mut next,
             item,
-            mut crowded,
+            mut tally,
         } = blocked;
-        // Added to the relay's counter when delivery ends *or is cancelled* part-way, so
-        // copies already queued by a dropped send are counted.
-        let mut delivered = CountOnDrop(&self.delivered, 0);
+        // The first poll counted its own pushes. Those made here are added to the relay's
+        // counter when delivery ends *or is cancelled* part-way, so copies already queued
+        // by a dropped send are counted.
+        let mut added = CountOnDrop(&self.delivered, 0);
         let mut waiting = Some(item);
         while let Some(item) = waiting.take() {
             let slot = &targets.slots[next];
+            let tracked = item.tracker.is_some();
             match slot.push(item).await {
                 Ok(()) => {
-                    delivered.1 += 1;
-                    crowded |= slot.is_crowded();
+                    tally.receipt.queued += 1;
+                    tally.receipt.handled += usize::from(tracked);
+                    tally.crowded |= slot.is_crowded();
+                    added.1 += 1;
                 }
                 Err(item) => self.fail_gone(item, slot.state.tracked),
             }
             next += 1;
-            if let Some((at, item)) = self.push_from(
+            let before = tally.receipt.queued;
+            let blocked = self.push_from(
                 &envelope,
                 &targets.slots[next..],
                 tracker.as_ref(),
-                &mut delivered.1,
-                &mut crowded,
-            ) {
+                &mut tally,
+            );
+            added.1 += (tally.receipt.queued - before) as u64;
+            if let Some((at, item)) = blocked {
                 next += at;
                 waiting = Some(item);
             }
         }
-        (crowded, tracker)
+        (tally, tracker)
     }
 
     /// Pushes the message to each of `slots` that has room, in order, without waiting.
@@ -407,8 +466,7 @@ impl Core {
         envelope: &Envelope,
         slots: &[QueueTx],
         tracker: Option<&Arc<Tracker>>,
-        delivered: &mut u64,
-        crowded: &mut bool,
+        tally: &mut Tally,
     ) -> Option<(usize, Queued)> {
         for (at, slot) in slots.iter().enumerate() {
             let item = Queued {
@@ -422,14 +480,19 @@ impl Core {
                     continue;
                 }
             }
+            let tracked = item.tracker.is_some();
             match slot.try_push(item) {
                 Ok(()) => {
-                    *delivered += 1;
-                    *crowded |= slot.is_crowded();
+                    tally.receipt.queued += 1;
+                    tally.receipt.handled += usize::from(tracked);
+                    tally.crowded |= slot.is_crowded();
                 }
                 Err(PushError::Full(item)) => match self.config.delivery_mode {
                     DeliveryMode::Lossless => return Some((at, item)),
-                    DeliveryMode::Broadcast => self.missed(slot, item),
+                    DeliveryMode::Broadcast => {
+                        tally.receipt.missed += usize::from(!tracked);
+                        self.missed(slot, item)
+                    }
                 },
                 Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
             }
@@ -472,7 +535,7 @@ impl Core {
         &self,
         envelope: &Envelope,
         kind: HandlerKind,
-        error: BoxError,
+        error: SharedError,
     ) -> RelayError {
         RelayError {
             msg_id: envelope.msg_id,
@@ -535,12 +598,18 @@ impl Core {
     }
 }
 
+/// The relay's own events: never forwarded, never reported as unrouted, and a failure
+/// while handling one is not re-published (either could loop).
 pub(crate) fn is_internal_event(type_id: TypeId) -> bool {
-    type_id == TypeId::of::<Dropped>() || type_id == TypeId::of::<RelayError>()
+    type_id == TypeId::of::<Dropped>()
+        || type_id == TypeId::of::<RelayError>()
+        || type_id == TypeId::of::<Unrouted>()
 }
 
 fn is_internal_type_name(name: &str) -> bool {
-    name == std::any::type_name::<Dropped>() || name == std::any::type_name::<RelayError>()
+    name == std::any::type_name::<Dropped>()
+        || name == std::any::type_name::<RelayError>()
+        || name == std::any::type_name::<Unrouted>()
 }
 
 /// Adds its count to the counter when dropped.

@@ -82,6 +82,8 @@ pub(crate) struct Config {
     pub(crate) delivery_mode: DeliveryMode,
     pub(crate) error_mode: ErrorMode,
     pub(crate) panic_mode: PanicMode,
+    /// A send that would reach nobody fails with `SendError::Unrouted` instead of `Ok`.
+    pub(crate) reject_unrouted: bool,
     pub(crate) spawner: Arc<dyn Spawner>,
 }
 
@@ -92,6 +94,7 @@ impl std::fmt::Debug for Config {
             .field("delivery_mode", &self.delivery_mode)
             .field("error_mode", &self.error_mode)
             .field("panic_mode", &self.panic_mode)
+            .field("reject_unrouted", &self.reject_unrouted)
             .finish_non_exhaustive()
     }
 }

@@ -2,13 +2,34 @@
 //!
 //! Every error here is `Clone`, so one handler failure can travel both ways of the
 //! dual path (back to the tracked sender, and as a [`RelayError`] event on the relay).
+//!
+//! Chains follow the convention of `std::error::Error`: each `Display` says what failed
+//! at its own layer, and [`source`](std::error::Error::source) gives the next layer, so
+//! a chain printer (`anyhow`'s `{:#}`, `eyre`, a loop over `source()`) shows every layer
+//! once: `a handler failed` → `sink for Order failed on message 3 (relay 1)` → the
+//! handler's own error.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
-/// A shareable, type-erased error, as produced by a handler.
-pub type BoxError = Arc<dyn StdError + Send + Sync + 'static>;
+/// A handler's error, type-erased and shared: `Arc<dyn Error + Send + Sync>`.
+///
+/// An `Arc` rather than a `Box` so that one failure can be returned to the sender *and*
+/// published as a [`RelayError`] event, and so that every error type here is `Clone`.
+/// A handler never builds one itself: it returns any error type (see
+/// [`HandlerResult`](crate::HandlerResult)) and the relay wraps it.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::SharedError;
+/// use std::sync::Arc;
+/// let e: SharedError = Arc::new(std::io::Error::other("disk full"));
+/// let copy = e.clone(); // the same error, shared
+/// assert_eq!(copy.to_string(), "disk full");
+/// ```
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// Which kind of handler or task produced a [`RelayError`].
 ///
@@ -51,6 +72,11 @@ impl fmt::Display for HandlerKind {
 /// [`SendError::Aggregate`]) *and* is published on the relay as an ordinary event, so
 /// `rx.subscribe::<RelayError>()` sees every failure exactly once.
 ///
+/// Its `Display` names the handler and the message; the handler's own error is its
+/// [`source`](std::error::Error::source). Two `RelayError`s are equal when they report the
+/// same failure: the same fields and the very same underlying error (the copy returned to
+/// the sender equals the published event).
+///
 /// # Examples
 ///
 /// ```
@@ -62,17 +88,19 @@ impl fmt::Display for HandlerKind {
 /// struct Negative;
 ///
 /// let (tx, rx) = Relay::channel();
-/// rx.sink::<i32, _, _>(|n| if *n < 0 { Err(Negative) } else { Ok(()) });
+/// rx.sink::<i32>(|n| if *n < 0 { Err(Negative) } else { Ok(()) });
 /// match tx.send(-1).await {
 ///     Err(SendError::Downstream(e)) => {
-///         assert_eq!(e.to_string(), "sink for i32 failed on message 1: negative input");
+///         assert_eq!(e.to_string(), format!("sink for i32 failed on message 1 (relay {})", tx.id()));
+///         assert_eq!(e.error.to_string(), "negative input"); // also `e.source()`
 ///     }
 ///     other => panic!("unexpected {other:?}"),
 /// }
 /// # });
 /// ```
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind} for {type_name} failed on message {msg_id}: {error}")]
+#[error("{kind} for {type_name} failed on message {msg_id} (relay {relay_id})")]
+#[non_exhaustive]
 pub struct RelayError {
     /// The id of the message being processed (see [`Envelope::msg_id`](crate::Envelope::msg_id));
     /// `0` for a failure not tied to one message (a `within` task).
@@ -86,7 +114,17 @@ pub struct RelayError {
     /// The underlying error: the handler's own error, a [`PanicError`], or a
     /// [`HandlerGone`] / [`QueueFull`] when the handler never processed the message.
     #[source]
-    pub error: BoxError,
+    pub error: SharedError,
+}
+
+impl PartialEq for RelayError {
+    fn eq(&self, other: &Self) -> bool {
+        self.msg_id == other.msg_id
+            && self.relay_id == other.relay_id
+            && self.kind == other.kind
+            && self.type_name == other.type_name
+            && Arc::ptr_eq(&self.error, &other.error)
+    }
 }
 
 impl RelayError {
@@ -95,13 +133,12 @@ impl RelayError {
     /// # Examples
     ///
     /// ```
-    /// use pipedream_rs::{HandlerKind, PanicError, RelayError};
-    /// use std::sync::Arc;
-    /// let e = RelayError {
-    ///     msg_id: 1, relay_id: 1, kind: HandlerKind::Sink, type_name: "i32",
-    ///     error: Arc::new(PanicError { message: "boom".into() }),
-    /// };
-    /// assert!(e.is_panic());
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.sink::<i32>(|n| if *n < 0 { panic!("negative") });
+    /// let err = tx.send(-1).await.unwrap_err();
+    /// assert!(err.errors()[0].is_panic());
+    /// # });
     /// ```
     pub fn is_panic(&self) -> bool {
         self.error.downcast_ref::<PanicError>().is_some()
@@ -112,13 +149,13 @@ impl RelayError {
     /// # Examples
     ///
     /// ```
-    /// use pipedream_rs::{HandlerKind, PanicError, RelayError};
-    /// use std::sync::Arc;
-    /// let e = RelayError {
-    ///     msg_id: 1, relay_id: 1, kind: HandlerKind::Tap, type_name: "i32",
-    ///     error: Arc::new(PanicError { message: "boom".into() }),
-    /// };
-    /// assert_eq!(e.downcast_ref::<PanicError>().unwrap().message, "boom");
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::PanicError;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.tap::<i32>(|n| if *n > 0 { panic!("boom") });
+    /// let err = tx.send(1).await.unwrap_err();
+    /// assert_eq!(err.errors()[0].downcast_ref::<PanicError>().unwrap().message, "boom");
+    /// # });
     /// ```
     pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
         self.error.downcast_ref::<E>()
@@ -131,12 +168,18 @@ impl RelayError {
 /// # Examples
 ///
 /// ```
+/// # futures::executor::block_on(async {
 /// use pipedream_rs::PanicError;
-/// let e = PanicError { message: "unlucky".into() };
-/// assert_eq!(e.to_string(), "handler panicked: unlucky");
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// rx.sink::<u8>(|n| if *n > 0 { panic!("unlucky") });
+/// let err = tx.send(13u8).await.unwrap_err();
+/// let panic = err.errors()[0].downcast_ref::<PanicError>().unwrap();
+/// assert_eq!(panic.to_string(), "handler panicked: unlucky");
+/// # });
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("handler panicked: {message}")]
+#[non_exhaustive]
 pub struct PanicError {
     /// The panic payload, when it was a string; a placeholder otherwise.
     pub message: String,
@@ -233,6 +276,11 @@ impl<T> StdError for Unsent<T> {}
 
 /// Why [`RelaySender::send`](crate::RelaySender::send) failed.
 ///
+/// `Display` says which way the send failed; for a handler failure the
+/// [`RelayError`] is the [`source`](std::error::Error::source), and the handler's own error
+/// is the source of that. `SendError` is `PartialEq`, so a test can write
+/// `assert_eq!(result, Err(SendError::Closed))`.
+///
 /// # Examples
 ///
 /// ```
@@ -240,32 +288,77 @@ impl<T> StdError for Unsent<T> {}
 /// use pipedream_rs::{Relay, SendError};
 /// let (tx, _rx) = Relay::channel();
 /// tx.close();
-/// assert!(matches!(tx.send(1u8).await, Err(SendError::Closed)));
+/// assert_eq!(tx.send(1u8).await, Err(SendError::Closed));
 /// # });
 /// ```
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SendError {
     /// The relay is closed: its sender was closed or dropped. Nothing was delivered.
-    #[error("sending on a closed relay")]
     Closed,
     /// A tracked handler failed ([`ErrorMode::FirstWins`](crate::ErrorMode::FirstWins)):
     /// the first failure of this message.
-    #[error("a handler failed: {0}")]
     Downstream(RelayError),
     /// One or more tracked handlers failed
     /// ([`ErrorMode::Aggregate`](crate::ErrorMode::Aggregate)): every failure of this
-    /// message, in the order they happened. Never empty.
-    #[error("{} handler(s) failed; first: {}", .0.len(), .0[0])]
+    /// message, in the order they happened. The relay never makes an empty one; `source()`
+    /// is the first failure.
     Aggregate(Vec<RelayError>),
     /// [`RelaySender::send_any`](crate::RelaySender::send_any) was given a `TypeId` that
     /// is not the type of the value. Nothing was delivered.
-    #[error("send_any: the TypeId given does not match the value's type")]
     TypeMismatch,
+    /// The message would reach no subscriber, and the relay was built with
+    /// [`RelayBuilder::reject_unrouted`](crate::RelayBuilder::reject_unrouted). Nothing was
+    /// delivered; it is still counted and published as an [`Unrouted`](crate::Unrouted)
+    /// event. `type_name` is the message's type, as `std::any::type_name` gives it.
+    Unrouted {
+        /// The message's type.
+        type_name: &'static str,
+    },
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed => f.write_str("sending on a closed relay"),
+            SendError::Downstream(_) => f.write_str("a handler failed"),
+            SendError::Aggregate(v) if v.len() == 1 => f.write_str("1 handler failed"),
+            SendError::Aggregate(v) => write!(f, "{} handlers failed", v.len()),
+            SendError::TypeMismatch => {
+                f.write_str("send_any: the TypeId given does not match the value's type")
+            }
+            SendError::Unrouted { type_name } => write!(
+                f,
+                "no subscriber for {type_name}: the message reached nobody (check the type sent)"
+            ),
+        }
+    }
+}
+
+impl StdError for SendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.errors()
+            .first()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+impl PartialEq for SendError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SendError::Closed, SendError::Closed) => true,
+            (SendError::Downstream(a), SendError::Downstream(b)) => a == b,
+            (SendError::Aggregate(a), SendError::Aggregate(b)) => a == b,
+            (SendError::TypeMismatch, SendError::TypeMismatch) => true,
+            (SendError::Unrouted { type_name: a }, SendError::Unrouted { type_name: b }) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl SendError {
-    /// Every handler error this send carries (empty for `Closed` and `TypeMismatch`).
+    /// Every handler error this send carries (empty for `Closed`, `TypeMismatch` and
+    /// `Unrouted`).
     ///
     /// # Examples
     ///

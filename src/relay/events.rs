@@ -1,4 +1,6 @@
-//! [`Dropped`]: the event that makes message loss observable.
+//! The events a relay publishes about itself: [`Dropped`] (a subscriber missed a message),
+//! [`Unrouted`] (a message reached nobody). [`RelayError`](crate::RelayError), a failure, is
+//! the third.
 
 /// A subscriber missed a message because its queue was full
 /// ([`DeliveryMode::Broadcast`](crate::DeliveryMode::Broadcast) only).
@@ -26,6 +28,7 @@
 /// # });
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Dropped {
     /// The relay whose subscriber missed the message.
     pub relay_id: u64,
@@ -35,4 +38,44 @@ pub struct Dropped {
     pub type_name: &'static str,
     /// Which subscriber missed it (see [`Subscription::id`](crate::Subscription::id)).
     pub subscriber_id: u64,
+}
+
+/// A message reached no subscriber: nobody subscribed to its type, and there is no wildcard
+/// subscriber (`subscribe_all`, `exclude`, `split`, `forward`, `merge`).
+///
+/// Published on the relay it was sent on, counted in
+/// [`RelayStats::unrouted`](crate::RelayStats::unrouted), and visible to the sender as a
+/// [`Receipt`](crate::Receipt) with nothing queued. It names the type exactly as
+/// `std::any::type_name` does, which is how the common mistakes show: a `&str` sent where
+/// `String` is subscribed, or an integer literal that defaulted to `i32` where `u64` is
+/// subscribed. With [`RelayBuilder::reject_unrouted`](crate::RelayBuilder::reject_unrouted)
+/// such a send fails with [`SendError::Unrouted`](crate::SendError::Unrouted) instead (and is
+/// still counted and published).
+///
+/// No `Unrouted` is published for the relay's own events (`Dropped`, `RelayError`,
+/// `Unrouted`): an event nobody listens to is simply not made, so reporting cannot loop.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::{Relay, Unrouted};
+/// let (tx, rx) = Relay::channel();
+/// let mut unrouted = rx.subscribe::<Unrouted>();
+/// let _names = rx.subscribe::<String>();
+/// tx.send("ada").await.unwrap(); // a &str, not a String
+/// let report = unrouted.recv().await.unwrap();
+/// assert_eq!(report.type_name, "&str");
+/// assert_eq!(rx.stats().unrouted, 1);
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unrouted {
+    /// The relay the message was sent on.
+    pub relay_id: u64,
+    /// The message's id.
+    pub msg_id: u64,
+    /// The message's type (`std::any::type_name`).
+    pub type_name: &'static str,
 }

@@ -13,11 +13,16 @@ use crate::core::deadlock::InHandler;
 use crate::core::tasks::Tasks;
 use crate::core::Core;
 use crate::relay::config::{Config, PanicMode};
-use crate::relay::error::{BoxError, HandlerKind, PanicError, RelayError};
+use crate::relay::error::{HandlerKind, PanicError, RelayError, SharedError};
 use crate::relay::task_handle::TaskHandle;
 use crate::relay::tracked_subscription::TrackedSubscription;
 
-/// What a handler may return: `()` (always succeeds) or `Result<(), E>` for any error type.
+/// What a handler may return: `()` (it always succeeds) or `Result<(), E>`.
+///
+/// `E` is any error that converts into `Box<dyn Error + Send + Sync>`: every
+/// `std::error::Error + Send + Sync` type, `Box<dyn Error + Send + Sync>` itself,
+/// `anyhow::Error`, `String` and `&'static str`. The error reaches the sender as the
+/// [`source`](std::error::Error::source) of a [`RelayError`].
 ///
 /// # Examples
 ///
@@ -26,22 +31,107 @@ use crate::relay::tracked_subscription::TrackedSubscription;
 /// assert!(().into_result().is_ok());
 /// let failed: Result<(), std::io::Error> = Err(std::io::Error::other("disk full"));
 /// assert_eq!(failed.into_result().unwrap_err().to_string(), "disk full");
+/// let text: Result<(), String> = Err(String::from("no such user"));
+/// assert_eq!(text.into_result().unwrap_err().to_string(), "no such user");
 /// ```
 pub trait HandlerResult: Send + 'static {
-    /// `Ok(())`, or the error as a shareable [`BoxError`].
-    fn into_result(self) -> Result<(), BoxError>;
+    /// `Ok(())`, or the error as a [`SharedError`].
+    fn into_result(self) -> Result<(), SharedError>;
 }
 
 impl HandlerResult for () {
-    fn into_result(self) -> Result<(), BoxError> {
+    fn into_result(self) -> Result<(), SharedError> {
         Ok(())
     }
 }
 
-impl<E: StdError + Send + Sync + 'static> HandlerResult for Result<(), E> {
-    fn into_result(self) -> Result<(), BoxError> {
-        self.map_err(|e| Arc::new(e) as BoxError)
+impl<E> HandlerResult for Result<(), E>
+where
+    E: Into<Box<dyn StdError + Send + Sync + 'static>> + Send + 'static,
+{
+    fn into_result(self) -> Result<(), SharedError> {
+        self.map_err(|e| SharedError::from(e.into()))
     }
+}
+
+/// A synchronous handler for messages of type `T`: any `FnMut(&T) -> R` closure where `R`
+/// is a [`HandlerResult`] (`()` or `Result<(), E>`).
+///
+/// You never implement this trait: every such closure has it. It exists so that
+/// [`sink`](crate::RelayReceiver::sink) and [`tap`](crate::RelayReceiver::tap) name only the
+/// message type (`rx.sink::<Order>(|order| ..)`) and the compiler still infers the closure's
+/// argument and return types.
+///
+/// The closure is `FnMut`: a handler processes one message at a time, on one task, so it
+/// may keep state without a `Mutex`. It must be `Send` (its task may move between threads)
+/// but not `Sync`: nothing ever calls it from two threads at once.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let mut seen = 0u32; // plain state: the handler is FnMut
+/// rx.sink::<u32>(move |n| {
+///     seen += n;
+///     if seen > 10 { Err(format!("total {seen} is over 10")) } else { Ok(()) }
+/// });
+/// assert!(tx.send(4u32).await.is_ok());
+/// assert!(tx.send(9u32).await.is_err()); // 13 > 10
+/// # });
+/// ```
+pub trait Handler<T>: FnMut(&T) -> <Self as Handler<T>>::Output + Send + 'static {
+    /// What the closure returns.
+    type Output: HandlerResult;
+}
+
+impl<T, R, F> Handler<T> for F
+where
+    F: FnMut(&T) -> R + Send + 'static,
+    R: HandlerResult,
+{
+    type Output = R;
+}
+
+/// An asynchronous handler for messages of type `T`: any `FnMut(Arc<T>) -> Fut` closure
+/// whose future is `Send + 'static` and resolves to a [`HandlerResult`].
+///
+/// As with [`Handler`], you never implement it; it lets
+/// [`sink_async`](crate::RelayReceiver::sink_async) name only the message type. The closure
+/// is called once per message and its future is awaited before the next message is taken,
+/// so one message is processed at a time; the closure may keep state (`FnMut`), and it
+/// needs `Send` but not `Sync`.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use std::sync::Arc;
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// rx.sink_async::<String>(|line: Arc<String>| async move {
+///     if line.is_empty() { Err("empty line") } else { Ok(()) }
+/// });
+/// assert!(tx.send(String::from("hello")).await.is_ok());
+/// assert!(tx.send(String::new()).await.is_err());
+/// # });
+/// ```
+pub trait AsyncHandler<T>:
+    FnMut(Arc<T>) -> <Self as AsyncHandler<T>>::Future + Send + 'static
+{
+    /// The future the closure returns.
+    type Future: Future<Output = <Self as AsyncHandler<T>>::Output> + Send + 'static;
+    /// What the future resolves to.
+    type Output: HandlerResult;
+}
+
+impl<T, Fut, F> AsyncHandler<T> for F
+where
+    F: FnMut(Arc<T>) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerResult,
+{
+    type Future = Fut;
+    type Output = Fut::Output;
 }
 
 /// Registers a tracked subscription for `T` now (so every later send waits for it), then
@@ -55,7 +145,7 @@ pub(crate) fn start_handler<T, P, Fut>(
 ) where
     T: Any + Send + Sync,
     P: FnMut(Arc<T>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), BoxError>> + Send,
+    Fut: Future<Output = Result<(), SharedError>> + Send,
 {
     let unstarted = Unstarted(Some(TrackedSubscription::<T>::new(core, kind)));
     let panic_mode = config.panic_mode;
@@ -126,7 +216,7 @@ where
         let (result, payload) = match outcome {
             Ok(result) => (result, None),
             Err(payload) => (
-                Err(Arc::new(PanicError::from_payload(&*payload)) as BoxError),
+                Err(Arc::new(PanicError::from_payload(&*payload)) as SharedError),
                 Some(payload),
             ),
         };

@@ -5,6 +5,7 @@ pub(crate) mod envelope;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod handler;
+pub(crate) mod receipt;
 pub(crate) mod receiver;
 pub(crate) mod sender;
 pub(crate) mod stats;
@@ -115,6 +116,7 @@ pub struct RelayBuilder {
     delivery_mode: DeliveryMode,
     error_mode: ErrorMode,
     panic_mode: PanicMode,
+    reject_unrouted: bool,
     spawner: Option<Arc<dyn Spawner>>,
 }
 
@@ -125,6 +127,7 @@ impl Default for RelayBuilder {
             delivery_mode: DeliveryMode::default(),
             error_mode: ErrorMode::default(),
             panic_mode: PanicMode::default(),
+            reject_unrouted: false,
             spawner: None,
         }
     }
@@ -187,6 +190,33 @@ impl RelayBuilder {
         self
     }
 
+    /// Make a send that would reach no subscriber fail with
+    /// [`SendError::Unrouted`](crate::SendError::Unrouted) instead of returning `Ok` with an
+    /// empty [`Receipt`](crate::Receipt) (default `false`), as `tokio::sync::broadcast` fails
+    /// a send with no receivers. Either way the message is counted in
+    /// [`RelayStats::unrouted`](crate::RelayStats::unrouted) and published as an
+    /// [`Unrouted`](crate::Unrouted) event. Derived relays inherit it.
+    ///
+    /// The check is part of the send's snapshot, taken when `send` is called: a message
+    /// refused this way was delivered to no one, and
+    /// [`send_or_return`](crate::RelaySender::send_or_return) hands its value back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::{Relay, SendError};
+    /// let (tx, rx) = Relay::builder().reject_unrouted(true).build().unwrap();
+    /// let _sub = rx.subscribe::<u64>();
+    /// assert!(tx.send(5u64).await.is_ok());
+    /// assert_eq!(tx.send(5).await, Err(SendError::Unrouted { type_name: "i32" }));
+    /// # });
+    /// ```
+    pub fn reject_unrouted(mut self, reject: bool) -> Self {
+        self.reject_unrouted = reject;
+        self
+    }
+
     /// The spawner for this relay's tasks (and its derived relays'). Without it, the
     /// default rule of the [`spawner`](crate::spawner) module applies.
     ///
@@ -229,6 +259,7 @@ impl RelayBuilder {
             delivery_mode: self.delivery_mode,
             error_mode: self.error_mode,
             panic_mode: self.panic_mode,
+            reject_unrouted: self.reject_unrouted,
             spawner,
         }))
     }
@@ -241,6 +272,7 @@ impl std::fmt::Debug for RelayBuilder {
             .field("delivery_mode", &self.delivery_mode)
             .field("error_mode", &self.error_mode)
             .field("panic_mode", &self.panic_mode)
+            .field("reject_unrouted", &self.reject_unrouted)
             .field("spawner", &self.spawner.as_ref().map(|_| "custom"))
             .finish()
     }

@@ -8,7 +8,7 @@ use crate::core::tasks::Tasks;
 use crate::core::Core;
 use crate::relay::config::Config;
 use crate::relay::error::{HandlerKind, SendError};
-use crate::relay::handler::{start_handler, start_within, HandlerResult};
+use crate::relay::handler::{start_handler, start_within, AsyncHandler, Handler, HandlerResult};
 use crate::relay::stats::RelayStats;
 use crate::relay::subscription::{EnvelopeSubscription, Subscription};
 use crate::relay::task_handle::TaskHandle;
@@ -30,7 +30,7 @@ use crate::relay::tracked_subscription::TrackedSubscription;
 /// use pipedream_rs::Relay;
 /// let (tx, rx) = Relay::channel();
 /// let mut texts = rx.subscribe::<String>();
-/// rx.sink::<u32, _, _>(|n| assert!(*n < 10));
+/// rx.sink::<u32>(|n| assert!(*n < 10));
 /// tx.send(String::from("a")).await.unwrap();
 /// tx.send(3u32).await.unwrap();
 /// assert_eq!(texts.recv().await.unwrap().as_str(), "a");
@@ -123,18 +123,13 @@ impl RelayReceiver {
     /// let (tx, rx) = pipedream_rs::Relay::channel();
     /// let total = Arc::new(AtomicU32::new(0));
     /// let t = total.clone();
-    /// rx.sink::<u32, _, _>(move |n| { t.fetch_add(*n, Ordering::SeqCst); });
+    /// rx.sink::<u32>(move |n| { t.fetch_add(*n, Ordering::SeqCst); });
     /// tx.send(2u32).await.unwrap();
     /// tx.send(3u32).await.unwrap();
     /// assert_eq!(total.load(Ordering::SeqCst), 5); // no waiting needed: send is tracked
     /// # });
     /// ```
-    pub fn sink<T, F, R>(&self, f: F)
-    where
-        T: Any + Send + Sync,
-        F: Fn(&T) -> R + Send + Sync + 'static,
-        R: HandlerResult,
-    {
+    pub fn sink<T: Any + Send + Sync>(&self, f: impl Handler<T>) {
         self.handler(HandlerKind::Sink, f);
     }
 
@@ -147,19 +142,13 @@ impl RelayReceiver {
     /// # futures::executor::block_on(async {
     /// use std::sync::Arc;
     /// let (tx, rx) = pipedream_rs::Relay::channel();
-    /// rx.sink_async::<String, _, _>(|s: Arc<String>| async move {
+    /// rx.sink_async::<String>(|s: Arc<String>| async move {
     ///     if s.is_empty() { Err(std::io::Error::other("empty")) } else { Ok(()) }
     /// });
     /// assert!(tx.send(String::new()).await.is_err());
     /// # });
     /// ```
-    pub fn sink_async<T, F, Fut>(&self, f: F)
-    where
-        T: Any + Send + Sync,
-        F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerResult,
-    {
+    pub fn sink_async<T: Any + Send + Sync>(&self, f: impl AsyncHandler<T>) {
         self.handler_async(HandlerKind::Sink, f);
     }
 
@@ -172,18 +161,13 @@ impl RelayReceiver {
     /// # futures::executor::block_on(async {
     /// let (tx, rx) = pipedream_rs::Relay::channel();
     /// let mut sub = rx
-    ///     .tap::<u8, _, _>(|n| println!("saw {n}"))
+    ///     .tap::<u8>(|n| println!("saw {n}"))
     ///     .subscribe::<u8>();
     /// tx.send(1u8).await.unwrap();
     /// assert_eq!(*sub.recv().await.unwrap(), 1);
     /// # });
     /// ```
-    pub fn tap<T, F, R>(&self, f: F) -> RelayReceiver
-    where
-        T: Any + Send + Sync,
-        F: Fn(&T) -> R + Send + Sync + 'static,
-        R: HandlerResult,
-    {
+    pub fn tap<T: Any + Send + Sync>(&self, f: impl Handler<T>) -> RelayReceiver {
         self.handler(HandlerKind::Tap, f);
         self.clone()
     }
@@ -196,39 +180,22 @@ impl RelayReceiver {
     /// # futures::executor::block_on(async {
     /// use std::sync::Arc;
     /// let (tx, rx) = pipedream_rs::Relay::channel();
-    /// rx.tap_async::<u8, _, _>(|n: Arc<u8>| async move { assert_eq!(*n, 1) });
+    /// rx.tap_async::<u8>(|n: Arc<u8>| async move { assert_eq!(*n, 1) });
     /// tx.send(1u8).await.unwrap();
     /// # });
     /// ```
-    pub fn tap_async<T, F, Fut>(&self, f: F) -> RelayReceiver
-    where
-        T: Any + Send + Sync,
-        F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerResult,
-    {
+    pub fn tap_async<T: Any + Send + Sync>(&self, f: impl AsyncHandler<T>) -> RelayReceiver {
         self.handler_async(HandlerKind::Tap, f);
         self.clone()
     }
 
-    fn handler<T, F, R>(&self, kind: HandlerKind, f: F)
-    where
-        T: Any + Send + Sync,
-        F: Fn(&T) -> R + Send + Sync + 'static,
-        R: HandlerResult,
-    {
+    fn handler<T: Any + Send + Sync>(&self, kind: HandlerKind, mut f: impl Handler<T>) {
         start_handler::<T, _, _>(&self.core, &self.config, &self.tasks, kind, move |msg| {
             futures::future::ready(f(&msg).into_result())
         });
     }
 
-    fn handler_async<T, F, Fut>(&self, kind: HandlerKind, f: F)
-    where
-        T: Any + Send + Sync,
-        F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerResult,
-    {
+    fn handler_async<T: Any + Send + Sync>(&self, kind: HandlerKind, mut f: impl AsyncHandler<T>) {
         start_handler::<T, _, _>(&self.core, &self.config, &self.tasks, kind, move |msg| {
             let fut = f(msg);
             async move { fut.await.into_result() }
@@ -340,7 +307,7 @@ impl RelayReceiver {
     /// ```
     /// # futures::executor::block_on(async {
     /// let (_tx, rx) = pipedream_rs::Relay::channel();
-    /// rx.sink::<u8, _, _>(|_| ());
+    /// rx.sink::<u8>(|_| ());
     /// rx.ready().await;
     /// assert_eq!(rx.stats().live_tasks, 1);
     /// # });
@@ -367,7 +334,7 @@ impl RelayReceiver {
     /// # futures::executor::block_on(async {
     /// let (_tx, rx) = pipedream_rs::Relay::channel();
     /// let waiting = rx.wait_for_handlers(1);
-    /// rx.sink::<u8, _, _>(|_| ());
+    /// rx.sink::<u8>(|_| ());
     /// waiting.await.unwrap();
     /// # });
     /// ```

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 
 use crate::core::delivery::Delivery;
-use crate::core::{Core, Outgoing};
+use crate::core::{Core, From, Outgoing};
 use crate::relay::error::{SendError, Unsent};
+use crate::relay::receipt::Receipt;
 
 /// The owning, sending half of a relay.
 ///
@@ -65,16 +66,16 @@ impl RelaySender {
     /// ```
     /// # futures::executor::block_on(async {
     /// let (tx, rx) = pipedream_rs::Relay::channel();
-    /// rx.sink::<String, _, _>(|s| println!("got {s}"));
+    /// rx.sink::<String>(|s| println!("got {s}"));
     /// tx.send(String::from("hi")).await.unwrap(); // returns after the sink ran
     /// # });
     /// ```
     pub fn send<T: Any + Send + Sync>(
         &self,
         value: T,
-    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Receipt, SendError>> + Send + '_ {
         // The snapshot is taken now, at the call (see "exact snapshot" in SEMANTICS.md).
-        Delivery::new(&*self.core, self.core.prepare_value(value, None))
+        Delivery::new(&*self.core, self.core.prepare_value(value, From::User))
     }
 
     /// As [`send`](Self::send), but a relay that is already closed hands the value back
@@ -107,8 +108,8 @@ impl RelaySender {
     pub fn send_or_return<T: Any + Send + Sync>(
         &self,
         value: T,
-    ) -> Result<impl Future<Output = Result<(), SendError>> + Send + '_, Unsent<T>> {
-        match self.core.prepare_or_return(value, None) {
+    ) -> Result<impl Future<Output = Result<Receipt, SendError>> + Send + '_, Unsent<T>> {
+        match self.core.prepare_or_return(value, From::User) {
             Ok(outgoing) => Ok(Delivery::new(&*self.core, Ok(outgoing))),
             Err((_, value)) => Err(Unsent(value)),
         }
@@ -141,7 +142,7 @@ impl RelaySender {
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
-    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Receipt, SendError>> + Send + '_ {
         Delivery::new(&*self.core, prepare_any(&self.core, value, type_id))
     }
 
@@ -201,7 +202,7 @@ impl RelaySender {
     ///
     /// ```
     /// let (tx, rx) = pipedream_rs::Relay::channel();
-    /// rx.sink::<u8, _, _>(|_| ());
+    /// rx.sink::<u8>(|_| ());
     /// assert_eq!(tx.handler_count(), 1);
     /// ```
     pub fn handler_count(&self) -> usize {
@@ -280,10 +281,10 @@ impl WeakSender {
     pub fn send<T: Any + Send + Sync>(
         &self,
         value: T,
-    ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Receipt, SendError>> + Send + 'static {
         match self.core.upgrade() {
             Some(core) => {
-                let prepared = core.prepare_value(value, None);
+                let prepared = core.prepare_value(value, From::User);
                 Delivery::new(core, prepared)
             }
             None => Delivery::failed(SendError::Closed),
@@ -307,11 +308,11 @@ impl WeakSender {
     pub fn send_or_return<T: Any + Send + Sync>(
         &self,
         value: T,
-    ) -> Result<impl Future<Output = Result<(), SendError>> + Send + 'static, Unsent<T>> {
+    ) -> Result<impl Future<Output = Result<Receipt, SendError>> + Send + 'static, Unsent<T>> {
         let Some(core) = self.core.upgrade() else {
             return Err(Unsent(value));
         };
-        match core.prepare_or_return(value, None) {
+        match core.prepare_or_return(value, From::User) {
             Ok(outgoing) => Ok(Delivery::new(core, Ok(outgoing))),
             Err((_, value)) => Err(Unsent(value)),
         }
@@ -337,7 +338,7 @@ impl WeakSender {
         &self,
         value: Arc<dyn Any + Send + Sync>,
         type_id: TypeId,
-    ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Receipt, SendError>> + Send + 'static {
         match self.core.upgrade() {
             Some(core) => {
                 let prepared = prepare_any(&core, value, type_id);
@@ -395,5 +396,5 @@ fn prepare_any(
     if (*value).type_id() != type_id {
         return Err(SendError::TypeMismatch);
     }
-    core.prepare(value, type_id, None, None, true)
+    core.prepare(value, type_id, None, From::User, true)
 }

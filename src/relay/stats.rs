@@ -26,6 +26,8 @@ pub struct RelayStats {
     pub delivered: u64,
     /// Message copies a subscriber missed because its queue was full.
     pub dropped: u64,
+    /// Messages that reached no subscriber at all (see [`Unrouted`](crate::Unrouted)).
+    pub unrouted: u64,
     /// Subscribers registered now (typed, wildcard and tracked).
     pub subscribers: usize,
     /// Tracked handlers registered now (`sink`, `tap`, `subscribe_tracked`, forwarders).

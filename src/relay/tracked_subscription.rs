@@ -23,7 +23,7 @@ use std::sync::{Arc, Weak};
 use crate::core::inbox::{Completion, Inbox};
 use crate::core::Core;
 use crate::relay::envelope::Envelope;
-use crate::relay::error::{BoxError, HandlerKind};
+use crate::relay::error::{HandlerKind, SharedError};
 use crate::relay::subscription::TryRecvError;
 
 /// A tracked subscription to messages of type `T`.
@@ -256,7 +256,7 @@ impl<T> Tracked<T> {
         self.completion.fail(Arc::new(error));
     }
 
-    pub(crate) fn fail_with(self, error: BoxError) {
+    pub(crate) fn fail_with(self, error: SharedError) {
         self.completion.fail(error);
     }
 

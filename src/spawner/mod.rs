@@ -52,7 +52,7 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///     .spawner(move |task: BoxFuture| pool.spawn_ok(task))
 ///     .build()
 ///     .unwrap();
-/// rx.sink::<u32, _, _>(|n| assert_eq!(*n, 7));
+/// rx.sink::<u32>(|n| assert_eq!(*n, 7));
 /// futures::executor::block_on(tx.send(7u32)).unwrap();
 /// ```
 pub trait Spawner: Send + Sync + 'static {

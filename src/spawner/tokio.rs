@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 ///     .spawner(TokioSpawner::new(rt.handle().clone()))
 ///     .build()
 ///     .unwrap();
-/// rx.sink::<u8, _, _>(|_| ());
+/// rx.sink::<u8>(|_| ());
 /// futures::executor::block_on(tx.send(1u8)).unwrap();
 /// ```
 #[derive(Debug, Clone)]

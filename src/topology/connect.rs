@@ -231,6 +231,7 @@ impl Config {
             delivery_mode: Default::default(),
             error_mode: Default::default(),
             panic_mode: Default::default(),
+            reject_unrouted: false,
             spawner: Arc::new(|_task: BoxFuture| {}),
         }
     }

@@ -14,6 +14,7 @@ use crate::core::deadlock::InHandler;
 use crate::core::delivery::Delivery;
 use crate::core::inbox::{Completion, Inbox};
 use crate::core::is_internal_event;
+use crate::core::From;
 use crate::relay::config::PanicMode;
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
@@ -50,7 +51,7 @@ impl RelayReceiver {
     /// ```
     /// # futures::executor::block_on(async {
     /// let (tx, rx) = pipedream_rs::Relay::channel();
-    /// let big = rx.filter::<i32, _>(|n| *n > 5);
+    /// let big = rx.filter::<i32>(|n| *n > 5);
     /// let mut sub = big.subscribe::<i32>();
     /// for n in [3, 7, 1, 9] { tx.send(n).await.unwrap(); }
     /// drop(tx);
@@ -59,11 +60,10 @@ impl RelayReceiver {
     /// assert!(sub.recv().await.is_none());
     /// # });
     /// ```
-    pub fn filter<T, F>(&self, pred: F) -> RelayReceiver
-    where
-        T: Any + Send + Sync,
-        F: Fn(&T) -> bool + Send + Sync + 'static,
-    {
+    pub fn filter<T: Any + Send + Sync>(
+        &self,
+        mut pred: impl FnMut(&T) -> bool + Send + 'static,
+    ) -> RelayReceiver {
         self.tracked_forwarder(
             Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, true),
             move |env| {
@@ -167,18 +167,16 @@ impl RelayReceiver {
     /// ```
     /// # futures::executor::block_on(async {
     /// let (tx, rx) = pipedream_rs::Relay::channel();
-    /// let mut texts = rx.map::<i32, String, _>(|n| n.to_string()).subscribe::<String>();
+    /// let mut texts = rx.map::<i32, String>(|n| n.to_string()).subscribe::<String>();
     /// tx.send(42).await.unwrap();
     /// assert_eq!(texts.recv().await.unwrap().as_str(), "42");
     /// # });
     /// ```
-    pub fn map<T, U, F>(&self, f: F) -> RelayReceiver
-    where
-        T: Any + Send + Sync,
-        U: Any + Send + Sync,
-        F: Fn(&T) -> U + Send + Sync + 'static,
-    {
-        self.filter_map::<T, U, _>(move |t| Some(f(t)))
+    pub fn map<T: Any + Send + Sync, U: Any + Send + Sync>(
+        &self,
+        mut f: impl FnMut(&T) -> U + Send + 'static,
+    ) -> RelayReceiver {
+        self.filter_map::<T, U>(move |t| Some(f(t)))
     }
 
     /// A child relay of `f(&t)` for every `T` where it is `Some`. A tracking boundary, like
@@ -189,19 +187,17 @@ impl RelayReceiver {
     /// ```
     /// # futures::executor::block_on(async {
     /// let (tx, rx) = pipedream_rs::Relay::channel();
-    /// let parsed = rx.filter_map::<String, i32, _>(|s| s.parse().ok());
+    /// let parsed = rx.filter_map::<String, i32>(|s| s.parse().ok());
     /// let mut sub = parsed.subscribe::<i32>();
     /// tx.send(String::from("x")).await.unwrap();
     /// tx.send(String::from("12")).await.unwrap();
     /// assert_eq!(*sub.recv().await.unwrap(), 12);
     /// # });
     /// ```
-    pub fn filter_map<T, U, F>(&self, f: F) -> RelayReceiver
-    where
-        T: Any + Send + Sync,
-        U: Any + Send + Sync,
-        F: Fn(&T) -> Option<U> + Send + Sync + 'static,
-    {
+    pub fn filter_map<T: Any + Send + Sync, U: Any + Send + Sync>(
+        &self,
+        mut f: impl FnMut(&T) -> Option<U> + Send + 'static,
+    ) -> RelayReceiver {
         self.boundary_forwarder::<T, _, _>(|mut inbox, child_tx, mode| async move {
             while let Some(msg) = inbox.recv().await {
                 let value = msg
@@ -214,7 +210,7 @@ impl RelayReceiver {
                         let origin = msg.envelope().origin;
                         drop(msg);
                         // The child's handler errors were published on the child.
-                        let _ = Delivery::value(&child_tx.core, out, Some(origin)).await;
+                        let _ = Delivery::value(&child_tx.core, out, From::Relay(origin)).await;
                     }
                     Ok(None) => {}
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
@@ -332,11 +328,11 @@ impl RelayReceiver {
                 drop(msg);
                 if batch.len() == size {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(size));
-                    let _ = Delivery::value(&child_tx.core, full, None).await;
+                    let _ = Delivery::value(&child_tx.core, full, From::Here).await;
                 }
             }
             if !batch.is_empty() {
-                let _ = Delivery::value(&child_tx.core, batch, None).await;
+                let _ = Delivery::value(&child_tx.core, batch, From::Here).await;
             }
         })
     }
@@ -362,7 +358,7 @@ impl RelayReceiver {
     /// goes to, or `None` to drop it (completing it at once). Returns the first child.
     fn tracked_forwarder<R>(&self, inbox: Inbox, route: R) -> RelayReceiver
     where
-        R: Fn(&crate::Envelope) -> Option<usize> + Send + Sync + 'static,
+        R: FnMut(&crate::Envelope) -> Option<usize> + Send + 'static,
     {
         let (child_tx, child) = self.child();
         match child_tx {
@@ -372,9 +368,9 @@ impl RelayReceiver {
         child
     }
 
-    fn run_tracked<R>(&self, mut inbox: Inbox, children: Vec<RelaySender>, route: R)
+    fn run_tracked<R>(&self, mut inbox: Inbox, children: Vec<RelaySender>, mut route: R)
     where
-        R: Fn(&crate::Envelope) -> Option<usize> + Send + Sync + 'static,
+        R: FnMut(&crate::Envelope) -> Option<usize> + Send + 'static,
     {
         let wildcard = inbox.is_wildcard();
         let id = inbox.id();

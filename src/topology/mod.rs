@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::core::inbox::Completion;
 use crate::relay::config::{Config, PanicMode};
-use crate::relay::error::{BoxError, PanicError};
+use crate::relay::error::{PanicError, SharedError};
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
 use crate::relay::Relay;
@@ -41,7 +41,7 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>
 /// the message's sender, if tracked), then re-raise under `PanicMode::Propagate`.
 /// The caller ends the forwarder afterwards, which closes the child.
 pub(crate) fn forwarder_panicked(msg: Completion, payload: Box<dyn Any + Send>, mode: PanicMode) {
-    msg.fail(Arc::new(PanicError::from_payload(&*payload)) as BoxError);
+    msg.fail(Arc::new(PanicError::from_payload(&*payload)) as SharedError);
     if mode == PanicMode::Propagate {
         std::panic::resume_unwind(payload);
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use pipedream_rs::{
-    BoxFuture, DeliveryMode, HandlerGone, HandlerKind, Relay, RelayError, RelayReceiver,
+    BoxFuture, DeliveryMode, HandlerGone, HandlerKind, Receipt, Relay, RelayError, RelayReceiver,
     RelaySender, SendError, Spawner, Subscription,
 };
 
@@ -191,7 +191,7 @@ pub async fn drain<T: std::any::Any + Send + Sync + Clone>(sub: &mut Subscriptio
 }
 
 /// The one error of a send that failed downstream; any other result fails the test.
-pub fn downstream(result: Result<(), SendError>) -> RelayError {
+pub fn downstream(result: Result<Receipt, SendError>) -> RelayError {
     match result {
         Err(SendError::Downstream(e)) => e,
         other => panic!("expected SendError::Downstream, got {other:?}"),
@@ -199,7 +199,7 @@ pub fn downstream(result: Result<(), SendError>) -> RelayError {
 }
 
 /// Asserts that a send failed with `HandlerGone` from a handler of this `kind`.
-pub fn handler_gone(result: Result<(), SendError>, kind: HandlerKind) {
+pub fn handler_gone(result: Result<Receipt, SendError>, kind: HandlerKind) {
     match result {
         Err(SendError::Downstream(e)) => {
             assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
