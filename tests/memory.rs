@@ -96,6 +96,68 @@ fn idle_subscribers_at_the_default_capacity_cost_under_1_kib_each() {
     );
 }
 
+/// Bytes per subscriber that has received messages and drained its queue: `SUBSCRIBERS`
+/// subscriptions on a fresh relay (no warm-up: everything the subscribers caused counts),
+/// each sent `messages` messages that it reads with `drain` until it finds its queue empty.
+fn bytes_per_subscriber_after_use(
+    messages: u64,
+    drain: fn(&mut pipedream_rs::Subscription<u64>) -> u64,
+) -> f64 {
+    let (tx, rx) = relay(DEFAULT_CHANNEL_SIZE);
+    let mut subs = Vec::with_capacity(SUBSCRIBERS);
+    let before = net_bytes();
+    for _ in 0..SUBSCRIBERS {
+        subs.push(rx.subscribe::<u64>());
+    }
+    for i in 0..messages {
+        block_on(tx.send(i)).unwrap();
+    }
+    for sub in &mut subs {
+        assert_eq!(drain(sub), messages);
+    }
+    let grown = net_bytes() - before;
+    grown as f64 / SUBSCRIBERS as f64
+}
+
+/// Reads with `try_recv` until it reports `Empty`.
+fn drain_with_try_recv(sub: &mut pipedream_rs::Subscription<u64>) -> u64 {
+    let mut n = 0;
+    while sub.try_recv().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// Reads with `recv`, polled once at a time, until it would wait.
+fn drain_with_recv(sub: &mut pipedream_rs::Subscription<u64>) -> u64 {
+    use futures::FutureExt;
+    let mut n = 0;
+    while sub.recv().now_or_never().is_some() {
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn a_subscriber_that_received_and_drained_costs_under_1_kib_again() {
+    for (messages, how, drain) in [
+        (1, "try_recv", drain_with_try_recv as fn(&mut _) -> u64),
+        (1, "recv", drain_with_recv),
+        (100, "try_recv", drain_with_try_recv),
+        (100, "recv", drain_with_recv),
+    ] {
+        let bytes = bytes_per_subscriber_after_use(messages, drain);
+        println!(
+            "subscriber after {messages} message(s) read with {how} and drained: {bytes:.0} bytes \
+             (mean of {SUBSCRIBERS})"
+        );
+        assert!(
+            bytes < 1024.0,
+            "{bytes:.0} bytes per drained subscriber ({messages} message(s), {how})"
+        );
+    }
+}
+
 #[test]
 fn queue_memory_grows_with_what_is_queued_and_shrinks_as_it_is_read() {
     const QUEUED: usize = 10_000;
@@ -132,9 +194,9 @@ fn queue_memory_grows_with_what_is_queued_and_shrinks_as_it_is_read() {
         per_message < 256.0,
         "{per_message:.0} bytes per queued message"
     );
-    // Reading gives the memory back (an allocated block of the queue may remain).
+    // Reading gives the memory back: a drained queue lets go of its channel too.
     assert!(
-        drained - idle < 4096,
+        drained - idle < 256,
         "{} bytes still held after draining",
         drained - idle
     );

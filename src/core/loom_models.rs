@@ -1,6 +1,8 @@
-//! loom models of the three waits whose lost wake-up would hang a `send`: the completion
-//! tracker, the readiness barrier, and the lossless capacity wait (per message, batched,
-//! a waiter let in by one take, a cancelled waiting push). Run with
+//! loom models of the waits whose lost wake-up would hang a `send` or a receiver: the
+//! completion tracker, the readiness barrier, the lossless capacity wait (per message,
+//! batched, a waiter let in by one take, a cancelled waiting push), and the receiver's own
+//! wait with the channel it lets go of when idle (a push waking a parked receiver, a
+//! channel retired while a sender holds it, the end of the queue, a close racing a push). Run with
 //! `RUSTFLAGS="--cfg loom" cargo test --lib --release --no-default-features loom_`
 //! (see docs/testing.md). Each model keeps to ≤ 3 threads and a few operations.
 
@@ -166,6 +168,86 @@ fn loom_a_cancelled_waiting_push_leaves_the_counts_exact() {
     });
 }
 
+/// The receiver finds its queue empty, parks (retiring its channel) and waits, while a
+/// sender pushes: in every interleaving the push wakes it, whether the sender reserved
+/// before the receiver parked (then the receiver sees `len > 0` and looks again) or after
+/// (then the sender clears `PARKED` and notifies).
+#[test]
+fn loom_a_push_wakes_a_parked_receiver() {
+    model("push wakes a parked receiver", || {
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let producer = thread::spawn(move || {
+            tx.try_push(item(7)).ok().expect("room");
+            tx
+        });
+        assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, 7);
+        check_and_drop(producer.join().unwrap(), rx);
+    });
+}
+
+/// The receiver takes message 0, then retires its channel when it finds the queue empty,
+/// while a sender pushes message 1 through a channel it may have loaded before the
+/// retirement. The message lands in the old channel before its close (kept as leftover),
+/// or the push finds it closed and goes to a new one: never lost, never twice.
+#[test]
+fn loom_a_channel_retired_while_a_sender_holds_it_loses_nothing() {
+    model("retire against a push", || {
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        tx.try_push(item(0)).ok().expect("room");
+        let producer = thread::spawn(move || {
+            tx.try_push(item(1)).ok().expect("room");
+            tx
+        });
+        assert_eq!(rx.try_recv().ok().expect("queued").envelope.msg_id, 0);
+        // Message 1 now, or (the queue found empty: its channel retired) later.
+        let second = match rx.try_recv() {
+            Ok(item) => item,
+            Err(_) => block_on(rx.recv()).expect("message 1 arrives"),
+        };
+        assert_eq!(second.envelope.msg_id, 1);
+        assert!(rx.try_recv().is_err(), "delivered twice");
+        check_and_drop(producer.join().unwrap(), rx);
+    });
+}
+
+/// A parked receiver sees the end when the last sender handle goes, after every message
+/// pushed through it.
+#[test]
+fn loom_the_last_sender_ends_a_parked_receiver() {
+    model("end of the queue", || {
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let producer = thread::spawn(move || {
+            tx.try_push(item(3)).ok().expect("room");
+            drop(tx);
+        });
+        assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, 3);
+        assert!(block_on(rx.recv()).is_none());
+        producer.join().unwrap();
+        drop(rx);
+    });
+}
+
+/// The receiver goes away while a sender pushes: the push either fails (the message is
+/// handed back) or lands before the close and is drained by `close_and_drain`. Exactly
+/// one of the two, and no room is left reserved.
+#[test]
+fn loom_a_close_racing_a_push_hands_the_message_to_exactly_one_side() {
+    model("close against a push", || {
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let producer = thread::spawn(move || {
+            let refused = tx.try_push(item(5)).is_err();
+            (tx, refused)
+        });
+        let drained = rx.close_and_drain().len();
+        let (tx, refused) = producer.join().unwrap();
+        assert_eq!(drained + usize::from(refused), 1);
+        let (len, waiters, _, _) = rx.state.accounting();
+        assert_eq!((len, waiters), (0, 0));
+        drop(tx);
+        drop(rx);
+    });
+}
+
 /// Room for two, given back two at a time, messages 0 and 1 queued. `send` runs on a
 /// second thread while the receiver takes message 0 and nothing more; after the join,
 /// two messages are queued and the counts are exact.
@@ -184,8 +266,8 @@ fn one_take_from_a_full_queue(send: fn(&QueueTx)) {
     check_and_drop(tx, rx);
 }
 
-/// After the join: checks the counts ([`assert_accounting`]), then drops the channel's
-/// halves here, in the main thread (async-channel drops through std's `Arc`, which loom
+/// After the join: checks the counts ([`assert_accounting`]), then drops both halves here,
+/// in the main thread (async-channel drops its channel through std's `Arc`, which loom
 /// would misreport from inside a model thread).
 fn check_and_drop(tx: QueueTx, rx: QueueRx) {
     assert_accounting(&rx);

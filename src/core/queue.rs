@@ -1,8 +1,23 @@
 //! One subscriber's queue: an unbounded `async-channel` with a capacity enforced by a
-//! counter, so memory follows what is queued, never the configured capacity.
+//! counter, created when a message arrives and let go of when the queue drains, so memory
+//! follows what is queued, never the configured capacity.
+//!
+//! # Storage: a channel per busy period
 //!
 //! `async_channel::bounded(65_536)` would allocate its whole ring up front; `unbounded`
-//! allocates blocks only as messages arrive. The bound is kept here instead:
+//! allocates 31-slot blocks only as messages arrive, but keeps its last block (and its own
+//! 768-byte state) for as long as it lives. So the queue holds its channel in a shared
+//! [`Slot`]: the first sender that finds the slot empty creates a channel; the receiver,
+//! when it finds the queue empty and is about to wait, *retires* it (empties the slot and
+//! closes the channel). An idle subscriber then holds no channel at all.
+//!
+//! A sender that still holds a retired channel finds it closed and retries on the current
+//! one, so no message is left in a channel nobody reads. A message that landed in the
+//! retired channel just before the close is read first: the receiver keeps that channel
+//! as `leftover` until it is drained. Only the receiver retires, so while it holds a
+//! channel it knows the slot holds the same one and reads it without touching the slot.
+//!
+//! # Capacity
 //!
 //! - `len` counts messages queued *plus* slots reserved by senders about to push. A sender
 //!   reserves with a compare-and-swap that never lets `len` exceed `capacity`, pushes, and
@@ -33,35 +48,75 @@
 //! - A lossless sender that finds the queue full registers as a waiter, then waits on
 //!   `space` with the eventcount pattern: try, listen, try again, await.
 //!
-//! The length and the number of waiters share one atomic word (`state`: low 40 bits
-//! length, high 24 bits waiters), so the receiver's single `fetch_sub` tells it whether
-//! anyone waits, and no wake-up is lost: the modification order of that one word puts the
-//! receiver's decrement either before the waiter's registration (then the waiter's re-check,
-//! which reads the word after its own registration, sees the freed slot) or after it (then
-//! the decrement returns a non-zero waiter count and the receiver notifies; a notification
-//! that lands before the waiter listens is covered by its re-check after listening).
+//! The length, the number of waiters and the receiver's `PARKED` flag share one atomic
+//! word (`state`: low 40 bits length, then 22 bits of waiters, then `PARKED`), so the
+//! receiver's single `fetch_sub` tells it whether anyone waits, and no wake-up can be lost:
+//! the modification order of that one word puts the receiver's decrement either before the
+//! waiter's registration (then the waiter's re-check, which reads the word after its own
+//! registration, sees the freed slot) or after it (then the decrement returns a non-zero
+//! waiter count and the receiver notifies; a notification that lands before the waiter
+//! listens is covered by its re-check after listening).
+//!
+//! # The receiver's wait
+//!
+//! The receiver waits on its own event, `arrival`, never inside async-channel, so the
+//! channel's events never get a listener and its per-message notifications stay free. To
+//! wait it sets `PARKED` with one read-modify-write of `state`, which also reads `len`:
+//!
+//! - `len == 0`: no sender held a reservation at that point of the word's modification
+//!   order, so every later sender's reservation (an RMW of the same word) reads `PARKED`.
+//!   The first such sender clears it in the same compare-and-swap and notifies `arrival`
+//!   after its push. The receiver listens, checks again, then waits: the eventcount
+//!   pattern.
+//! - `len > 0`: a message is queued or a sender is between its reservation and its push
+//!   (a synchronous step that never awaits). The receiver does not wait: it yields to its
+//!   executor once and looks again.
+//!
+//! The last sender handle to go away (the relay closed and every in-flight send let go)
+//! notifies `arrival` too; the receiver then drains what is queued and sees the end.
 
-use std::pin::Pin;
-use std::sync::Arc;
+use std::future::Future;
 use std::task::{Context, Poll};
 
-use async_channel::{Receiver, Sender, TryRecvError};
-use event_listener::Event;
-use futures::Stream;
+use async_channel::{Receiver, Sender};
+use event_listener::{Event, EventListener};
 
-use crate::core::sync::{AtomicU64, Ordering};
+use crate::core::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, Slot};
 use crate::relay::envelope::Queued;
 use crate::relay::error::HandlerKind;
 
+/// One channel of a queue's busy period: both ends, so the queue can close it, drain it
+/// and let it go as a whole. It is never closed by async-channel's own counting (the queue
+/// holds both ends): only [`QueueRx`] closes it, when it retires it or goes away.
+struct Chan {
+    tx: Sender<Queued>,
+    rx: Receiver<Queued>,
+}
+
+impl Chan {
+    fn new() -> Arc<Chan> {
+        let (tx, rx) = async_channel::unbounded();
+        Arc::new(Chan { tx, rx })
+    }
+}
+
 /// Accounting shared by a queue's senders (the registry's copies) and its receiver.
 ///
-/// Invariant: `len(state) <= capacity` at all times. `len` is the messages in the
-/// channel, plus the reservations in flight (each lives for one synchronous push), plus the
-/// taken messages whose room is held back (counted in `owed`, or just swapped out of it and
-/// about to be released). `waiters(state)` counts the live `Waiting` guards.
+/// Invariants:
+/// - `len(state) <= capacity` at all times. `len` is the messages in the channels, plus
+///   the reservations in flight (each lives for one synchronous push), plus the taken
+///   messages whose room is held back (counted in `owed`, or just swapped out of it and
+///   about to be released). `waiters(state)` counts the live `Waiting` guards.
+/// - `chan` is empty, or holds the one channel senders push to. Only a sender that finds
+///   it empty fills it (under `creating`), and only the receiver empties it.
+/// - Once `gone` is set (under `creating`) no channel is created again, and every push
+///   fails: the receiver closed the channels it held before draining them.
+/// - `senders` counts the live [`QueueTx`] handles; once it reaches zero it stays zero and
+///   nothing more is pushed.
 pub(crate) struct QueueState {
-    /// Low 40 bits: queued + reserved messages (senders add, the receiver subtracts).
-    /// High 24 bits: lossless senders registered as waiting.
+    /// Bits 0..40: queued + reserved messages (senders add, the receiver subtracts).
+    /// Bits 40..62: lossless senders registered as waiting. Bit 62: `PARKED`, the receiver
+    /// waits (or is about to) on `arrival`; cleared by the first sender that reserves.
     state: AtomicU64,
     capacity: u64,
     /// How many taken messages the receiver gathers before giving their room back.
@@ -69,13 +124,24 @@ pub(crate) struct QueueState {
     /// Low 40 bits: messages taken whose room is not yet given back. Added to by the
     /// receiver, moved out (`reclaim`) by the receiver at a full batch, before it waits, or
     /// at once while a sender waits, and by any sender that finds the queue full.
-    /// High 24 bits: lossless senders registered as waiting (the same count as in `state`).
+    /// High bits: lossless senders registered as waiting (the same count as in `state`).
     /// On its own cache line: the receiver writes it per message.
     owed: CachePadded,
     /// Lossless senders waiting for room (or for the receiver to go away). Notified for each
     /// slot given back while a sender waits (per batch, or by a reclaim), and for all on
     /// close.
     space: Event,
+    /// The receiver waiting for a message or for the end. Notified by the sender that
+    /// clears `PARKED`, and by the last [`QueueTx`] to go away.
+    arrival: Event,
+    /// The channel senders push to; empty while the queue is idle (see the module docs).
+    chan: Slot<Chan>,
+    /// Held while a channel is created, and while the receiver marks itself `gone`.
+    creating: Mutex<()>,
+    /// Live sender handles (see the invariants).
+    senders: AtomicUsize,
+    /// The receiver is gone: every push fails, nothing is created.
+    gone: AtomicBool,
     /// Messages this subscriber missed because its queue was full.
     dropped: AtomicU64,
     /// Registry id of this subscriber.
@@ -102,27 +168,30 @@ impl QueueState {
         }
     }
 
-    /// Reserves a slot, taking back held-back room first if the queue reads full.
-    fn reserve(&self) -> bool {
-        self.try_reserve() || {
+    /// Reserves a slot, taking back held-back room first if the queue reads full. `Some`
+    /// with whether the receiver had parked (then this sender must notify it), or `None`
+    /// if the queue is full.
+    fn reserve(&self) -> Option<bool> {
+        self.try_reserve().or_else(|| {
             self.reclaim();
             self.try_reserve()
-        }
+        })
     }
 
-    fn try_reserve(&self) -> bool {
+    fn try_reserve(&self) -> Option<bool> {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             if state & LEN_MASK >= self.capacity {
-                return false;
+                return None;
             }
+            // Clearing PARKED here makes this sender the one that wakes the receiver.
             match self.state.compare_exchange_weak(
                 state,
-                state + 1,
+                (state + 1) & !PARKED,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Some(state & PARKED != 0),
                 Err(now) => state = now,
             }
         }
@@ -130,7 +199,7 @@ impl QueueState {
 
     fn release(&self, slots: u64) {
         let before = self.state.fetch_sub(slots, Ordering::AcqRel);
-        if before >= WAITER {
+        if before & WAITERS != 0 {
             // Each freed slot lets one more waiting sender in; a woken sender that loses
             // the race listens again, and a dropped notified listener passes its wake-up on.
             self.space
@@ -142,6 +211,20 @@ impl QueueState {
         self.state.load(Ordering::Relaxed) & LEN_MASK
     }
 
+    /// Makes sure there is a channel to push to, creating one if the queue is idle.
+    /// `false` once the receiver is gone.
+    fn ensure_channel(&self) -> bool {
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if self.gone.load(Ordering::Acquire) {
+            return false;
+        }
+        // Only a sender fills the slot, and only under this lock.
+        if self.chan.with(|chan| chan.is_none()) {
+            drop(self.chan.swap(Some(Chan::new())));
+        }
+        true
+    }
+
     /// The loom models' view of the counters, once every thread is joined:
     /// `(len, waiters in state, count held back in owed, waiters in owed)`.
     #[cfg(all(test, loom))]
@@ -150,7 +233,7 @@ impl QueueState {
         let owed = self.owed.0.load(Ordering::SeqCst);
         (
             state & LEN_MASK,
-            state >> LEN_BITS,
+            (state & WAITERS) >> LEN_BITS,
             owed & LEN_MASK,
             owed >> LEN_BITS,
         )
@@ -171,6 +254,10 @@ const LEN_BITS: u32 = 40;
 pub(crate) const LEN_MASK: u64 = (1 << LEN_BITS) - 1;
 /// One registered waiter in `QueueState::state` and in `QueueState::owed`.
 const WAITER: u64 = 1 << LEN_BITS;
+/// The waiter bits of `QueueState::state`.
+const WAITERS: u64 = ((1 << 22) - 1) << LEN_BITS;
+/// The receiver waits on `arrival` (a bit of `QueueState::state`).
+const PARKED: u64 = 1 << 62;
 
 /// An atomic on a cache line of its own, so the receiver's per-message count does not
 /// bounce the line of `state` that senders write.
@@ -206,23 +293,40 @@ pub(crate) enum PushError {
     Closed(Queued),
 }
 
-/// The sending side, as kept in the registry. Cloning it clones the channel sender.
-#[derive(Clone)]
+/// The sending side, as kept in the registry. Every clone counts in `senders`: the queue
+/// ends (after draining) when the last one is dropped.
 pub(crate) struct QueueTx {
-    tx: Sender<Queued>,
     pub(crate) state: Arc<QueueState>,
+}
+
+impl Clone for QueueTx {
+    fn clone(&self) -> Self {
+        self.state.senders.fetch_add(1, Ordering::Relaxed);
+        QueueTx {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        // AcqRel: the receiver that reads zero sees every push made through any handle.
+        if self.state.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.arrival.notify(usize::MAX);
+        }
+    }
 }
 
 impl QueueTx {
     /// Queue `item` if there is room; never waits.
     pub(crate) fn try_push(&self, item: Queued) -> Result<(), PushError> {
-        if !self.state.reserve() {
-            return Err(PushError::Full(item));
+        if self.state.gone.load(Ordering::Acquire) {
+            return Err(PushError::Closed(item));
         }
-        self.tx.try_send(item).map_err(|e| {
-            self.state.release(1);
-            PushError::Closed(e.into_inner())
-        })
+        match self.state.reserve() {
+            Some(parked) => self.push_reserved(item, parked).map_err(PushError::Closed),
+            None => Err(PushError::Full(item)),
+        }
     }
 
     /// Queue `item`, waiting for room; `Err` gives it back if the receiver went away.
@@ -230,29 +334,62 @@ impl QueueTx {
     /// Cancel safety: a reservation is taken and used in the same poll, so dropping this
     /// future loses nothing and leaves the count exact.
     pub(crate) async fn push(&self, item: Queued) -> Result<(), Queued> {
-        if self.tx.is_closed() {
+        let state = &self.state;
+        if state.gone.load(Ordering::Acquire) {
             return Err(item);
         }
-        if !self.state.reserve() {
-            // Slow path: register as a waiter for as long as this future waits (the guard
-            // also deregisters if the send is cancelled).
-            let _waiting = Waiting::new(&self.state);
-            loop {
-                // Eventcount: listen, then re-check, so a slot freed in between is not missed.
-                let listener = self.state.space.listen();
-                if self.tx.is_closed() {
-                    return Err(item);
+        let parked = match state.reserve() {
+            Some(parked) => parked,
+            None => {
+                // Slow path: register as a waiter for as long as this future waits (the
+                // guard also deregisters if the send is cancelled).
+                let _waiting = Waiting::new(state);
+                loop {
+                    // Eventcount: listen, then re-check, so a slot freed in between is not
+                    // missed. `space` wakes it: room given back, or the receiver gone.
+                    let listener = state.space.listen();
+                    if state.gone.load(Ordering::Acquire) {
+                        return Err(item);
+                    }
+                    if let Some(parked) = state.reserve() {
+                        break parked;
+                    }
+                    listener.await;
                 }
-                if self.state.reserve() {
-                    break;
+            }
+        };
+        self.push_reserved(item, parked)
+    }
+
+    /// Pushes `item` into the current channel, with a slot already reserved for it, and
+    /// wakes the receiver if this sender cleared its `PARKED` flag. Synchronous: the
+    /// receiver may be waiting for this step to finish (module docs). `Err` (with the slot
+    /// given back) if the receiver is gone.
+    fn push_reserved(&self, mut item: Queued, parked: bool) -> Result<(), Queued> {
+        let state = &self.state;
+        loop {
+            let attempt = state.chan.with(|chan| match chan {
+                Some(chan) => chan.tx.try_send(item).map_err(|e| e.into_inner()),
+                None => Err(item),
+            });
+            match attempt {
+                Ok(()) => break,
+                // No channel (the queue was idle), or a closed one: retired by the
+                // receiver (a new one is made or taken next) or closed because the
+                // receiver is gone.
+                Err(back) => {
+                    item = back;
+                    if !state.ensure_channel() {
+                        state.release(1);
+                        return Err(item);
+                    }
                 }
-                listener.await;
             }
         }
-        self.tx.try_send(item).map_err(|e| {
-            self.state.release(1);
-            e.into_inner()
-        })
+        if parked {
+            state.arrival.notify(1);
+        }
+        Ok(())
     }
 
     /// More than half full: a broadcast sender should let the consumer run.
@@ -263,15 +400,19 @@ impl QueueTx {
 
 /// The receiving side, owned by exactly one subscription.
 pub(crate) struct QueueRx {
-    // Boxed because `async_channel::Receiver` is `!Unpin`; this keeps every subscription
-    // `Unpin` (so `.next()` works without pinning) at one allocation per subscriber.
-    rx: Pin<Box<Receiver<Queued>>>,
     pub(crate) state: Arc<QueueState>,
+    /// The channel read now. While `Some`, it is the one in the slot: only this receiver
+    /// empties the slot, and senders fill it only when it is empty.
+    current: Option<Arc<Chan>>,
+    /// A retired channel that still held messages pushed just before it was closed: read
+    /// before `current`, then let go of.
+    leftover: Option<Arc<Chan>>,
+    /// This receiver's registration on `arrival` between polls.
+    listener: Option<EventListener>,
 }
 
-/// Makes a queue with room for `capacity` messages.
+/// Makes a queue with room for `capacity` messages (at most [`LEN_MASK`]).
 pub(crate) fn queue(capacity: usize, id: u64, tracked: Option<HandlerKind>) -> (QueueTx, QueueRx) {
-    // Capacities beyond 2^40 - 1 messages are treated as 2^40 - 1.
     let capacity = (capacity as u64).min(LEN_MASK);
     queue_with_credit_batch(capacity, (capacity / 64).clamp(1, 32), id, tracked)
 }
@@ -284,91 +425,176 @@ pub(crate) fn queue_with_credit_batch(
     tracked: Option<HandlerKind>,
 ) -> (QueueTx, QueueRx) {
     debug_assert!((1..=capacity.max(1)).contains(&credit_batch));
-    let (tx, rx) = async_channel::unbounded();
     let state = Arc::new(QueueState {
         state: AtomicU64::new(0),
         capacity,
         credit_batch,
         owed: CachePadded(AtomicU64::new(0)),
         space: Event::new(),
+        arrival: Event::new(),
+        chan: Slot::empty(),
+        creating: Mutex::new(()),
+        senders: AtomicUsize::new(1),
+        gone: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
         id,
         tracked,
     });
     (
         QueueTx {
-            tx,
             state: state.clone(),
         },
         QueueRx {
-            rx: Box::pin(rx),
             state,
+            current: None,
+            leftover: None,
+            listener: None,
         },
     )
 }
 
 impl QueueRx {
-    /// Counts a taken message; gives the room back once a batch is owed.
-    fn taken(&mut self, item: Queued) -> Queued {
+    /// The next message queued now, if any: from the leftover of a retired channel first,
+    /// then from the current channel (picking up one a sender made while we were idle).
+    fn take(&mut self) -> Option<Queued> {
+        if let Some(leftover) = &self.leftover {
+            if let Ok(item) = leftover.rx.try_recv() {
+                self.state.taken();
+                return Some(item);
+            }
+            // Closed before we drained it: nothing more can arrive there.
+            self.leftover = None;
+        }
+        if self.current.is_none() {
+            self.current = self.state.chan.get();
+        }
+        let item = self.current.as_ref()?.rx.try_recv().ok()?;
         self.state.taken();
-        item
+        Some(item)
     }
 
-    /// Gives back the room of every taken message: before waiting on an empty queue, so
-    /// a sender never waits for room that only an idle receiver holds.
-    fn settle(&mut self) {
-        self.state.reclaim();
+    /// The queue is empty and this receiver is about to wait: let go of the channel, so an
+    /// idle subscriber holds none. A message pushed into it before the close is kept as
+    /// `leftover`, read first.
+    fn retire(&mut self) {
+        let Some(chan) = self.current.take() else {
+            return;
+        };
+        drop(self.state.chan.swap(None));
+        // From here a sender that still holds `chan` sees it closed and takes a new one.
+        chan.rx.close();
+        if !chan.rx.is_empty() {
+            self.leftover = Some(chan);
+        }
+    }
+
+    /// `true` once no sender handle is left: nothing more will be pushed.
+    fn ended(&self) -> bool {
+        self.state.senders.load(Ordering::Acquire) == 0
     }
 
     /// The next message, or `None` once the queue is closed and drained.
-    /// Cancel safe: `async_channel`'s `recv` takes a message only when it completes.
-    pub(crate) async fn recv(&mut self) -> Option<Queued> {
-        if let Ok(item) = self.rx.try_recv() {
-            return Some(self.taken(item));
-        }
-        self.settle();
-        let item = self.rx.recv().await.ok()?;
-        Some(self.taken(item))
-    }
-
-    pub(crate) fn try_recv(&mut self) -> Result<Queued, TryRecvError> {
-        match self.rx.try_recv() {
-            Ok(item) => Ok(self.taken(item)),
-            Err(e) => {
-                self.settle();
-                Err(e)
-            }
-        }
-    }
-
+    /// Cancel safe: a message is taken only in the poll that returns it.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
-        match self.rx.as_mut().poll_next(cx) {
-            Poll::Ready(Some(item)) => Poll::Ready(Some(self.taken(item))),
-            other => {
-                self.settle();
-                other
+        loop {
+            if let Some(item) = self.take() {
+                self.listener = None;
+                return Poll::Ready(Some(item));
             }
+            if self.ended() {
+                // Every push happened before the last handle went (AcqRel on `senders`).
+                let last = self.take();
+                self.listener = None;
+                return Poll::Ready(last);
+            }
+            if let Some(listener) = &mut self.listener {
+                // Registered on `arrival` and checked again since: wait for the wake-up.
+                match std::pin::Pin::new(listener).poll(cx) {
+                    Poll::Ready(()) => {
+                        self.listener = None;
+                        continue;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // Empty: give back every held-back slot (a sender may be waiting for room only
+            // this receiver holds), then announce the wait.
+            self.state.reclaim();
+            let before = self.state.state.fetch_or(PARKED, Ordering::AcqRel);
+            if before & LEN_MASK > 0 {
+                // Queued or reserved: a sender is mid-push (module docs). Look again soon
+                // without waiting on anything.
+                #[cfg(loom)]
+                loom::thread::yield_now(); // tells loom this thread waits on another
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.retire();
+            // Eventcount: listen, then check again (the loop's top) before waiting.
+            self.listener = Some(self.state.arrival.listen());
         }
+    }
+
+    /// The next message, or `None` once the queue is closed and drained.
+    pub(crate) async fn recv(&mut self) -> Option<Queued> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next message if one is queued now; `Err(true)` once closed and drained,
+    /// `Err(false)` if empty for now. An empty queue lets go of its channel.
+    pub(crate) fn try_recv(&mut self) -> Result<Queued, bool> {
+        if let Some(item) = self.take() {
+            return Ok(item);
+        }
+        if self.ended() {
+            return self.take().ok_or(true);
+        }
+        self.state.reclaim();
+        if self.state.len() == 0 {
+            self.retire();
+        }
+        Err(false)
     }
 
     /// Messages queued now.
     pub(crate) fn len(&self) -> usize {
-        self.rx.len()
+        let current = match &self.current {
+            Some(chan) => chan.rx.len(),
+            None => self.state.chan.with(|chan| chan.map_or(0, |c| c.rx.len())),
+        };
+        current + self.leftover.as_ref().map_or(0, |c| c.rx.len())
     }
 
     /// Closes the queue and hands back what it still held, so the owner can fail the
     /// tracked ones. Senders blocked on `space` are woken and see the queue closed.
     pub(crate) fn close_and_drain(&mut self) -> Vec<Queued> {
-        self.rx.close();
+        let in_slot = {
+            let _creating = self
+                .state
+                .creating
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.state.gone.store(true, Ordering::Release);
+            self.state.chan.swap(None)
+        };
+        // `current`, if any, is the slot's channel; otherwise a sender may have made one.
+        let current = self.current.take().or(in_slot);
+        let chans: Vec<Arc<Chan>> = self.leftover.take().into_iter().chain(current).collect();
+        for chan in &chans {
+            chan.rx.close(); // from here every push into it fails
+        }
         self.state.space.notify(usize::MAX);
         let mut left = Vec::new();
-        while let Ok(item) = self.rx.try_recv() {
-            left.push(item);
+        for chan in &chans {
+            while let Ok(item) = chan.rx.try_recv() {
+                left.push(item);
+            }
         }
         // Give back every slot, so a sender racing with the close sees the queue closed,
         // not full.
         self.state.release(left.len() as u64);
         self.state.reclaim();
+        self.listener = None;
         left
     }
 }

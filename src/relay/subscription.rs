@@ -413,9 +413,11 @@ impl std::fmt::Debug for EnvelopeSubscription {
     }
 }
 
-pub(crate) fn map_try(e: async_channel::TryRecvError) -> TryRecvError {
-    match e {
-        async_channel::TryRecvError::Empty => TryRecvError::Empty,
-        async_channel::TryRecvError::Closed => TryRecvError::Closed,
+/// The queue's "nothing now" (`false`) or "ended" (`true`) as a [`TryRecvError`].
+pub(crate) fn map_try(ended: bool) -> TryRecvError {
+    if ended {
+        TryRecvError::Closed
+    } else {
+        TryRecvError::Empty
     }
 }
