@@ -67,6 +67,11 @@ impl Inbox {
         self.attached.id()
     }
 
+    /// See [`QueueRx::release_when_idle`](crate::core::queue::QueueRx::release_when_idle).
+    pub(crate) fn release_when_idle(&mut self) {
+        self.attached.queue.release_when_idle();
+    }
+
     pub(crate) fn keep_registered(&mut self) {
         self.attached.keep_registered();
     }

@@ -185,6 +185,27 @@ fn loom_a_push_wakes_a_parked_receiver() {
     });
 }
 
+/// A sender's wake-up for message 0 may run late, after the receiver has taken message 0
+/// and parked again for message 1: it then takes `PARKED` down for a wait it does not
+/// belong to. The receiver listens before it raises the flag, so that late wake-up still
+/// finds its listener, and message 1 is never missed. (With the flag raised before the
+/// listener existed, loom finds the receiver asleep with message 1 queued.)
+#[test]
+fn loom_a_late_wake_up_for_an_earlier_message_loses_no_later_one() {
+    model("late wake-up", || {
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        rx.release_when_idle();
+        let producer = thread::spawn(move || {
+            tx.try_push(item(0)).ok().expect("room");
+            tx.try_push(item(1)).ok().expect("room");
+            tx
+        });
+        assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, 0);
+        assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, 1);
+        check_and_drop(producer.join().unwrap(), rx);
+    });
+}
+
 /// The receiver takes message 0, then retires its channel when it finds the queue empty,
 /// while a sender pushes message 1 through a channel it may have loaded before the
 /// retirement. The message lands in the old channel before its close (kept as leftover),

@@ -59,18 +59,30 @@
 //!
 //! # The receiver's wait
 //!
-//! The receiver waits on its own event, `arrival`, never inside async-channel, so the
-//! channel's events never get a listener and its per-message notifications stay free. To
-//! wait it sets `PARKED` with one read-modify-write of `state`, which also reads `len`:
+//! The receiver waits on its own event, `arrival`, never inside async-channel. A sender
+//! notifies `arrival` only if the receiver said it waits (`PARKED`, a bit of `state`), so
+//! a receiver that keeps up costs its senders no notification. The wait is the eventcount
+//! pattern, with the flag in the middle:
 //!
-//! - `len == 0`: no sender held a reservation at that point of the word's modification
-//!   order, so every later sender's reservation (an RMW of the same word) reads `PARKED`.
-//!   The first such sender clears it in the same compare-and-swap and notifies `arrival`
-//!   after its push. The receiver listens, checks again, then waits: the eventcount
-//!   pattern.
-//! - `len > 0`: a message is queued or a sender is between its reservation and its push
-//!   (a synchronous step that never awaits). The receiver does not wait: it yields to its
-//!   executor once and looks again.
+//! 1. the receiver *listens* on `arrival`;
+//! 2. it raises `PARKED` (a SeqCst read-modify-write), lets go of its channel if it
+//!    releases it, and makes a SeqCst fence;
+//! 3. it looks at its queue again, and waits only if it is still empty.
+//!
+//! A sender, after each push, makes a SeqCst fence and reads `PARKED`; if it is raised,
+//! it takes it down (one sender wins) and notifies `arrival`. The two fences make a
+//! store-buffering pair: either the sender sees the flag, or the receiver's second look
+//! sees the message. Listening *before* raising the flag matters: a sender's wake-up for
+//! an earlier message can run late and take down a flag the receiver raised for a later
+//! wait, and it must then still find the listener to wake (the receiver looks again and
+//! raises the flag anew). The loom model `loom_a_late_wake_up_for_an_earlier_message_…`
+//! finds the lost wake-up if the order is reversed.
+//!
+//! A subscription a user holds also lets go of its channel when it waits; before that it
+//! yields to its executor once, so a message arriving within one turn of the scheduler
+//! does not cost a new channel. The relay's own handler and forwarder tasks keep their
+//! channel: they wait after every message, and making a channel per message doubled the
+//! time of a tracked round trip (SEMANTICS.md §13).
 //!
 //! The last sender handle to go away (the relay closed and every in-flight send let go)
 //! notifies `arrival` too; the receiver then drains what is queued and sees the end.
@@ -81,7 +93,7 @@ use std::task::{Context, Poll};
 use async_channel::{Receiver, Sender};
 use event_listener::{Event, EventListener};
 
-use crate::core::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, Slot};
+use crate::core::sync::{fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, Slot};
 use crate::relay::envelope::Queued;
 use crate::relay::error::HandlerKind;
 
@@ -168,32 +180,43 @@ impl QueueState {
         }
     }
 
-    /// Reserves a slot, taking back held-back room first if the queue reads full. `Some`
-    /// with whether the receiver had parked (then this sender must notify it), or `None`
+    /// Reserves a slot, taking back held-back room first if the queue reads full; `false`
     /// if the queue is full.
-    fn reserve(&self) -> Option<bool> {
-        self.try_reserve().or_else(|| {
+    fn reserve(&self) -> bool {
+        self.try_reserve() || {
             self.reclaim();
             self.try_reserve()
-        })
+        }
     }
 
-    fn try_reserve(&self) -> Option<bool> {
+    fn try_reserve(&self) -> bool {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             if state & LEN_MASK >= self.capacity {
-                return None;
+                return false;
             }
-            // Clearing PARKED here makes this sender the one that wakes the receiver.
             match self.state.compare_exchange_weak(
                 state,
-                (state + 1) & !PARKED,
+                state + 1,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(state & PARKED != 0),
+                Ok(_) => return true,
                 Err(now) => state = now,
             }
+        }
+    }
+
+    /// A message was just pushed: wake the receiver if it parked. The SeqCst fence pairs
+    /// with the one the receiver makes between setting `PARKED` and looking at its queue
+    /// (store-buffering): either this load sees `PARKED`, or the receiver's look sees the
+    /// message. Only one sender takes the flag down and notifies.
+    fn arrived(&self) {
+        fence(Ordering::SeqCst);
+        if self.state.load(Ordering::Relaxed) & PARKED != 0
+            && self.state.fetch_and(!PARKED, Ordering::AcqRel) & PARKED != 0
+        {
+            self.arrival.notify(1);
         }
     }
 
@@ -323,10 +346,10 @@ impl QueueTx {
         if self.state.gone.load(Ordering::Acquire) {
             return Err(PushError::Closed(item));
         }
-        match self.state.reserve() {
-            Some(parked) => self.push_reserved(item, parked).map_err(PushError::Closed),
-            None => Err(PushError::Full(item)),
+        if !self.state.reserve() {
+            return Err(PushError::Full(item));
         }
+        self.push_reserved(item).map_err(PushError::Closed)
     }
 
     /// Queue `item`, waiting for room; `Err` gives it back if the receiver went away.
@@ -338,34 +361,30 @@ impl QueueTx {
         if state.gone.load(Ordering::Acquire) {
             return Err(item);
         }
-        let parked = match state.reserve() {
-            Some(parked) => parked,
-            None => {
-                // Slow path: register as a waiter for as long as this future waits (the
-                // guard also deregisters if the send is cancelled).
-                let _waiting = Waiting::new(state);
-                loop {
-                    // Eventcount: listen, then re-check, so a slot freed in between is not
-                    // missed. `space` wakes it: room given back, or the receiver gone.
-                    let listener = state.space.listen();
-                    if state.gone.load(Ordering::Acquire) {
-                        return Err(item);
-                    }
-                    if let Some(parked) = state.reserve() {
-                        break parked;
-                    }
-                    listener.await;
+        if !state.reserve() {
+            // Slow path: register as a waiter for as long as this future waits (the guard
+            // also deregisters if the send is cancelled).
+            let _waiting = Waiting::new(state);
+            loop {
+                // Eventcount: listen, then re-check, so a slot freed in between is not
+                // missed. `space` wakes it: room given back, or the receiver gone.
+                let listener = state.space.listen();
+                if state.gone.load(Ordering::Acquire) {
+                    return Err(item);
                 }
+                if state.reserve() {
+                    break;
+                }
+                listener.await;
             }
-        };
-        self.push_reserved(item, parked)
+        }
+        self.push_reserved(item)
     }
 
     /// Pushes `item` into the current channel, with a slot already reserved for it, and
-    /// wakes the receiver if this sender cleared its `PARKED` flag. Synchronous: the
-    /// receiver may be waiting for this step to finish (module docs). `Err` (with the slot
-    /// given back) if the receiver is gone.
-    fn push_reserved(&self, mut item: Queued, parked: bool) -> Result<(), Queued> {
+    /// wakes the receiver if it parked. `Err` (with the slot given back) if the receiver
+    /// is gone.
+    fn push_reserved(&self, mut item: Queued) -> Result<(), Queued> {
         let state = &self.state;
         loop {
             let attempt = state.chan.with(|chan| match chan {
@@ -386,9 +405,7 @@ impl QueueTx {
                 }
             }
         }
-        if parked {
-            state.arrival.notify(1);
-        }
+        state.arrived();
         Ok(())
     }
 
@@ -409,6 +426,37 @@ pub(crate) struct QueueRx {
     leftover: Option<Arc<Chan>>,
     /// This receiver's registration on `arrival` between polls.
     listener: Option<EventListener>,
+    /// Let go of the channel before waiting (see [`QueueRx::release_when_idle`]).
+    release_idle: bool,
+    /// It already yielded once since it last found a message (with `release_idle`).
+    yielded: bool,
+}
+
+/// The future of [`QueueRx::recv`]. Dropped while it waits, it gives up the wait as an
+/// idle receiver does, so a `recv` polled once and abandoned (`select!` losing, a timeout,
+/// `now_or_never`) leaves no listener or channel behind.
+pub(crate) struct Recv<'a> {
+    rx: &'a mut QueueRx,
+    /// The last poll returned `Pending`.
+    pending: bool,
+}
+
+impl Future for Recv<'_> {
+    type Output = Option<Queued>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
+        let polled = self.rx.poll_recv(cx);
+        self.pending = polled.is_pending();
+        polled
+    }
+}
+
+impl Drop for Recv<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.rx.abandon_wait();
+        }
+    }
 }
 
 /// Makes a queue with room for `capacity` messages (at most [`LEN_MASK`]).
@@ -449,11 +497,23 @@ pub(crate) fn queue_with_credit_batch(
             current: None,
             leftover: None,
             listener: None,
+            release_idle: false,
+            yielded: false,
         },
     )
 }
 
 impl QueueRx {
+    /// Makes this receiver let go of its channel whenever it is about to wait on an empty
+    /// queue (and when `try_recv` finds it empty), so that while it is idle it holds no
+    /// channel at all. Before waiting it yields to its executor once, so a message that
+    /// arrives within one turn of the scheduler is taken without a channel being made
+    /// again. Subscriptions a user holds do this; the relay's own handler and forwarder
+    /// tasks, which wait after every message, keep their channel (SEMANTICS.md §13).
+    pub(crate) fn release_when_idle(&mut self) {
+        self.release_idle = true;
+    }
+
     /// The next message queued now, if any: from the leftover of a retired channel first,
     /// then from the current channel (picking up one a sender made while we were idle).
     fn take(&mut self) -> Option<Queued> {
@@ -470,6 +530,7 @@ impl QueueRx {
         }
         let item = self.current.as_ref()?.rx.try_recv().ok()?;
         self.state.taken();
+        self.yielded = false;
         Some(item)
     }
 
@@ -477,6 +538,9 @@ impl QueueRx {
     /// idle subscriber holds none. A message pushed into it before the close is kept as
     /// `leftover`, read first.
     fn retire(&mut self) {
+        if !self.release_idle {
+            return;
+        }
         let Some(chan) = self.current.take() else {
             return;
         };
@@ -517,27 +581,45 @@ impl QueueRx {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            // Empty: give back every held-back slot (a sender may be waiting for room only
-            // this receiver holds), then announce the wait.
-            self.state.reclaim();
-            let before = self.state.state.fetch_or(PARKED, Ordering::AcqRel);
-            if before & LEN_MASK > 0 {
-                // Queued or reserved: a sender is mid-push (module docs). Look again soon
-                // without waiting on anything.
-                #[cfg(loom)]
-                loom::thread::yield_now(); // tells loom this thread waits on another
+            if self.release_idle && !self.yielded && self.current.is_some() {
+                // One turn of the scheduler before letting go of the channel: a message
+                // arriving meanwhile is taken without making a channel again.
+                self.yielded = true;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            self.retire();
-            // Eventcount: listen, then check again (the loop's top) before waiting.
+            // Empty: give back every held-back slot (a sender may be waiting for room only
+            // this receiver holds), then wait with the eventcount pattern:
+            // 1. listen first, so whoever takes `PARKED` down finds a listener to wake,
+            //    even a sender that clears a flag set for an earlier wait;
+            // 2. announce the wait (`PARKED`), and let go of the channel;
+            // 3. check again (the loop's top) before waiting. The fence pairs with the one
+            //    in `QueueState::arrived` (store-buffering): either that sender sees
+            //    `PARKED`, or this check sees its message.
+            self.state.reclaim();
             self.listener = Some(self.state.arrival.listen());
+            self.state.state.fetch_or(PARKED, Ordering::SeqCst);
+            self.retire();
+            fence(Ordering::SeqCst);
         }
     }
 
     /// The next message, or `None` once the queue is closed and drained.
-    pub(crate) async fn recv(&mut self) -> Option<Queued> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    pub(crate) fn recv(&mut self) -> Recv<'_> {
+        Recv {
+            rx: self,
+            pending: false,
+        }
+    }
+
+    /// A `recv` was given up while it waited: drop its listener, and let go of the
+    /// channel as a receiver about to wait does (if it releases it and the queue is empty).
+    fn abandon_wait(&mut self) {
+        self.listener = None;
+        self.state.reclaim();
+        if self.state.len() == 0 {
+            self.retire();
+        }
     }
 
     /// The next message if one is queued now; `Err(true)` once closed and drained,
@@ -596,5 +678,102 @@ impl QueueRx {
         self.state.reclaim();
         self.listener = None;
         left
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod stress {
+    //! A producer thread against a consumer thread on one small queue, every receiver and
+    //! push mode. The consumer polls by hand and fails the test, instead of hanging, if
+    //! it sleeps for two seconds while messages are queued: a lost wake-up. (Run on
+    //! release of the channel, the receiver's wait once lost one this way: a sender's late
+    //! wake-up for an earlier message took `PARKED` down before the receiver listened.)
+    use super::*;
+    use crate::relay::envelope::{Envelope, Queued};
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Wake, Waker};
+    use std::time::{Duration, Instant};
+
+    fn item(n: u64) -> Queued {
+        Queued {
+            envelope: Envelope {
+                value: std::sync::Arc::new(n),
+                type_name: std::any::type_name::<u64>,
+                msg_id: n,
+                origin: 1,
+            },
+            tracker: None,
+        }
+    }
+
+    /// Wakes the consumer thread and records that it was woken.
+    struct Unpark(std::thread::Thread, AtomicBool);
+
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.1.store(true, Ordering::SeqCst);
+            self.0.unpark();
+        }
+    }
+
+    fn run(release_idle: bool, lossless: bool) {
+        const N: u64 = 20_000;
+        let (tx, mut rx) = queue(4, 1, None);
+        if release_idle {
+            rx.release_when_idle();
+        }
+        let producer = std::thread::spawn(move || {
+            for n in 0..N {
+                if lossless {
+                    futures::executor::block_on(tx.push(item(n))).ok().unwrap();
+                } else {
+                    while tx.try_push(item(n)).is_err() {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        });
+        let woken = std::sync::Arc::new(Unpark(std::thread::current(), AtomicBool::new(false)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        for n in 0..N {
+            let got = loop {
+                woken.1.store(false, Ordering::SeqCst);
+                if let Poll::Ready(got) = rx.poll_recv(&mut cx) {
+                    break got.expect("the producer is still sending");
+                }
+                let since = Instant::now();
+                while !woken.1.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(Duration::from_millis(50));
+                    assert!(
+                        since.elapsed() < Duration::from_secs(2) || rx.len() == 0,
+                        "asleep with {} message(s) queued, waiting for message {n}",
+                        rx.len()
+                    );
+                }
+            };
+            assert_eq!(got.envelope.msg_id, n);
+        }
+        producer.join().unwrap();
+    }
+
+    #[test]
+    fn a_keeping_receiver_misses_no_lossless_push() {
+        run(false, true)
+    }
+
+    #[test]
+    fn a_releasing_receiver_misses_no_lossless_push() {
+        run(true, true)
+    }
+
+    #[test]
+    fn a_keeping_receiver_misses_no_try_push() {
+        run(false, false)
+    }
+
+    #[test]
+    fn a_releasing_receiver_misses_no_try_push() {
+        run(true, false)
     }
 }

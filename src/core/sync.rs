@@ -3,12 +3,12 @@
 //! of the real code (the pattern tokio and concurrent-queue use).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -35,13 +35,18 @@ impl<T> Slot<T> {
         }
     }
 
-    /// Runs `f` on the value now, without touching its reference count (arc-swap's guard;
-    /// the mutex held, in loom builds). `f` must not block.
+    /// Runs `f` on the value now, without touching its reference count (arc-swap's
+    /// guard). The value may be replaced while `f` runs: `f` sees the one it loaded, as a
+    /// reader holding a stale guard does. In loom builds the value is cloned under the
+    /// mutex and `f` runs after it is released, so loom explores that interleaving too.
     pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
         #[cfg(not(loom))]
         return f(self.inner.load().as_ref());
         #[cfg(loom)]
-        return f(self.inner.lock().unwrap().as_ref());
+        {
+            let value = self.inner.lock().unwrap().clone();
+            f(value.as_ref())
+        }
     }
 
     /// A clone of the value now.

@@ -151,12 +151,14 @@ pub struct Subscription<T> {
 
 impl<T: Any + Send + Sync> Subscription<T> {
     pub(crate) fn new(core: &Weak<Core>) -> Self {
+        let mut attached = Attached::new(
+            core,
+            Some((TypeId::of::<T>(), std::any::type_name::<T>)),
+            None,
+        );
+        attached.queue.release_when_idle();
         Subscription {
-            attached: Attached::new(
-                core,
-                Some((TypeId::of::<T>(), std::any::type_name::<T>)),
-                None,
-            ),
+            attached,
             _type: PhantomData,
         }
     }
@@ -324,9 +326,9 @@ pub struct EnvelopeSubscription {
 
 impl EnvelopeSubscription {
     pub(crate) fn new(core: &Weak<Core>) -> Self {
-        EnvelopeSubscription {
-            attached: Attached::new(core, None, None),
-        }
+        let mut attached = Attached::new(core, None, None);
+        attached.queue.release_when_idle();
+        EnvelopeSubscription { attached }
     }
 
     /// The next message, or `None` once the relay is closed and this queue is drained.

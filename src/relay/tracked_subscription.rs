@@ -55,8 +55,13 @@ pub struct TrackedSubscription<T> {
 
 impl<T: Any + Send + Sync> TrackedSubscription<T> {
     pub(crate) fn new(core: &Weak<Core>, kind: HandlerKind) -> Self {
+        let mut inbox = Inbox::typed::<T>(core, kind, true);
+        if kind == HandlerKind::Tracked {
+            // A user's own subscription (not a sink's or tap's): idle, it holds no channel.
+            inbox.release_when_idle();
+        }
         TrackedSubscription {
-            inbox: Inbox::typed::<T>(core, kind, true),
+            inbox,
             _type: PhantomData,
         }
     }
