@@ -87,7 +87,7 @@ pub use crate::relay::stats::RelayStats;
 pub use crate::relay::subscription::{EnvelopeSubscription, Subscription, TryRecvError};
 pub use crate::relay::task_handle::TaskHandle;
 pub use crate::relay::tracked_subscription::{Tracked, TrackedSubscription};
-pub use crate::relay::{Relay, RelayBuilder, DEFAULT_CHANNEL_SIZE};
+pub use crate::relay::{Relay, RelayBuilder, DEFAULT_CHANNEL_SIZE, MAX_CHANNEL_SIZE};
 #[cfg(feature = "async-std")]
 pub use crate::spawner::AsyncStdSpawner;
 #[cfg(feature = "smol")]

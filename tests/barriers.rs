@@ -113,6 +113,17 @@ on_every_runtime! {
         assert!(matches!(rx.wait_for_handlers(0).now_or_never(), Some(Ok(_))));
     }
 
+    async fn wait_for_handlers_of_zero_is_ok_on_an_open_a_closed_and_a_dropped_relay() {
+        let (tx, rx) = Relay::channel();
+        assert_eq!(within(WAIT, "open", rx.wait_for_handlers(0)).await, Ok(()));
+        tx.close();
+        assert_eq!(within(WAIT, "closed", rx.wait_for_handlers(0)).await, Ok(()));
+        assert_eq!(within(WAIT, "closed, n = 1", rx.wait_for_handlers(1)).await, Err(SendError::Closed));
+        drop(tx); // the relay is gone now
+        assert_eq!(within(WAIT, "gone", rx.wait_for_handlers(0)).await, Ok(()));
+        assert_eq!(within(WAIT, "gone, n = 1", rx.wait_for_handlers(1)).await, Err(SendError::Closed));
+    }
+
     async fn wait_for_handlers_fails_every_waiter_with_closed_when_the_relay_closes() {
         let (tx, rx) = Relay::channel();
         let results = Arc::new(Mutex::new(Vec::new()));

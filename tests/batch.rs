@@ -21,6 +21,22 @@ fn chunks(range: std::ops::Range<u32>, size: usize) -> Vec<Vec<u32>> {
 }
 
 on_every_runtime! {
+    async fn a_batch_of_any_size_is_collected_as_messages_arrive_without_crashing() {
+        // Sizes no batch reaches: the only batch is the partial one sent at the close.
+        // Preallocating them used to panic ("capacity overflow") or abort the process.
+        for size in [usize::MAX, 1 << 45, 1 << 30] {
+            let (tx, rx) = Relay::channel();
+            let mut errors = rx.subscribe::<pipedream_rs::RelayError>();
+            let mut batches = rx.batch::<u64>(size).unwrap().subscribe::<Vec<u64>>();
+            for n in 0..3u64 {
+                tx.send(n).await.unwrap();
+            }
+            drop(tx);
+            assert_eq!(drain(&mut batches).await, vec![vec![0, 1, 2]], "batch size {size}");
+            assert!(errors.try_recv().is_err(), "no forwarder failure at size {size}");
+        }
+    }
+
     async fn batches_of_1_3_and_100_over_1000_messages_are_exact_and_in_order() {
         let (tx, rx) = Relay::channel();
         let mut ones = rx.batch::<u32>(1).unwrap().subscribe::<Vec<u32>>();

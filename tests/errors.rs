@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{downstream, explode, within};
+use common::{downstream, explode, quiet_intended_panics, within};
 use pipedream_rs::{
     EnvelopeSubscription, ErrorMode, HandlerKind, PanicError, PanicMode, Relay, RelayError,
     SendError, Subscription,
@@ -49,7 +49,42 @@ fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
 }
 
+/// The panic a message's `Drop` raises on purpose (kept out of the test output).
+const INTENDED_DROP: &str = "intended panic in a message's Drop (errors test)";
+
 on_every_runtime! {
+    async fn a_panic_in_the_drop_of_the_last_copy_does_not_end_the_handler() {
+        quiet_intended_panics(INTENDED_DROP);
+        /// Panics when its last copy is dropped, if asked to.
+        struct Fragile(bool);
+        impl Drop for Fragile {
+            fn drop(&mut self) {
+                if self.0 {
+                    panic!("{INTENDED_DROP}");
+                }
+            }
+        }
+        let (tx, rx) = Relay::channel();
+        let mut events = rx.subscribe::<RelayError>();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        rx.sink::<Fragile>(move |_| {
+            s.fetch_add(1, Ordering::SeqCst);
+        });
+        // The send's own copy goes first (the sink holds the last), then the sink drops it.
+        let receipt = tx.send(Fragile(true)).await.unwrap();
+        assert_eq!(receipt.handled, 1);
+        // The handler is still there: the next message is processed.
+        tx.send(Fragile(false)).await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        // The send let go of its copy at its first poll, so the sink's was the last: its
+        // drop panicked, and that was caught and published.
+        let e = within(WAIT, "the event of the panicking drop", events.recv()).await.unwrap();
+        assert!(e.is_panic() && e.error.to_string().contains("while dropping"), "{e}");
+        assert_eq!(e.kind, HandlerKind::Sink);
+        assert_eq!(rx.stats().tracked_handlers, 1);
+    }
+
     // ----- handler errors --------------------------------------------------------------
 
     async fn handlers_may_fail_with_any_common_error_type() {

@@ -33,6 +33,26 @@ fn gated_recording_sink(rx: &RelayReceiver) -> (Gate, Arc<Mutex<Vec<u32>>>) {
 }
 
 on_every_runtime! {
+    async fn a_send_refused_as_closed_stays_refused_when_polled_again() {
+        let (tx, _rx) = Relay::channel();
+        tx.close();
+        let mut send = pin!(tx.send(1u8));
+        assert_eq!(send.as_mut().now_or_never(), Some(Err(SendError::Closed)));
+        // Polling a finished future again is a caller's mistake, but it must not turn a
+        // refused send into Ok.
+        assert_eq!(send.as_mut().now_or_never(), Some(Err(SendError::Closed)));
+    }
+
+    async fn a_channel_size_above_the_maximum_is_refused_not_clamped() {
+        use pipedream_rs::{BuildError, MAX_CHANNEL_SIZE};
+        let err = Relay::builder().channel_size(MAX_CHANNEL_SIZE + 1).build().unwrap_err();
+        assert_eq!(
+            err,
+            BuildError::ChannelSizeTooLarge { size: MAX_CHANNEL_SIZE + 1, max: MAX_CHANNEL_SIZE }
+        );
+        assert!(Relay::builder().channel_size(MAX_CHANNEL_SIZE).build().is_ok());
+    }
+
     // ----- close and drain -------------------------------------------------------------
 
     async fn dropping_the_sender_lets_subscribers_drain_then_end() {

@@ -145,6 +145,14 @@ impl Completion {
         }
     }
 
+    /// What can still report a failure about this message once it is settled (and gone).
+    pub(crate) fn reporter(&self) -> Reporter {
+        Reporter {
+            core: self.core.clone(),
+            error: self.relay_error(Arc::new(HandlerGone)),
+        }
+    }
+
     pub(crate) fn relay_error(&self, error: SharedError) -> RelayError {
         RelayError {
             msg_id: self.msg_id,
@@ -167,6 +175,28 @@ impl Completion {
                     tracker.fail(relay_error);
                 }
             }
+        }
+    }
+}
+
+/// Publishes a failure about a message that has already been settled: no sender waits
+/// for it any more, so the failure only takes the event path (`RelayError`).
+pub(crate) struct Reporter {
+    core: Weak<Core>,
+    /// The message's identity; its `error` is replaced by the one reported.
+    error: RelayError,
+}
+
+impl Reporter {
+    pub(crate) fn report(self, error: SharedError) {
+        if let Some(core) = self.core.upgrade() {
+            core.report(
+                None,
+                RelayError {
+                    error,
+                    ..self.error
+                },
+            );
         }
     }
 }

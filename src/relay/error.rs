@@ -196,6 +196,14 @@ impl PanicError {
         };
         PanicError { message }
     }
+
+    /// A panic in the `Drop` of a message, after its handler had settled it.
+    pub(crate) fn dropping(payload: &(dyn std::any::Any + Send)) -> Self {
+        let PanicError { message } = Self::from_payload(payload);
+        PanicError {
+            message: format!("while dropping the message: {message}"),
+        }
+    }
 }
 
 /// A tracked handler went away (its subscription or task was dropped, or the spawner
@@ -390,6 +398,15 @@ pub enum BuildError {
     /// A channel size of zero would drop (or block) every message.
     #[error("channel size must be at least 1")]
     ZeroChannelSize,
+    /// A channel size above [`MAX_CHANNEL_SIZE`](crate::MAX_CHANNEL_SIZE) (2^40 - 1): a
+    /// queue counts its messages in 40 bits.
+    #[error("channel size {size} is above the largest, {max}")]
+    ChannelSizeTooLarge {
+        /// The size asked for.
+        size: usize,
+        /// The largest size a relay accepts.
+        max: usize,
+    },
     /// No spawner was given and none could be chosen: no runtime feature applies here.
     #[error(
         "no spawner: enable the `smol` or `async-std` feature, build the relay inside a tokio \

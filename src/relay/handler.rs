@@ -159,15 +159,25 @@ pub(crate) fn start_handler<T, P, Fut>(
             // tracked send it makes (deadlock detection).
             let work = InHandler::new(id, msg.blocked(), async { process(value).await });
             let outcome = AssertUnwindSafe(work).catch_unwind().await;
-            match outcome {
+            let mut panicked = None;
+            // Settling drops the handler's copy of the message, and with it, if it was the
+            // last one, the value: a `Drop` that panics must not end the handler. The
+            // sender has its verdict by then; the panic is published as a `RelayError`.
+            let reporter = msg.reporter();
+            let settled = std::panic::catch_unwind(AssertUnwindSafe(|| match outcome {
                 Ok(Ok(())) => msg.complete(),
                 Ok(Err(error)) => msg.fail_with(error),
                 Err(payload) => {
                     msg.fail_with(Arc::new(PanicError::from_payload(&*payload)));
-                    if panic_mode == PanicMode::Propagate {
-                        std::panic::resume_unwind(payload);
-                    }
+                    panicked = Some(payload);
                 }
+            }));
+            if let Err(payload) = settled {
+                reporter.report(Arc::new(PanicError::dropping(&*payload)));
+                panicked.get_or_insert(payload);
+            }
+            if let (Some(payload), PanicMode::Propagate) = (panicked, panic_mode) {
+                std::panic::resume_unwind(payload);
             }
         }
     });

@@ -22,6 +22,23 @@ use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
 use crate::spawner::{default_spawner, Spawner};
 
+/// The largest per-subscriber queue size, 2^40 - 1 messages: a queue counts what it holds
+/// in 40 bits. [`RelayBuilder::build`] refuses a larger one with
+/// [`BuildError::ChannelSizeTooLarge`].
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::{BuildError, Relay, MAX_CHANNEL_SIZE};
+/// assert_eq!(MAX_CHANNEL_SIZE, (1 << 40) - 1);
+/// # #[cfg(target_pointer_width = "64")]
+/// assert!(matches!(
+///     Relay::builder().channel_size(MAX_CHANNEL_SIZE + 1).build(),
+///     Err(BuildError::ChannelSizeTooLarge { .. })
+/// ));
+/// ```
+pub const MAX_CHANNEL_SIZE: usize = crate::core::queue::LEN_MASK as usize;
+
 /// The default per-subscriber queue size: 65,536 messages. Memory follows what is queued,
 /// not this number.
 pub const DEFAULT_CHANNEL_SIZE: usize = 65_536;
@@ -67,7 +84,8 @@ impl Relay {
     ///
     /// # Panics
     ///
-    /// If `size` is zero ("channel size must be at least 1"), or as [`channel`](Self::channel).
+    /// If `size` is zero ("channel size must be at least 1") or above [`MAX_CHANNEL_SIZE`],
+    /// or as [`channel`](Self::channel). [`Relay::builder`] returns the error instead.
     ///
     /// # Examples
     ///
@@ -134,8 +152,8 @@ impl Default for RelayBuilder {
 }
 
 impl RelayBuilder {
-    /// Queue size per subscriber, in messages (default [`DEFAULT_CHANNEL_SIZE`]). Zero is
-    /// rejected by [`build`](Self::build).
+    /// Queue size per subscriber, in messages (default [`DEFAULT_CHANNEL_SIZE`]). Zero, and
+    /// anything above [`MAX_CHANNEL_SIZE`], are refused by [`build`](Self::build).
     ///
     /// # Examples
     ///
@@ -238,6 +256,7 @@ impl RelayBuilder {
     /// # Errors
     ///
     /// [`BuildError::ZeroChannelSize`] for a channel size of zero;
+    /// [`BuildError::ChannelSizeTooLarge`] for one above [`MAX_CHANNEL_SIZE`];
     /// [`BuildError::NoSpawner`] when no spawner was given and none can be chosen.
     ///
     /// # Examples
@@ -249,6 +268,12 @@ impl RelayBuilder {
     pub fn build(self) -> Result<(RelaySender, RelayReceiver), BuildError> {
         if self.channel_size == 0 {
             return Err(BuildError::ZeroChannelSize);
+        }
+        if self.channel_size > MAX_CHANNEL_SIZE {
+            return Err(BuildError::ChannelSizeTooLarge {
+                size: self.channel_size,
+                max: MAX_CHANNEL_SIZE,
+            });
         }
         let spawner = match self.spawner {
             Some(s) => s,

@@ -318,11 +318,12 @@ impl RelayReceiver {
     }
 
     /// Resolves once at least `n` tracked handlers are registered. Any number of waiters
-    /// are released together.
+    /// are released together. `wait_for_handlers(0)` is `Ok` at once on any relay.
     ///
     /// # Errors
     ///
-    /// [`SendError::Closed`] if the relay closes first.
+    /// [`SendError::Closed`] if the relay is closed (or gone) before `n` handlers are
+    /// registered.
     ///
     /// # Cancel safety
     ///
@@ -344,6 +345,10 @@ impl RelayReceiver {
     ) -> impl Future<Output = Result<(), SendError>> + Send + 'static {
         let core = self.core.clone();
         async move {
+            if n == 0 {
+                // "At least none" holds on every relay, open, closed or gone.
+                return Ok(());
+            }
             let core = core.upgrade().ok_or(SendError::Closed)?;
             if core.wait_for_handlers(n).await {
                 Ok(())

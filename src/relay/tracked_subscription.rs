@@ -265,6 +265,10 @@ impl<T> Tracked<T> {
         self.completion.fail(error);
     }
 
+    pub(crate) fn reporter(&self) -> crate::core::inbox::Reporter {
+        self.completion.reporter()
+    }
+
     pub(crate) fn blocked(&self) -> Option<Arc<[u64]>> {
         self.completion.blocked()
     }

@@ -19,7 +19,7 @@ use crate::relay::config::PanicMode;
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
-use crate::topology::{forwarder_panicked, guarded};
+use crate::topology::{forwarder_panicked, guarded, settle_quietly};
 
 /// Why [`RelayReceiver::batch`] refused a batch size.
 ///
@@ -208,7 +208,7 @@ impl RelayReceiver {
                 match guarded(|| f(value)) {
                     Ok(Some(out)) => {
                         let origin = msg.envelope().origin;
-                        drop(msg);
+                        settle_quietly(msg, drop);
                         // The child's handler errors were published on the child.
                         let _ = Delivery::value(&child_tx.core, out, From::Relay(origin)).await;
                     }
@@ -312,7 +312,11 @@ impl RelayReceiver {
         F: Fn(Arc<T>) -> Item + Send + Sync + 'static,
     {
         self.boundary_forwarder::<T, _, _>(move |mut inbox, child_tx, mode| async move {
-            let mut batch: Vec<Item> = Vec::with_capacity(size);
+            // Never preallocate more than a modest batch: `size` may be anything a user
+            // passes (`usize::MAX` is a batch that only the close ends), and memory must
+            // follow what is batched, not the size asked for.
+            let first = size.min(PREALLOCATED_BATCH);
+            let mut batch: Vec<Item> = Vec::with_capacity(first);
             while let Some(mut msg) = inbox.recv().await {
                 // Take the envelope so this forwarder's copy of the value's Arc is the one
                 // `take` gets: unshared values are moved into the batch, not cloned.
@@ -325,9 +329,9 @@ impl RelayReceiver {
                     Ok(item) => batch.push(item),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
                 }
-                drop(msg);
+                settle_quietly(msg, drop);
                 if batch.len() == size {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(size));
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(first));
                     let _ = Delivery::value(&child_tx.core, full, From::Here).await;
                 }
             }
@@ -378,7 +382,7 @@ impl RelayReceiver {
         self.spawn_forwarder(async move {
             while let Some(msg) = inbox.recv().await {
                 if wildcard && is_internal_event(msg.envelope().type_id()) {
-                    msg.complete();
+                    settle_quietly(msg, Completion::complete);
                     continue;
                 }
                 match guarded(|| route(msg.envelope())) {
@@ -387,13 +391,17 @@ impl RelayReceiver {
                     Ok(Some(i)) => {
                         InHandler::new(id, msg.blocked(), pass_on(msg, &children[i])).await
                     }
-                    Ok(None) => msg.complete(),
+                    Ok(None) => settle_quietly(msg, Completion::complete),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
                 }
             }
         });
     }
 }
+
+/// The most a batch forwarder allocates for a batch before it holds messages: a batch of
+/// more grows as messages arrive.
+const PREALLOCATED_BATCH: usize = 1024;
 
 /// The value itself when nobody else holds it, a clone otherwise.
 fn unshare<T: Clone>(shared: Arc<T>) -> T {
@@ -404,5 +412,5 @@ fn unshare<T: Clone>(shared: Arc<T>) -> T {
 /// child's tracked handlers only if the parent's sender is waiting for this message).
 async fn pass_on(msg: Completion, child: &RelaySender) {
     let outcome = Delivery::forwarded(&child.core, msg.envelope(), msg.is_tracked()).await;
-    msg.settle_forwarded(outcome);
+    settle_quietly(msg, |msg| msg.settle_forwarded(outcome));
 }

@@ -37,6 +37,16 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>
     catch_unwind(AssertUnwindSafe(f))
 }
 
+/// Settles (or just drops) a forwarder's copy of a message with `settle`, catching a panic
+/// in the value's `Drop` if this copy was the last: the forwarder goes on, and the panic
+/// is published as a `RelayError` (its sender, if any, already has its verdict).
+pub(crate) fn settle_quietly(msg: Completion, settle: impl FnOnce(Completion)) {
+    let reporter = msg.reporter();
+    if let Err(payload) = guarded(|| settle(msg)) {
+        reporter.report(Arc::new(PanicError::dropping(&*payload)));
+    }
+}
+
 /// A forwarder's user code panicked while it held `msg`: report it on the parent (and to
 /// the message's sender, if tracked), then re-raise under `PanicMode::Propagate`.
 /// The caller ends the forwarder afterwards, which closes the child.
