@@ -83,7 +83,7 @@ pub use crate::relay::handler::{AsyncHandler, Handler, HandlerResult};
 pub use crate::relay::receipt::Receipt;
 pub use crate::relay::receiver::RelayReceiver;
 pub use crate::relay::sender::{RelaySender, WeakSender};
-pub use crate::relay::stats::RelayStats;
+pub use crate::relay::stats::{RelayStats, TypeStats};
 pub use crate::relay::subscription::{EnvelopeSubscription, Subscription, TryRecvError};
 pub use crate::relay::task_handle::TaskHandle;
 pub use crate::relay::tracked_subscription::{Tracked, TrackedSubscription};

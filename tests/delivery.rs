@@ -111,6 +111,31 @@ on_every_runtime! {
         assert_eq!(child.stats().unrouted, 1);
     }
 
+    async fn per_type_figures_count_each_type_apart() {
+        let (tx, rx) = Relay::channel_with_size(1);
+        let mut ints = rx.subscribe::<u32>();
+        let _stalled = rx.subscribe::<u32>(); // never reads: its second u32 is dropped
+        rx.sink::<String>(|_| ());
+        tx.send(1u32).await.unwrap();
+        assert_eq!(ints.len(), 1);
+        assert!(!ints.is_empty());
+        ints.try_recv().unwrap();
+        tx.send(2u32).await.unwrap();
+        tx.send(String::from("a")).await.unwrap();
+        let u32s = rx.stats_for::<u32>().unwrap();
+        assert_eq!(
+            (u32s.type_name, u32s.sent, u32s.delivered, u32s.dropped, u32s.unrouted),
+            ("u32", 2, 3, 1, 0)
+        );
+        assert_eq!((u32s.subscribers, u32s.tracked_handlers), (2, 0));
+        let strings = rx.stats_for::<String>().unwrap();
+        assert_eq!((strings.sent, strings.subscribers, strings.tracked_handlers), (1, 1, 1));
+        assert!(rx.stats_for::<u8>().is_none());
+        // The relay's figures are the sums over its types.
+        let all = rx.stats();
+        assert_eq!((all.sent, all.delivered, all.dropped, all.subscribers), (3, 4, 1, 3));
+    }
+
     // ----- typed fan-out and routing ---------------------------------------------------
 
     async fn every_string_subscriber_gets_every_string_and_the_i32_subscriber_only_i32s() {

@@ -146,6 +146,70 @@ on_every_runtime! {
         assert_eq!(*sub.try_recv().unwrap(), 2);
     }
 
+    async fn a_handler_registered_on_a_tracked_child_after_the_send_is_called_is_not_delivered_to() {
+        for i in 0..200 {
+            let (tx, rx) = Relay::channel();
+            let child = rx.filter::<u32>(|_| true);
+            let grandchild = child.only::<u32>();
+            let send = tx.send(1u32); // the snapshot, through both derived relays, is now
+            let (late, late_grand) = (flag(), flag());
+            let (l, g) = (late.clone(), late_grand.clone());
+            child.sink::<u32>(move |_| l.store(true, Ordering::SeqCst));
+            grandchild.sink::<u32>(move |_| g.store(true, Ordering::SeqCst));
+            let receipt = within(WAIT, "the send", send).await.unwrap();
+            assert_eq!(receipt.handled, 1, "iteration {i}: only the filter is tracked here");
+            // Neither late handler was waited for or given the message; a later send reaches
+            // both, and waits for both.
+            assert!(!late.load(Ordering::SeqCst), "iteration {i}: child handler ran");
+            assert!(!late_grand.load(Ordering::SeqCst), "iteration {i}: grandchild handler ran");
+            within(WAIT, "a later send", tx.send(2u32)).await.unwrap();
+            assert!(late.load(Ordering::SeqCst) && late_grand.load(Ordering::SeqCst), "iteration {i}");
+        }
+    }
+
+    async fn a_handler_on_a_tracked_child_registered_before_the_call_is_waited_for_even_if_dropped_first() {
+        let (tx, rx) = Relay::channel();
+        let child = rx.filter::<u32>(|_| true);
+        let grandchild = child.only::<u32>();
+        let processed = Arc::new(AtomicUsize::new(0));
+        let p = processed.clone();
+        grandchild.sink::<u32>(move |_| {
+            p.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut tracked = child.subscribe_tracked::<u32>();
+        let send = tx.send(1u32);
+        // The tracked subscription on the child was in the snapshot: dropping it now fails
+        // the send with HandlerGone instead of quietly leaving it out.
+        drop(tracked.try_recv());
+        drop(tracked);
+        let err = within(WAIT, "the send", send).await.unwrap_err();
+        assert!(err.errors()[0].downcast_ref::<pipedream_rs::HandlerGone>().is_some(), "{err}");
+        // The grandchild's sink was in the snapshot too, and ran before the send returned.
+        assert_eq!(processed.load(Ordering::SeqCst), 1);
+    }
+
+    async fn a_hundred_thousand_subscribers_of_one_type_register_and_leave_in_seconds() {
+        // Every registration used to rebuild the type's whole list under the lock a send
+        // takes (quadratic: 1,022 s for 100,000). The bound is loose for slow debug builds
+        // and shared machines; the benchmark gives the real figure.
+        const N: usize = 100_000;
+        let started = std::time::Instant::now();
+        let (tx, rx) = Relay::channel();
+        let subs: Vec<_> = (0..N).map(|_| rx.subscribe::<u64>()).collect();
+        assert_eq!(rx.stats_for::<u64>().unwrap().subscribers, N);
+        let receipt = within(WAIT, "a send to all of them", tx.send(7u64)).await.unwrap();
+        assert_eq!(receipt.queued, N);
+        // Leave in an order that moves subscribers around inside the list.
+        let (odd, even): (Vec<_>, Vec<_>) = subs.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+        drop(odd);
+        assert_eq!(within(WAIT, "a send to half", tx.send(8u64)).await.unwrap().queued, N / 2);
+        drop(even);
+        assert_eq!(rx.stats().subscribers, 0);
+        let took = started.elapsed();
+        println!("{N} subscribers registered, sent to and dropped in {took:?}");
+        assert!(took < Duration::from_secs(60), "{took:?}");
+    }
+
     async fn registration_racing_a_send_is_either_fully_in_or_fully_out() {
         let (mut included, mut excluded) = (0, 0);
         for i in 0..1_000usize {

@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use event_listener::EventListener;
 
 use crate::core::tracker::Tracker;
-use crate::core::{Core, From, Outgoing, Pushed, Tally};
+use crate::core::{Core, From, Outgoing, Plan, Pushed, Tally};
 use crate::relay::envelope::Envelope;
 use crate::relay::error::SendError;
 use crate::relay::receipt::Receipt;
@@ -80,6 +80,12 @@ impl<'a> Delivery<'a, &'a Core> {
     /// Sends a typed value (prepare now, deliver when polled).
     pub(crate) fn value<T: Any + Send + Sync>(core: &'a Core, value: T, from: From) -> Self {
         Delivery::new(core, core.prepare_value(value, from))
+    }
+
+    /// Sends a message a tracked forwarder passes on, to the targets its parent's send
+    /// snapshotted for this relay (`plan`).
+    pub(crate) fn planned(core: &'a Core, envelope: &Envelope, plan: &Plan) -> Self {
+        Delivery::new(core, core.prepare_planned(envelope, plan))
     }
 
     /// Sends a message received elsewhere (a parent or a forwarding source) into `core`:

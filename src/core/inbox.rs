@@ -32,6 +32,19 @@ impl Inbox {
         }
     }
 
+    /// The inbox of a tracked forwarder that passes messages on to the relays `links`:
+    /// a tracked send snapshots those relays too (see `Core::snapshot`).
+    pub(crate) fn forwarder(
+        core: &Weak<Core>,
+        ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
+        links: Box<[Weak<Core>]>,
+    ) -> Self {
+        Inbox {
+            attached: Attached::linked(core, ty, Some(HandlerKind::Forwarder), links),
+            kind: HandlerKind::Forwarder,
+        }
+    }
+
     pub(crate) fn typed<T: Any>(core: &Weak<Core>, kind: HandlerKind, tracked: bool) -> Self {
         Self::new(
             core,
@@ -53,6 +66,7 @@ impl Inbox {
 
     fn wrap(&self, item: Queued) -> Completion {
         Completion {
+            subscriber: self.attached.id(),
             msg_id: item.envelope.msg_id,
             type_name: item.envelope.type_name(),
             envelope: Some(item.envelope),
@@ -88,6 +102,8 @@ impl Inbox {
 /// The envelope can be taken out (to let go of the value's `Arc`) while the message stays
 /// reportable: `msg_id` and `type_name` are kept for errors.
 pub(crate) struct Completion {
+    /// The subscriber (inbox) that received it.
+    subscriber: u64,
     envelope: Option<Envelope>,
     pub(crate) msg_id: u64,
     type_name: &'static str,
@@ -111,6 +127,12 @@ impl Completion {
     /// Takes the envelope, so this message no longer holds the value's `Arc`.
     pub(crate) fn take_envelope(&mut self) -> Envelope {
         self.envelope.take().expect("the envelope is taken once")
+    }
+
+    /// How the send of this message planned for this forwarder to pass it on into relay
+    /// `relay`, if it is a tracked message (see `Core::snapshot`).
+    pub(crate) fn plan(&self, relay: u64) -> Option<&crate::core::Plan> {
+        self.tracker.as_ref()?.plan(self.subscriber, relay)
     }
 
     /// Who is blocked until this message completes (for deadlock detection).

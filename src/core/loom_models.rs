@@ -49,7 +49,7 @@ fn error() -> RelayError {
 #[test]
 fn loom_tracker_wait_sees_every_completion() {
     model("tracker first-wins", || {
-        let tracker = Arc::new(Tracker::new(2, ErrorMode::FirstWins, None));
+        let tracker = Arc::new(Tracker::new(2, ErrorMode::FirstWins, None, Arc::from([])));
         let a = tracker.clone();
         let b = tracker.clone();
         let ta = thread::spawn(move || a.complete());
@@ -65,7 +65,7 @@ fn loom_tracker_wait_sees_every_completion() {
 #[test]
 fn loom_tracker_aggregate_keeps_both_errors() {
     model("tracker aggregate", || {
-        let tracker = Arc::new(Tracker::new(2, ErrorMode::Aggregate, None));
+        let tracker = Arc::new(Tracker::new(2, ErrorMode::Aggregate, None, Arc::from([])));
         let a = tracker.clone();
         let t = thread::spawn(move || a.fail(error()));
         tracker.fail(error());
@@ -103,7 +103,7 @@ fn loom_ready_releases_every_waiter() {
 #[test]
 fn loom_lossless_push_waits_for_room_and_wakes() {
     model("lossless capacity wait", || {
-        let (tx, mut rx) = crate::core::queue::queue(1, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue(1, 1, None, Box::default());
         let producer = thread::spawn(move || {
             for n in 0..2u64 {
                 block_on(tx.push(item(n))).ok().expect("receiver alive");
@@ -175,7 +175,7 @@ fn loom_a_cancelled_waiting_push_leaves_the_counts_exact() {
 #[test]
 fn loom_a_push_wakes_a_parked_receiver() {
     model("push wakes a parked receiver", || {
-        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None, Box::default());
         let producer = thread::spawn(move || {
             tx.try_push(item(7)).ok().expect("room");
             tx
@@ -193,7 +193,7 @@ fn loom_a_push_wakes_a_parked_receiver() {
 #[test]
 fn loom_a_late_wake_up_for_an_earlier_message_loses_no_later_one() {
     model("late wake-up", || {
-        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None, Box::default());
         rx.release_when_idle();
         let producer = thread::spawn(move || {
             tx.try_push(item(0)).ok().expect("room");
@@ -213,7 +213,7 @@ fn loom_a_late_wake_up_for_an_earlier_message_loses_no_later_one() {
 #[test]
 fn loom_a_channel_retired_while_a_sender_holds_it_loses_nothing() {
     model("retire against a push", || {
-        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None, Box::default());
         tx.try_push(item(0)).ok().expect("room");
         let producer = thread::spawn(move || {
             tx.try_push(item(1)).ok().expect("room");
@@ -236,7 +236,7 @@ fn loom_a_channel_retired_while_a_sender_holds_it_loses_nothing() {
 #[test]
 fn loom_the_last_sender_ends_a_parked_receiver() {
     model("end of the queue", || {
-        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None, Box::default());
         let producer = thread::spawn(move || {
             tx.try_push(item(3)).ok().expect("room");
             drop(tx);
@@ -254,7 +254,7 @@ fn loom_the_last_sender_ends_a_parked_receiver() {
 #[test]
 fn loom_a_close_racing_a_push_hands_the_message_to_exactly_one_side() {
     model("close against a push", || {
-        let (tx, mut rx) = crate::core::queue::queue(4, 1, None);
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None, Box::default());
         let producer = thread::spawn(move || {
             let refused = tx.try_push(item(5)).is_err();
             (tx, refused)

@@ -1,11 +1,13 @@
 //! [`Core`]: the shared state of one relay and the send path.
 //!
 //! The send path, top to bottom. When `send` is called (`Core::snapshot`, synchronous):
-//! 1. lock the registry, check the relay is open, clone the `Arc<Targets>` for the
-//!    message's type, unlock;
-//! 2. if any target is tracked, allocate one [`Tracker`];
-//! 3. wrap the value in its `Arc` (outside the lock; with the tracker, the only
-//!    allocations besides the queues' amortised blocks).
+//! 1. take the snapshot: the registry's published `Arc<Targets>` for the message's type,
+//!    cloned under a lock held for nothing else (`registry.rs`);
+//! 2. if any target is tracked, allocate one [`Tracker`]; if some of them are forwarders
+//!    into derived relays, snapshot those relays' targets too, into the tracker's
+//!    [`Plan`]s, so the whole tracked chain is decided at the call;
+//! 3. wrap the value in its `Arc` (with the tracker, the only allocations besides the
+//!    queues' own).
 //!
 //! When the returned `Delivery` (`core/delivery.rs`) is first polled (`Core::push_ready`):
 //! 4. push the envelope to each target queue with room, without waiting. A full queue is
@@ -18,6 +20,7 @@ pub(crate) mod delivery;
 pub(crate) mod inbox;
 #[cfg(all(test, loom))]
 mod loom_models;
+pub(crate) mod pvec;
 pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod sync;
@@ -32,8 +35,8 @@ use event_listener::Event;
 
 use crate::core::deadlock::WouldDeadlock;
 use crate::core::queue::{queue, PushError, QueueRx, QueueTx};
-use crate::core::registry::{Registry, Targets};
-use crate::core::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::core::registry::{next_subscriber_id, Registry, Targets, TypeCounters};
+use crate::core::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::core::tasks::Tasks;
 use crate::core::tracker::Tracker;
 use crate::core::wait::wait_until;
@@ -44,7 +47,7 @@ use crate::relay::error::{
 };
 use crate::relay::events::{Dropped, Unrouted};
 use crate::relay::receipt::Receipt;
-use crate::relay::stats::RelayStats;
+use crate::relay::stats::{RelayStats, TypeStats};
 
 // Process-wide ids stay on std atomics (loom's are not `const`).
 /// A send that has taken its snapshot and is ready to deliver.
@@ -52,6 +55,20 @@ pub(crate) struct Outgoing {
     envelope: Envelope,
     targets: Arc<Targets>,
     tracker: Option<Arc<Tracker>>,
+}
+
+/// What a tracked forwarder among a send's targets will pass the message on to: the
+/// derived relay's targets for the message's type, snapshotted when the send was called,
+/// with the plans of that relay's own tracked forwarders. So a handler registered on a
+/// derived relay after the parent's `send` was called is neither delivered to nor waited
+/// for, as on the parent itself (SEMANTICS.md §3).
+pub(crate) struct Plan {
+    /// The forwarder's subscriber id on the parent.
+    pub(crate) forwarder: u64,
+    /// The derived relay's id.
+    pub(crate) relay: u64,
+    pub(crate) targets: Arc<Targets>,
+    pub(crate) plans: Arc<[Plan]>,
 }
 
 /// A send's snapshot, taken at the call, before the value is attached.
@@ -135,18 +152,12 @@ static NEXT_RELAY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 pub(crate) struct Core {
     pub(crate) id: u64,
     pub(crate) config: Config,
-    registry: Mutex<Registry>,
-    /// Mirrors `Registry::closed` for lock-free reads.
+    pub(crate) registry: Registry,
+    /// Set once, right after the registry is closed, for lock-free reads.
     closed: AtomicBool,
     /// Notified (all) when the relay closes. `closed()` futures wait on it.
     closed_event: Event,
     next_msg_id: AtomicU64,
-    sent: AtomicU64,
-    delivered: AtomicU64,
-    dropped: AtomicU64,
-    unrouted: AtomicU64,
-    /// Tracked handlers registered now (mirrors `Registry::tracked`).
-    handlers: AtomicUsize,
     /// Notified (all) whenever a tracked handler registers. `wait_for_handlers` waits on it.
     handlers_event: Event,
     /// Tasks started from this relay: live count and the readiness barrier.
@@ -158,58 +169,46 @@ impl Core {
         Arc::new(Core {
             id: NEXT_RELAY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config,
-            registry: Mutex::new(Registry::default()),
+            registry: Registry::default(),
             closed: AtomicBool::new(false),
             closed_event: Event::new(),
             next_msg_id: AtomicU64::new(1),
-            sent: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            unrouted: AtomicU64::new(0),
-            handlers: AtomicUsize::new(0),
             handlers_event: Event::new(),
             tasks: Arc::new(Tasks::default()),
         })
-    }
-
-    fn registry(&self) -> MutexGuard<'_, Registry> {
-        // The registry is never left half-updated by a panic (no user code runs under the
-        // lock), so a poisoned lock is still consistent.
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     // ----- subscribers -------------------------------------------------------------
 
     /// Registers a queue for messages of `ty` (every type when `None`). Complete when it
     /// returns: every send that starts afterwards includes it. On a closed relay the queue
-    /// is born closed.
+    /// is born closed. `links` are the derived relays a tracked forwarder passes messages
+    /// on to (empty for everything else).
     pub(crate) fn register(
         self: &Arc<Self>,
         ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         tracked: Option<HandlerKind>,
+        links: Box<[std::sync::Weak<Core>]>,
     ) -> QueueRx {
-        let mut registry = self.registry();
-        let id = registry.next_id();
-        let (tx, rx) = queue(self.config.channel_size, id, tracked);
-        if registry.closed {
-            drop(registry);
-            drop(tx); // the only sender: the queue reads as closed
-            return rx;
-        }
-        registry.add(ty, tx);
-        if tracked.is_some() {
-            self.handlers.store(registry.tracked(), Ordering::Release);
-            drop(registry);
-            self.handlers_event.notify(usize::MAX);
+        let (tx, rx) = queue(
+            self.config.channel_size,
+            next_subscriber_id(),
+            tracked,
+            links,
+        );
+        match self.registry.add(ty, tx) {
+            Ok(0) => {}
+            Ok(_) => {
+                self.handlers_event.notify(usize::MAX);
+            }
+            // The only sender goes here, outside the lock: the queue reads as closed.
+            Err((_, tx)) => drop(tx),
         }
         rx
     }
 
-    pub(crate) fn unregister(&self, ty: Option<TypeId>, id: u64) {
-        let mut registry = self.registry();
-        if registry.remove(ty, id) {
-            self.handlers.store(registry.tracked(), Ordering::Release);
-        }
+    pub(crate) fn unregister(&self, id: u64) {
+        self.registry.remove(id);
     }
 
     // ----- lifecycle ---------------------------------------------------------------
@@ -218,16 +217,11 @@ impl Core {
     /// finish delivering; each queue closes when the last of them lets go of it, and its
     /// subscriber drains what was queued, then sees the end.
     pub(crate) fn close(&self) {
-        let queues = {
-            let mut registry = self.registry();
-            if registry.closed {
-                return;
-            }
-            self.closed.store(true, Ordering::Release);
-            self.handlers.store(0, Ordering::Release);
-            registry.close()
+        let Some(queues) = self.registry.close() else {
+            return;
         };
-        drop(queues); // outside the lock: may wake receivers
+        self.closed.store(true, Ordering::Release);
+        drop(queues); // outside the registry's locks: may wake receivers
         self.closed_event.notify(usize::MAX);
         self.handlers_event.notify(usize::MAX);
     }
@@ -241,7 +235,7 @@ impl Core {
     }
 
     pub(crate) fn handler_count(&self) -> usize {
-        self.handlers.load(Ordering::Acquire)
+        self.registry.handlers()
     }
 
     /// Resolves once at least `n` tracked handlers are registered, or the relay closed.
@@ -255,19 +249,20 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> RelayStats {
-        let (subscribers, tracked_handlers) = {
-            let registry = self.registry();
-            (registry.subscribers(), registry.tracked())
-        };
+        let [sent, delivered, dropped, unrouted] = self.registry.totals();
         RelayStats {
-            sent: self.sent.load(Ordering::Relaxed),
-            delivered: self.delivered.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            unrouted: self.unrouted.load(Ordering::Relaxed),
-            subscribers,
-            tracked_handlers,
+            sent,
+            delivered,
+            dropped,
+            unrouted,
+            subscribers: self.registry.subscribers(),
+            tracked_handlers: self.registry.tracked(),
             live_tasks: self.tasks.live(),
         }
+    }
+
+    pub(crate) fn type_stats(&self, type_id: TypeId) -> Option<TypeStats> {
+        self.registry.type_stats(type_id)
     }
 
     // ----- sending -----------------------------------------------------------------
@@ -327,20 +322,85 @@ impl Core {
         from: From,
         wait: bool,
     ) -> Result<Snapshot, SendError> {
-        let (targets, type_name) = {
-            let mut registry = self.registry();
-            if registry.closed {
-                return Err(SendError::Closed);
-            }
-            let name = type_name.or_else(|| registry.type_name(type_id));
-            (registry.targets(type_id), name.unwrap_or(erased_name))
+        let targets = self
+            .registry
+            .targets(type_id, type_name)
+            .map_err(|_| SendError::Closed)?;
+        let plans = if wait && targets.chained {
+            self.plans(&targets, type_id, type_name)
+        } else {
+            Arc::from([])
         };
+        self.snapshot_of(targets, plans, type_id, type_name, from, wait)
+    }
+
+    /// Prepares a message a tracked forwarder passes on into this relay, with the snapshot
+    /// planned when the parent's send was called (instead of one taken now).
+    pub(crate) fn prepare_planned(
+        &self,
+        envelope: &Envelope,
+        plan: &Plan,
+    ) -> Result<Outgoing, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let snapshot = self.snapshot_of(
+            plan.targets.clone(),
+            plan.plans.clone(),
+            envelope.type_id(),
+            Some(envelope.type_name),
+            From::Relay(envelope.origin),
+            true,
+        )?;
+        Ok(snapshot.load(envelope.value.clone()))
+    }
+
+    /// The plans of the tracked forwarders among `targets`: each one's derived relays'
+    /// targets for this type, now, recursively.
+    fn plans(
+        &self,
+        targets: &Targets,
+        type_id: TypeId,
+        type_name: Option<TypeName>,
+    ) -> Arc<[Plan]> {
+        let mut plans = Vec::new();
+        for slot in targets.iter().filter(|slot| slot.state.chains()) {
+            for child in slot.state.links.iter().filter_map(std::sync::Weak::upgrade) {
+                let Ok(child_targets) = child.registry.targets(type_id, type_name) else {
+                    continue; // closed: the forwarder finds it so too
+                };
+                let grand = if child_targets.chained {
+                    child.plans(&child_targets, type_id, type_name)
+                } else {
+                    Arc::from([])
+                };
+                plans.push(Plan {
+                    forwarder: slot.state.id,
+                    relay: child.id,
+                    targets: child_targets,
+                    plans: grand,
+                });
+            }
+        }
+        plans.into()
+    }
+
+    fn snapshot_of(
+        &self,
+        targets: Arc<Targets>,
+        plans: Arc<[Plan]>,
+        type_id: TypeId,
+        type_name: Option<TypeName>,
+        from: From,
+        wait: bool,
+    ) -> Result<Snapshot, SendError> {
+        let type_name = type_name.or(targets.type_name).unwrap_or(erased_name);
         let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
-        if targets.slots.is_empty() && from == From::User && self.config.reject_unrouted {
+        if targets.is_empty() && from == From::User && self.config.reject_unrouted {
             // Refused at the call, so `send_or_return` can hand the value back; still
             // counted and reported, as every unrouted message is.
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            self.unrouted(msg_id, type_id, type_name);
+            TypeCounters::add(&targets.counters.sent, 1);
+            self.unrouted(&targets.counters, msg_id, type_id, type_name);
             return Err(SendError::Unrouted {
                 type_name: type_name(),
             });
@@ -349,7 +409,12 @@ impl Core {
             // Named here, at the call: `handler_send(..).await` is called inside the
             // handler's poll, where the deadlock scope is set.
             let chain = crate::core::deadlock::chain_for_send();
-            Arc::new(Tracker::new(targets.tracked, self.config.error_mode, chain))
+            Arc::new(Tracker::new(
+                targets.tracked,
+                self.config.error_mode,
+                chain,
+                plans,
+            ))
         });
         Ok(Snapshot {
             targets,
@@ -365,11 +430,11 @@ impl Core {
 
     /// A message reached no subscriber: count it, and report it unless it is one of the
     /// relay's own events (which are simply not made while nobody subscribes to them).
-    fn unrouted(&self, msg_id: u64, type_id: TypeId, type_name: TypeName) {
+    fn unrouted(&self, counters: &TypeCounters, msg_id: u64, type_id: TypeId, type_name: TypeName) {
         if is_internal_event(type_id) {
             return;
         }
-        self.unrouted.fetch_add(1, Ordering::Relaxed);
+        TypeCounters::add(&counters.unrouted, 1);
         self.emit(Unrouted {
             relay_id: self.id,
             msg_id,
@@ -387,18 +452,21 @@ impl Core {
             tracker,
         } = outgoing;
         // Counted when delivery starts: a send dropped before its first poll sent nothing.
-        self.sent.fetch_add(1, Ordering::Relaxed);
+        let counters = &targets.counters;
+        TypeCounters::add(&counters.sent, 1);
         let mut tally = Tally::default();
         tally.receipt.msg_id = envelope.msg_id;
-        if targets.slots.is_empty() {
-            self.unrouted(envelope.msg_id, envelope.type_id(), envelope.type_name);
+        if targets.is_empty() {
+            self.unrouted(
+                counters,
+                envelope.msg_id,
+                envelope.type_id(),
+                envelope.type_name,
+            );
             return Pushed::Done { tally, tracker };
         }
-        let blocked = self.push_from(&envelope, &targets.slots, tracker.as_ref(), &mut tally);
-        if tally.receipt.queued > 0 {
-            self.delivered
-                .fetch_add(tally.receipt.queued as u64, Ordering::Relaxed);
-        }
+        let blocked = self.push_from(&envelope, &targets, 0, tracker.as_ref(), &mut tally);
+        TypeCounters::add(&counters.delivered, tally.receipt.queued as u64);
         match blocked {
             None => Pushed::Done { tally, tracker },
             Some((next, item)) => Pushed::Blocked(Blocked {
@@ -424,13 +492,13 @@ impl Core {
             item,
             mut tally,
         } = blocked;
-        // The first poll counted its own pushes. Those made here are added to the relay's
+        // The first poll counted its own pushes. Those made here are added to the type's
         // counter when delivery ends *or is cancelled* part-way, so copies already queued
         // by a dropped send are counted.
-        let mut added = CountOnDrop(&self.delivered, 0);
+        let mut added = CountOnDrop(&targets.counters.delivered, 0);
         let mut waiting = Some(item);
         while let Some(item) = waiting.take() {
-            let slot = &targets.slots[next];
+            let slot = &targets.run_from(next)[0];
             let tracked = item.tracker.is_some();
             match slot.push(item).await {
                 Ok(()) => {
@@ -441,68 +509,86 @@ impl Core {
                 }
                 Err(item) => self.fail_gone(item, slot.state.tracked),
             }
-            next += 1;
             let before = tally.receipt.queued;
-            let blocked = self.push_from(
-                &envelope,
-                &targets.slots[next..],
-                tracker.as_ref(),
-                &mut tally,
-            );
+            let blocked =
+                self.push_from(&envelope, &targets, next + 1, tracker.as_ref(), &mut tally);
             added.1 += (tally.receipt.queued - before) as u64;
             if let Some((at, item)) = blocked {
-                next += at;
+                next = at;
                 waiting = Some(item);
             }
         }
         (tally, tracker)
     }
 
-    /// Pushes the message to each of `slots` that has room, in order, without waiting.
-    /// Returns the first full queue (by index in `slots`) and its item in lossless mode,
-    /// where the caller must wait for room and then continue after it.
+    /// Pushes the message to each target from index `start` on that has room, in order,
+    /// without waiting. Returns the first full queue (its index) and its item in lossless
+    /// mode, where the caller must wait for room and then continue after it.
     fn push_from(
         &self,
         envelope: &Envelope,
-        slots: &[QueueTx],
+        targets: &Targets,
+        start: usize,
         tracker: Option<&Arc<Tracker>>,
         tally: &mut Tally,
     ) -> Option<(usize, Queued)> {
-        for (at, slot) in slots.iter().enumerate() {
-            let item = Queued {
-                envelope: envelope.clone(),
-                tracker: slot.state.tracked.and(tracker.cloned()),
-            };
-            if let (Some(kind), Some(t)) = (slot.state.tracked, &item.tracker) {
-                if t.would_deadlock(slot.state.id) {
-                    let error = self.error_for(&item.envelope, kind, Arc::new(WouldDeadlock));
-                    self.report(Some(t), error);
-                    continue;
-                }
+        let mut at = start;
+        loop {
+            let run = targets.run_from(at);
+            if run.is_empty() {
+                return None;
             }
-            let tracked = item.tracker.is_some();
-            match slot.try_push(item) {
-                Ok(()) => {
-                    tally.receipt.queued += 1;
-                    tally.receipt.handled += usize::from(tracked);
-                    tally.crowded |= slot.is_crowded();
+            for slot in run {
+                if let Some(item) = self.push_one(envelope, slot, tracker, tally) {
+                    return Some((at, item));
                 }
-                Err(PushError::Full(item)) => match self.config.delivery_mode {
-                    DeliveryMode::Lossless => return Some((at, item)),
-                    DeliveryMode::Broadcast => {
-                        tally.receipt.missed += usize::from(!tracked);
-                        self.missed(slot, item)
-                    }
-                },
-                Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
+                at += 1;
             }
+        }
+    }
+
+    /// Pushes the message to one target without waiting; the item back if the queue is
+    /// full in lossless mode.
+    fn push_one(
+        &self,
+        envelope: &Envelope,
+        slot: &QueueTx,
+        tracker: Option<&Arc<Tracker>>,
+        tally: &mut Tally,
+    ) -> Option<Queued> {
+        let item = Queued {
+            envelope: envelope.clone(),
+            tracker: slot.state.tracked.and(tracker.cloned()),
+        };
+        if let (Some(kind), Some(t)) = (slot.state.tracked, &item.tracker) {
+            if t.would_deadlock(slot.state.id) {
+                let error = self.error_for(&item.envelope, kind, Arc::new(WouldDeadlock));
+                self.report(Some(t), error);
+                return None;
+            }
+        }
+        let tracked = item.tracker.is_some();
+        match slot.try_push(item) {
+            Ok(()) => {
+                tally.receipt.queued += 1;
+                tally.receipt.handled += usize::from(tracked);
+                tally.crowded |= slot.is_crowded();
+            }
+            Err(PushError::Full(item)) => match self.config.delivery_mode {
+                DeliveryMode::Lossless => return Some(item),
+                DeliveryMode::Broadcast => {
+                    tally.receipt.missed += usize::from(!tracked);
+                    self.missed(slot, item)
+                }
+            },
+            Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
         }
         None
     }
 
     /// A subscriber's queue was full (broadcast mode): count it, report it.
     fn missed(&self, slot: &QueueTx, item: Queued) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.count_dropped(item.envelope.type_id(), item.envelope.type_name);
         slot.state.count_drop();
         let env = &item.envelope;
         if !is_internal_event(env.type_id()) {
@@ -559,17 +645,23 @@ impl Core {
         }
     }
 
-    /// Publishes an internal event (`Dropped`, `RelayError`). Events never wait and are
-    /// never tracked: a full queue misses the event (counted, not re-reported).
+    /// Counts one copy of a message of this type missed for a full queue.
+    fn count_dropped(&self, type_id: TypeId, type_name: TypeName) {
+        if let Ok(targets) = self.registry.targets(type_id, Some(type_name)) {
+            TypeCounters::add(&targets.counters.dropped, 1);
+        }
+    }
+
+    /// Publishes an internal event (`Dropped`, `RelayError`, `Unrouted`). Events never wait
+    /// and are never tracked: a full queue misses the event (counted, not re-reported).
     pub(crate) fn emit<T: Any + Send + Sync>(&self, event: T) {
-        let targets = {
-            let mut registry = self.registry();
-            if registry.closed {
-                return;
-            }
-            registry.targets(TypeId::of::<T>())
+        let Ok(targets) = self
+            .registry
+            .targets(TypeId::of::<T>(), Some(std::any::type_name::<T>))
+        else {
+            return;
         };
-        if targets.slots.is_empty() {
+        if targets.is_empty() {
             return;
         }
         let envelope = Envelope {
@@ -578,9 +670,10 @@ impl Core {
             msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
             origin: self.id,
         };
-        self.sent.fetch_add(1, Ordering::Relaxed);
+        let counters = &targets.counters;
+        TypeCounters::add(&counters.sent, 1);
         let mut delivered = 0;
-        for slot in targets.slots.iter() {
+        for slot in targets.iter() {
             let item = Queued {
                 envelope: envelope.clone(),
                 tracker: None,
@@ -588,13 +681,13 @@ impl Core {
             match slot.try_push(item) {
                 Ok(()) => delivered += 1,
                 Err(PushError::Full(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    TypeCounters::add(&counters.dropped, 1);
                     slot.state.count_drop();
                 }
                 Err(PushError::Closed(_)) => {}
             }
         }
-        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        TypeCounters::add(&counters.delivered, delivered);
     }
 }
 

@@ -160,6 +160,10 @@ pub(crate) struct QueueState {
     pub(crate) id: u64,
     /// `Some` for a tracked subscriber: which kind of handler it is.
     pub(crate) tracked: Option<HandlerKind>,
+    /// For the forwarder of a derived relay that is tracked (`filter`, `only`, `exclude`,
+    /// `split`): the relays it passes messages on to, so that a tracked send can snapshot
+    /// them at the call. Empty for every other subscriber.
+    pub(crate) links: Box<[std::sync::Weak<crate::core::Core>]>,
 }
 
 impl QueueState {
@@ -264,6 +268,11 @@ impl QueueState {
 
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A tracked forwarder into derived relays (see `links`).
+    pub(crate) fn chains(&self) -> bool {
+        !self.links.is_empty()
     }
 
     pub(crate) fn count_drop(&self) {
@@ -460,17 +469,33 @@ impl Drop for Recv<'_> {
 }
 
 /// Makes a queue with room for `capacity` messages (at most [`LEN_MASK`]).
-pub(crate) fn queue(capacity: usize, id: u64, tracked: Option<HandlerKind>) -> (QueueTx, QueueRx) {
+pub(crate) fn queue(
+    capacity: usize,
+    id: u64,
+    tracked: Option<HandlerKind>,
+    links: Box<[std::sync::Weak<crate::core::Core>]>,
+) -> (QueueTx, QueueRx) {
     let capacity = (capacity as u64).min(LEN_MASK);
-    queue_with_credit_batch(capacity, (capacity / 64).clamp(1, 32), id, tracked)
+    make(capacity, (capacity / 64).clamp(1, 32), id, tracked, links)
 }
 
 /// [`queue`] with an explicit `credit_batch` (the loom models use small ones).
+#[cfg(all(test, loom))]
 pub(crate) fn queue_with_credit_batch(
     capacity: u64,
     credit_batch: u64,
     id: u64,
     tracked: Option<HandlerKind>,
+) -> (QueueTx, QueueRx) {
+    make(capacity, credit_batch, id, tracked, Box::default())
+}
+
+fn make(
+    capacity: u64,
+    credit_batch: u64,
+    id: u64,
+    tracked: Option<HandlerKind>,
+    links: Box<[std::sync::Weak<crate::core::Core>]>,
 ) -> (QueueTx, QueueRx) {
     debug_assert!((1..=capacity.max(1)).contains(&credit_batch));
     let state = Arc::new(QueueState {
@@ -487,6 +512,7 @@ pub(crate) fn queue_with_credit_batch(
         dropped: AtomicU64::new(0),
         id,
         tracked,
+        links,
     });
     (
         QueueTx {
@@ -718,7 +744,7 @@ mod stress {
 
     fn run(release_idle: bool, lossless: bool) {
         const N: u64 = 20_000;
-        let (tx, mut rx) = queue(4, 1, None);
+        let (tx, mut rx) = queue(4, 1, None, Box::default());
         if release_idle {
             rx.release_when_idle();
         }

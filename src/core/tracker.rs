@@ -7,6 +7,7 @@ use event_listener::{Event, EventListener};
 
 use crate::core::sync::{AtomicUsize, Mutex, Ordering};
 use crate::core::wait::poll_until;
+use crate::core::Plan;
 use crate::relay::config::ErrorMode;
 use crate::relay::error::{RelayError, SendError};
 
@@ -33,17 +34,33 @@ pub(crate) struct Tracker {
     /// Handlers (subscriber ids) blocked until this message completes: the sending
     /// handler and, transitively, whoever waits on it. See `core/deadlock.rs`.
     blocked: Option<Arc<[u64]>>,
+    /// What the tracked forwarders among the send's targets pass the message on to,
+    /// snapshotted at the call (see [`Plan`]).
+    plans: Arc<[Plan]>,
 }
 
 impl Tracker {
-    pub(crate) fn new(expected: usize, mode: ErrorMode, blocked: Option<Arc<[u64]>>) -> Self {
+    pub(crate) fn new(
+        expected: usize,
+        mode: ErrorMode,
+        blocked: Option<Arc<[u64]>>,
+        plans: Arc<[Plan]>,
+    ) -> Self {
         Tracker {
             remaining: AtomicUsize::new(expected),
             done: Event::new(),
             errors: Mutex::new(Vec::new()),
             mode,
             blocked,
+            plans,
         }
+    }
+
+    /// The plan of forwarder `forwarder` for passing this message on into relay `relay`.
+    pub(crate) fn plan(&self, forwarder: u64, relay: u64) -> Option<&Plan> {
+        self.plans
+            .iter()
+            .find(|p| p.forwarder == forwarder && p.relay == relay)
     }
 
     pub(crate) fn blocked(&self) -> Option<&Arc<[u64]>> {
@@ -141,7 +158,7 @@ mod tests {
 
     #[test]
     fn completes_once_all_handlers_report() {
-        let t = Arc::new(Tracker::new(2, ErrorMode::FirstWins, None));
+        let t = Arc::new(Tracker::new(2, ErrorMode::FirstWins, None, Arc::from([])));
         t.complete();
         assert!(!t.is_done());
         t.complete();
@@ -150,7 +167,7 @@ mod tests {
 
     #[test]
     fn first_wins_keeps_the_first_error() {
-        let t = Tracker::new(2, ErrorMode::FirstWins, None);
+        let t = Tracker::new(2, ErrorMode::FirstWins, None, Arc::from([]));
         t.fail(err(1));
         t.fail(err(2));
         match futures::executor::block_on(t.wait()) {
@@ -161,7 +178,7 @@ mod tests {
 
     #[test]
     fn aggregate_keeps_every_error() {
-        let t = Tracker::new(3, ErrorMode::Aggregate, None);
+        let t = Tracker::new(3, ErrorMode::Aggregate, None, Arc::from([]));
         t.fail(err(1));
         t.complete();
         t.fail(err(2));
@@ -176,7 +193,7 @@ mod tests {
     #[test]
     fn completion_from_another_thread_wakes_the_waiter() {
         for _ in 0..if cfg!(miri) { 20 } else { 2_000 } {
-            let t = Arc::new(Tracker::new(1, ErrorMode::FirstWins, None));
+            let t = Arc::new(Tracker::new(1, ErrorMode::FirstWins, None, Arc::from([])));
             let t2 = t.clone();
             let h = std::thread::spawn(move || t2.complete());
             assert!(futures::executor::block_on(t.wait()).is_ok());

@@ -291,6 +291,23 @@ impl RelayReceiver {
         }
     }
 
+    /// The figures of one message type on this relay (see [`TypeStats`](crate::TypeStats)),
+    /// or `None` if `T` was never sent on it nor subscribed to (or the relay is gone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let _texts = rx.subscribe::<String>();
+    /// tx.send(String::from("a")).await.unwrap();
+    /// assert_eq!(rx.stats_for::<String>().unwrap().delivered, 1);
+    /// # });
+    /// ```
+    pub fn stats_for<T: Any>(&self) -> Option<crate::TypeStats> {
+        self.core.upgrade()?.type_stats(std::any::TypeId::of::<T>())
+    }
+
     /// Resolves once every task started from this relay so far (handlers, `within`) has
     /// begun running. Any number of waiters are released together.
     ///

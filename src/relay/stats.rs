@@ -35,3 +35,45 @@ pub struct RelayStats {
     /// Tasks started from this relay that have not finished.
     pub live_tasks: usize,
 }
+
+/// One message type's figures on one relay, from
+/// [`RelayReceiver::stats_for`](crate::RelayReceiver::stats_for).
+///
+/// The counters count messages *of this type*: `sent` (each once), `delivered` (copies
+/// queued for subscribers), `dropped` (copies missed for a full queue), `unrouted` (sends
+/// that reached no subscriber). `subscribers` and `tracked_handlers` are those registered
+/// for this type now; wildcard subscribers (`subscribe_all`, `exclude`, `split`, `forward`,
+/// `merge`) are counted in [`RelayStats`] only.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let _a = rx.subscribe::<u8>();
+/// tx.send(1u8).await.unwrap();
+/// tx.send(2u16).await.unwrap(); // nobody subscribes to u16
+/// let u8s = rx.stats_for::<u8>().unwrap();
+/// assert_eq!((u8s.sent, u8s.delivered, u8s.subscribers), (1, 1, 1));
+/// assert_eq!(rx.stats_for::<u16>().unwrap().unrouted, 1);
+/// assert!(rx.stats_for::<u32>().is_none()); // never sent nor subscribed to
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TypeStats {
+    /// The type's name (`std::any::type_name`).
+    pub type_name: &'static str,
+    /// Messages of this type sent on this relay.
+    pub sent: u64,
+    /// Copies of them queued for subscribers.
+    pub delivered: u64,
+    /// Copies a subscriber missed because its queue was full.
+    pub dropped: u64,
+    /// Messages of this type that reached no subscriber.
+    pub unrouted: u64,
+    /// Subscribers registered for this type now (not counting wildcard ones).
+    pub subscribers: usize,
+    /// Tracked handlers registered for this type now (not counting wildcard ones).
+    pub tracked_handlers: usize,
+}

@@ -72,11 +72,21 @@ impl Attached {
         ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         tracked: Option<crate::HandlerKind>,
     ) -> Self {
+        Self::linked(core, ty, tracked, Box::default())
+    }
+
+    /// As [`new`](Self::new), for a tracked forwarder passing messages on to `links`.
+    pub(crate) fn linked(
+        core: &Weak<Core>,
+        ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
+        tracked: Option<crate::HandlerKind>,
+        links: Box<[Weak<Core>]>,
+    ) -> Self {
         let (queue, relay_id) = match core.upgrade() {
-            Some(c) => (c.register(ty, tracked), c.id),
+            Some(c) => (c.register(ty, tracked, links), c.id),
             None => {
                 // The relay is gone: a queue whose only sender is already dropped.
-                let (_, rx) = crate::core::queue::queue(1, 0, tracked);
+                let (_, rx) = crate::core::queue::queue(1, 0, tracked, links);
                 (rx, 0)
             }
         };
@@ -105,7 +115,7 @@ impl Drop for Attached {
     fn drop(&mut self) {
         let core = self.core.upgrade();
         if let (Some(core), false) = (&core, self.tombstone) {
-            core.unregister(self.ty, self.queue.state.id);
+            core.unregister(self.queue.state.id);
         }
         let left = self.queue.close_and_drain();
         if let Some(core) = core {

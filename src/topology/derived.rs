@@ -16,6 +16,7 @@ use crate::core::inbox::{Completion, Inbox};
 use crate::core::is_internal_event;
 use crate::core::From;
 use crate::relay::config::PanicMode;
+use crate::relay::envelope::TypeName;
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
@@ -65,7 +66,7 @@ impl RelayReceiver {
         mut pred: impl FnMut(&T) -> bool + Send + 'static,
     ) -> RelayReceiver {
         self.tracked_forwarder(
-            Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, true),
+            Some((TypeId::of::<T>(), std::any::type_name::<T>)),
             move |env| {
                 let value = env.value.downcast_ref::<T>().expect("routed by TypeId");
                 if pred(value) {
@@ -93,10 +94,9 @@ impl RelayReceiver {
     /// # });
     /// ```
     pub fn only<T: Any + Send + Sync>(&self) -> RelayReceiver {
-        self.tracked_forwarder(
-            Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, true),
-            |_| Some(0),
-        )
+        self.tracked_forwarder(Some((TypeId::of::<T>(), std::any::type_name::<T>)), |_| {
+            Some(0)
+        })
     }
 
     /// A child relay with every message except the `T`s. Tracked, like
@@ -118,10 +118,9 @@ impl RelayReceiver {
     /// # });
     /// ```
     pub fn exclude<T: Any + Send + Sync>(&self) -> RelayReceiver {
-        self.tracked_forwarder(
-            Inbox::new(&self.core, None, HandlerKind::Forwarder, true),
-            |env| (env.type_id() != TypeId::of::<T>()).then_some(0),
-        )
+        self.tracked_forwarder(None, |env| {
+            (env.type_id() != TypeId::of::<T>()).then_some(0)
+        })
     }
 
     /// Two child relays: the `T` messages, and all the others. Tracked, like
@@ -144,7 +143,8 @@ impl RelayReceiver {
         let (matched_tx, matched) = self.child();
         let (rest_tx, rest) = self.child();
         if let (Some(matched_tx), Some(rest_tx)) = (matched_tx, rest_tx) {
-            let inbox = Inbox::new(&self.core, None, HandlerKind::Forwarder, true);
+            let links = [&matched_tx, &rest_tx].map(|tx| Arc::downgrade(&tx.core));
+            let inbox = Inbox::forwarder(&self.core, None, Box::new(links));
             self.run_tracked(inbox, vec![matched_tx, rest_tx], |env| {
                 Some(if env.type_id() == TypeId::of::<T>() {
                     0
@@ -358,16 +358,18 @@ impl RelayReceiver {
         child
     }
 
-    /// One tracked forwarder: `route` picks the child (index into `children`) a message
-    /// goes to, or `None` to drop it (completing it at once). Returns the first child.
-    fn tracked_forwarder<R>(&self, inbox: Inbox, route: R) -> RelayReceiver
+    /// One tracked forwarder for messages of `ty` (every type when `None`): `route` picks
+    /// the child (index into `children`) a message goes to, or `None` to drop it
+    /// (completing it at once). The child is made first, so the forwarder's inbox is
+    /// registered knowing where it passes messages on to. Returns the first child.
+    fn tracked_forwarder<R>(&self, ty: Option<(TypeId, TypeName)>, route: R) -> RelayReceiver
     where
         R: FnMut(&crate::Envelope) -> Option<usize> + Send + 'static,
     {
         let (child_tx, child) = self.child();
-        match child_tx {
-            Some(tx) => self.run_tracked(inbox, vec![tx], route),
-            None => drop(inbox),
+        if let Some(tx) = child_tx {
+            let inbox = Inbox::forwarder(&self.core, ty, Box::new([Arc::downgrade(&tx.core)]));
+            self.run_tracked(inbox, vec![tx], route);
         }
         child
     }
@@ -409,8 +411,13 @@ fn unshare<T: Clone>(shared: Arc<T>) -> T {
 }
 
 /// Sends `msg` into `child` and settles it with the child's verdict (waiting for the
-/// child's tracked handlers only if the parent's sender is waiting for this message).
+/// child's tracked handlers only if the parent's sender is waiting for this message). A
+/// tracked message goes to the child's subscribers as the parent's send snapshotted them.
 async fn pass_on(msg: Completion, child: &RelaySender) {
-    let outcome = Delivery::forwarded(&child.core, msg.envelope(), msg.is_tracked()).await;
+    let delivery = match msg.plan(child.core.id) {
+        Some(plan) => Delivery::planned(&child.core, msg.envelope(), plan),
+        None => Delivery::forwarded(&child.core, msg.envelope(), msg.is_tracked()),
+    };
+    let outcome = delivery.await;
     settle_quietly(msg, |msg| msg.settle_forwarded(outcome));
 }
