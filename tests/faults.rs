@@ -10,8 +10,11 @@
 //!   leaks nothing;
 //! - spawners that drop their tasks; a `within` task that panics after the relay closed;
 //! - 10,000 handlers registered and dropped while sends run;
-//! - the deadlock guard (`WouldDeadlock`), directly and through tracked forwarders, and no
-//!   false alarm across a tracking boundary.
+//! - the deadlock guard (`WouldDeadlock`): a handler waiting for itself, directly and
+//!   through tracked forwarders, and two handlers waiting for each other are detected, the
+//!   message still processed; a spawned send, a send polled once and dropped, and a wait
+//!   given up earlier are not false alarms; lossless cycles of forwards and of a handler
+//!   sending back into its full parent never hang and lose nothing.
 
 mod common;
 
@@ -20,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    explode, handler_gone, quiet_intended_panics, timeout, wait_until, within, DroppingLater, Gate,
+    explode, handler_gone, lossless, quiet_intended_panics, timeout, wait_until, within,
+    DroppingLater, Gate,
 };
 use futures::future::join_all;
 use pipedream_rs::{
@@ -489,25 +493,34 @@ on_every_runtime! {
 
     // ----- the deadlock guard --------------------------------------------------------------------
 
-    async fn a_sink_awaiting_a_send_that_reaches_itself_gets_would_deadlock() {
+    async fn a_sink_awaiting_a_send_to_itself_stops_waiting_and_still_processes_the_message() {
         let (tx, rx) = Relay::channel();
         let w = tx.weak();
-        let verdicts = Arc::new(Mutex::new(Vec::new()));
-        let v = verdicts.clone();
+        let (verdicts, seen) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let (v, s) = (verdicts.clone(), seen.clone());
         rx.sink_async::<u32>(move |n| {
-            let (w, v) = (w.clone(), v.clone());
+            let (w, v, s) = (w.clone(), v.clone(), s.clone());
             async move {
+                s.lock().unwrap().push(*n);
                 if *n == 0 {
-                    let e = w.send(1u32).await.unwrap_err();
-                    v.lock().unwrap().push(e.errors()[0].downcast_ref::<WouldDeadlock>().is_some());
+                    let verdict = w.send(1u32).await;
+                    v.lock().unwrap().push(verdict);
                 }
             }
         });
         within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
-        assert_eq!(*verdicts.lock().unwrap(), [true]);
+        let verdict = verdicts.lock().unwrap().pop().unwrap();
+        match verdict {
+            Err(SendError::WouldDeadlock(WouldDeadlock { cycle, .. })) => assert_eq!(cycle.len(), 1),
+            other => panic!("expected WouldDeadlock, got {other:?}"),
+        }
+        // The message was queued, not thrown away: the sink processes it next.
+        wait_until(WAIT, "message 1 processed", || seen.lock().unwrap().len() == 2).await;
+        assert_eq!(*seen.lock().unwrap(), [0, 1]);
+        assert_eq!(rx.stats().deadlocks_broken, 1);
     }
 
-    async fn a_tap_awaiting_a_send_through_two_filters_gets_would_deadlock() {
+    async fn a_tap_awaiting_a_send_through_two_filters_stops_waiting() {
         let (tx, rx) = Relay::builder().error_mode(ErrorMode::Aggregate).build().unwrap();
         let w = tx.weak();
         let verdicts = Arc::new(Mutex::new(Vec::new()));
@@ -517,22 +530,23 @@ on_every_runtime! {
             let (w, v) = (w.clone(), v.clone());
             async move {
                 if *n == 0 {
-                    match w.send(1u32).await {
-                        Err(SendError::Aggregate(errors)) => v.lock().unwrap().extend(
-                            errors.iter().map(|e| e.downcast_ref::<WouldDeadlock>().is_some()),
-                        ),
-                        other => panic!("{other:?}"),
-                    }
+                    let verdict = w.send(1u32).await;
+                    v.lock().unwrap().push(verdict);
                 }
             }
         });
         within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
-        assert_eq!(*verdicts.lock().unwrap(), [true]);
+        let verdict = verdicts.lock().unwrap().pop().unwrap();
+        // Tap, then the two filters' forwarders: a cycle of three.
+        assert!(
+            matches!(&verdict, Err(SendError::WouldDeadlock(d)) if d.cycle.len() == 3),
+            "{verdict:?}"
+        );
         // The relay still works afterwards.
         within(WAIT, "a later send", tx.send(5u32)).await.unwrap();
     }
 
-    async fn a_child_sink_awaiting_a_send_to_its_parent_through_a_filter_gets_would_deadlock() {
+    async fn a_child_sink_awaiting_a_send_to_its_parent_through_a_filter_stops_waiting() {
         let (tx, rx) = Relay::channel();
         let w = tx.weak();
         let verdicts = Arc::new(Mutex::new(Vec::new()));
@@ -542,17 +556,211 @@ on_every_runtime! {
             let (w, v) = (w.clone(), v.clone());
             async move {
                 if *n == 0 {
-                    match w.send(1u32).await {
-                        Err(SendError::Downstream(e)) => {
-                            v.lock().unwrap().push(e.downcast_ref::<WouldDeadlock>().is_some())
-                        }
-                        other => panic!("{other:?}"),
-                    }
+                    let verdict = w.send(1u32).await;
+                    v.lock().unwrap().push(verdict);
                 }
             }
         });
         within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
-        assert_eq!(*verdicts.lock().unwrap(), [true]);
+        let verdict = verdicts.lock().unwrap().pop().unwrap();
+        assert!(matches!(verdict, Err(SendError::WouldDeadlock(_))), "{verdict:?}");
+    }
+
+    async fn a_send_a_handler_spawns_and_does_not_await_is_not_a_deadlock() {
+        // The send's waiter is the spawned task, not the handler: nothing waits in a cycle.
+        let (tx, rx) = Relay::channel();
+        let w = tx.weak();
+        let (seen, spawned) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let (s, sp) = (seen.clone(), spawned.clone());
+        rx.sink::<u32>(move |n| {
+            s.lock().unwrap().push(*n);
+            if *n == 0 {
+                let (w, sp) = (w.clone(), sp.clone());
+                drop(common::spawn(async move {
+                    let result = w.send(1u32).await;
+                    sp.lock().unwrap().push(result.is_ok());
+                }));
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        wait_until(WAIT, "the spawned send", || !spawned.lock().unwrap().is_empty()).await;
+        assert_eq!(*spawned.lock().unwrap(), [true]);
+        assert_eq!(*seen.lock().unwrap(), [0, 1]);
+        assert_eq!(rx.stats().deadlocks_broken, 0);
+    }
+
+    async fn a_send_a_handler_polls_once_and_drops_is_not_a_deadlock_and_is_delivered() {
+        use futures::FutureExt;
+        let (tx, rx) = Relay::channel();
+        let w = tx.weak();
+        let (seen, polled) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let (s, p) = (seen.clone(), polled.clone());
+        rx.sink_async::<u32>(move |n| {
+            let (w, s, p) = (w.clone(), s.clone(), p.clone());
+            async move {
+                s.lock().unwrap().push(*n);
+                if *n == 0 {
+                    // Polled once (it queues the message), then given up: nobody waits.
+                    let once = w.send(1u32).now_or_never();
+                    p.lock().unwrap().push(once.map(|r| r.is_ok()));
+                }
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        assert_eq!(*polled.lock().unwrap(), [None], "still pending after one poll");
+        wait_until(WAIT, "message 1 processed", || seen.lock().unwrap().len() == 2).await;
+        assert_eq!(*seen.lock().unwrap(), [0, 1]);
+        assert_eq!(rx.stats().deadlocks_broken, 0);
+    }
+
+    async fn a_handler_that_gave_up_waiting_is_not_seen_as_waiting_later() {
+        // H1 (u32) waits 20 ms for a u64 send that H2 (u64), held up, cannot process yet,
+        // and gives up. Later H2, processing that message, awaits a u32 send to H1, which is
+        // idle by then: it must simply succeed.
+        let (tx, rx) = Relay::channel();
+        let (w1, w2) = (tx.weak(), tx.weak());
+        let hold = Gate::new();
+        let h2_result = Arc::new(Mutex::new(Vec::new()));
+        let timed_out = Arc::new(AtomicUsize::new(0));
+        let t = timed_out.clone();
+        rx.sink_async::<u32>(move |n| {
+            let (w1, t) = (w1.clone(), t.clone());
+            async move {
+                if *n == 0 && timeout(Duration::from_millis(20), w1.send(0u64)).await.is_none() {
+                    t.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let (hold2, r) = (hold.clone(), h2_result.clone());
+        rx.sink_async::<u64>(move |n| {
+            let (w2, hold, r) = (w2.clone(), hold2.clone(), r.clone());
+            async move {
+                if *n == 0 {
+                    hold.wait().await;
+                    let result = w2.send(1u32).await;
+                    r.lock().unwrap().push(result);
+                }
+            }
+        });
+        within(WAIT, "H1's message", tx.send(0u32)).await.unwrap();
+        assert_eq!(timed_out.load(Ordering::SeqCst), 1);
+        common::sleep(Duration::from_millis(200)).await;
+        hold.open();
+        wait_until(WAIT, "H2's send", || !h2_result.lock().unwrap().is_empty()).await;
+        let result = h2_result.lock().unwrap().pop().unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(rx.stats().deadlocks_broken, 0);
+    }
+
+    async fn two_handlers_awaiting_sends_to_each_other_are_detected_and_both_finish() {
+        // H1 (u32) awaits a u64 send while H2 (u64) awaits a u32 send: each message is
+        // queued behind the one the other handler is busy with. Both are made to be busy
+        // at the same time before they send.
+        let (tx, rx) = Relay::channel();
+        let both_busy = Arc::new(AtomicUsize::new(0));
+        let go = Gate::new();
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        macro_rules! handler {
+            ($T:ty, $Other:ty) => {{
+                let (w, busy, go, results, seen) =
+                    (tx.weak(), both_busy.clone(), go.clone(), results.clone(), seen.clone());
+                rx.sink_async::<$T>(move |n| {
+                    let (w, busy, go, results, seen) =
+                        (w.clone(), busy.clone(), go.clone(), results.clone(), seen.clone());
+                    async move {
+                        seen.lock().unwrap().push((std::any::type_name::<$T>(), *n as u64));
+                        if *n == 0 {
+                            if busy.fetch_add(1, Ordering::SeqCst) == 1 {
+                                go.open();
+                            }
+                            go.wait().await;
+                            let result = w.send(1 as $Other).await;
+                            results.lock().unwrap().push(result);
+                        }
+                    }
+                });
+            }};
+        }
+        handler!(u32, u64);
+        handler!(u64, u32);
+        let (a, b) = futures::join!(tx.send(0u32), tx.send(0u64));
+        a.unwrap();
+        b.unwrap();
+        let results = std::mem::take(&mut *results.lock().unwrap());
+        let deadlocks = results
+            .iter()
+            .filter(|r| matches!(r, Err(SendError::WouldDeadlock(_))))
+            .count();
+        assert_eq!((results.len(), deadlocks), (2, 1), "{results:?}");
+        assert!(results.iter().any(|r| r.is_ok()), "{results:?}");
+        wait_until(WAIT, "all four messages processed", || seen.lock().unwrap().len() == 4).await;
+    }
+
+    async fn lossless_forwards_both_ways_with_small_queues_never_hang_and_lose_nothing() {
+        const N: u32 = 300;
+        let (a_tx, a) = lossless(4);
+        let (b_tx, b) = lossless(4);
+        let (on_a, on_b) = (a.subscribe::<u32>(), b.subscribe::<u32>());
+        let ab = a.forward_detached(&b_tx);
+        let ba = b.forward_detached(&a_tx);
+        let reader = |mut sub: pipedream_rs::Subscription<u32>| {
+            common::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 2 * N as usize {
+                    got.push(*sub.recv().await.unwrap());
+                }
+                got
+            })
+        };
+        let readers = futures::future::join(reader(on_a), reader(on_b));
+        let (wa, wb) = (a_tx.weak(), b_tx.weak());
+        let senders = futures::future::join(
+            common::spawn(async move {
+                for n in 0..N {
+                    wa.send(n).await.unwrap();
+                }
+            }),
+            common::spawn(async move {
+                for n in N..2 * N {
+                    wb.send(n).await.unwrap();
+                }
+            }),
+        );
+        within(WAIT, "both senders (a lossless cycle of forwards)", senders).await;
+        let (mut got_a, mut got_b) = within(WAIT, "both readers", readers).await;
+        got_a.sort();
+        got_b.sort();
+        let all: Vec<u32> = (0..2 * N).collect();
+        // Each relay gets its own messages and the other's, once each (no echo).
+        assert_eq!((got_a, got_b), (all.clone(), all));
+        drop((a_tx, b_tx));
+        let (ab, ba) = within(WAIT, "the forwards end", futures::future::join(ab, ba)).await;
+        assert!(ab.is_ok() && ba.is_ok(), "{ab:?} {ba:?}");
+    }
+
+    async fn a_sink_behind_map_awaiting_sends_into_its_full_lossless_parent_never_hangs() {
+        // The map's forwarder waits for the child's sink; the sink waits for room in the
+        // forwarder's inbox (queue of 1): a cycle of waits, broken by letting the sink's
+        // message in over the capacity.
+        let (tx, rx) = lossless(1);
+        let w = tx.weak();
+        let child = rx.map::<u32, u64>(|n| u64::from(*n));
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        child.sink_async::<u64>(move |n| {
+            let (w, d) = (w.clone(), d.clone());
+            async move {
+                if *n == 0 {
+                    w.send(10u32).await.unwrap();
+                    w.send(11u32).await.unwrap();
+                }
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        wait_until(WAIT, "all three processed by the sink", || done.load(Ordering::SeqCst) == 3).await;
+        assert!(rx.stats().deadlocks_broken >= 1, "{:?}", rx.stats());
     }
 
     async fn a_sink_awaiting_a_send_across_a_tracking_boundary_is_not_a_deadlock() {

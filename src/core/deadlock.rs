@@ -1,114 +1,390 @@
-//! Deadlock detection for the one anti-pattern tracking makes easy: a tracked handler
-//! that awaits a tracked `send` which (directly, or through tracked forwarders) waits
-//! for that same handler. Handlers process one message at a time, so such a send could
-//! never finish.
+//! Deadlock detection: a wait-for graph of the relay's own tasks, checked when one of them
+//! suspends.
 //!
-//! How: while a handler (or tracked forwarder) is polled, a thread-local names it and the
-//! handlers already blocked on the message it is processing. A tracked send made in that
-//! scope records the chain `blocked + [this handler]` in its tracker. When the send path
-//! is about to hand a tracked message to a handler that is in its tracker's chain, it
-//! fails that delivery with [`WouldDeadlock`] instead of queueing it; the error takes the
-//! usual dual path, so the blocked handler's `send` returns it.
+//! A handler processes one message at a time, so a handler that awaits a tracked send
+//! which (directly, or through other handlers and forwarders) waits for that same handler
+//! would wait forever. So would two forwarders in lossless mode each waiting for room in
+//! the other's full queue. Such waits are detected *while they happen*, from who is
+//! actually waiting on whom, and broken; nothing is decided from where a send was called.
 //!
-//! Not detected: sends made from a task the handler spawned and then awaits, from
-//! `within` tasks, or from a `subscribe_tracked` loop you drive yourself (no scope is set
-//! there) — see SEMANTICS.md.
+//! # The graph
+//!
+//! - A **node** is a task of the relay's own that drains a queue: a `sink`/`tap` handler,
+//!   the forwarder of a derived relay, a `forward` or `merge` loop. Its id is its
+//!   subscriber id. While its work is polled, a thread-local names it ([`InNode`]).
+//! - A send polled inside a node and about to wait registers a **wait** of that node
+//!   ([`Waiting`]): on the tracked handlers that have not settled its message yet (its
+//!   tracker records who settles, from the send's first poll on), or, for a lossless send
+//!   waiting for room, on the subscriber that drains the full queue. The wait is
+//!   withdrawn when the send finishes, or is dropped — a send given up on (a timeout,
+//!   `select!`, `now_or_never`) waits for nothing any more.
+//! - A node is **suspended** while its task has returned `Pending` with waits registered.
+//!
+//! When a node suspends, a depth-first search follows its waits through the suspended
+//! nodes. Reaching the node itself is a cycle: every task on it is suspended, each waiting
+//! for the next, and none can proceed. One wait on the cycle is broken, and its task woken:
+//!
+//! - if the cycle holds a wait for room, that one: the message is queued over the
+//!   capacity, by one, so lossless delivery stays lossless and the cycle moves on;
+//! - otherwise the wait for handlers of a *handler* on the cycle (the one that closed it,
+//!   if it is a handler): its send returns [`SendError::WouldDeadlock`]. The message is
+//!   already queued for those handlers and is still processed when they get to it; only
+//!   its outcome is not reported to this sender (a failure is still published as a
+//!   `RelayError` event). A forwarder's wait is never the one broken: a forwarder only
+//!   passes on its parent's message, and stopping there would report a failure to a
+//!   sender that is not on the cycle. (Every cycle of waits for handlers has a handler on
+//!   it: derived relays form trees.)
+//!
+//! Either is counted in `RelayStats::deadlocks_broken`.
+//!
+//! Edges are exact for waits for handlers: a handler that settled the message is no edge,
+//! and the set only shrinks. A wait for room is an edge for as long as its sender has not
+//! got its room: a slot freed by the node that drains the queue can be taken first by a
+//! sender that is not a node, and the cycle then closes again while every node on it is
+//! already suspended, with no suspension left to check it. Counting that edge until the
+//! room is really taken means the check sees the cycle when its last node suspends; the
+//! price, in the rare case where a woken sender had not run yet, is one message over the
+//! capacity where waiting a moment more would have done (never a false error: a wait for
+//! handlers is broken only on a cycle with no wait for room in it).
+//!
+//! Not seen: waits on anything but a relay's sends (a channel of your own, a lock), and
+//! tasks that are not the relay's (a loop of yours over `subscribe_tracked`, a `within`
+//! task, a task a handler spawns): they are not nodes.
+//!
+//! [`SendError::WouldDeadlock`]: crate::SendError::WouldDeadlock
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-/// A tracked handler awaited a tracked send that waits for the handler itself.
+use crate::core::queue::QueueState;
+use crate::core::tracker::Tracker;
+
+/// A tracked send stopped waiting because waiting would never end: the handlers it waits
+/// for are themselves waiting, directly or through others, for the task that made it.
+///
+/// Returned as [`SendError::WouldDeadlock`](crate::SendError::WouldDeadlock). The message was
+/// delivered (queued) and will still be processed; what this send gives up is learning its
+/// outcome.
 ///
 /// # Examples
 ///
+/// A sink that awaits a send of its own type waits for itself:
+///
 /// ```
 /// # futures::executor::block_on(async {
-/// use pipedream_rs::{Relay, WouldDeadlock};
+/// use pipedream_rs::{Relay, SendError};
 /// let (tx, rx) = Relay::channel();
-/// let echo = tx.weak();
+/// let again = tx.weak();
 /// rx.sink_async::<u32>(move |n| {
-///     let echo = echo.clone();
+///     let again = again.clone();
 ///     async move {
-///         if *n < 1 {
-///             // Sends a u32 to this very sink and waits for it: detected, not hung.
-///             let err = echo.send(*n + 1).await.unwrap_err();
-///             assert!(err.errors()[0].downcast_ref::<WouldDeadlock>().is_some());
+///         if *n == 0 {
+///             // Queued behind the message this sink is processing, so never processed
+///             // while it waits: detected, and the wait is given up.
+///             match again.send(1u32).await {
+///                 Err(SendError::WouldDeadlock(_)) => {}
+///                 other => panic!("{other:?}"),
+///             }
 ///         }
 ///     }
 /// });
 /// tx.send(0u32).await.unwrap();
 /// # });
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "deadlock avoided: a handler awaited a tracked send that waits for that same handler \
-     (send without awaiting, spawn the send, or use an untracked relay)"
+    "deadlock avoided: stopped waiting for message {msg_id}, whose handlers wait, in turn, \
+     for the task that sent it (subscribers {cycle:?}); the message stays queued and is \
+     still processed"
 )]
-pub struct WouldDeadlock;
-
-/// The handler being polled on this thread, and who is blocked on its current message.
-struct Scope {
-    handler: u64,
-    blocked: Option<Arc<[u64]>>,
+#[non_exhaustive]
+pub struct WouldDeadlock {
+    /// The message this send stopped waiting for.
+    pub msg_id: u64,
+    /// The cycle of waits, as subscriber ids: the sending task first, then each task it
+    /// waited for, in turn, up to one that waits for the first.
+    pub cycle: Vec<u64>,
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Scope>> = const { RefCell::new(None) };
-}
-
-/// The wait chain for a tracked send made now: empty outside any handler.
-pub(crate) fn chain_for_send() -> Option<Arc<[u64]>> {
-    CURRENT.with(|current| {
-        let current = current.borrow();
-        let scope = current.as_ref()?;
-        let mut chain: Vec<u64> = scope.blocked.as_deref().unwrap_or(&[]).to_vec();
-        chain.push(scope.handler);
-        Some(chain.into())
-    })
-}
-
-pin_project_lite::pin_project! {
-    /// Polls `fut` with `handler` named as the current handler on this thread.
-    pub(crate) struct InHandler<F> {
-        #[pin]
-        fut: F,
-        handler: u64,
-        blocked: Option<Arc<[u64]>>,
+impl WouldDeadlock {
+    pub(crate) fn new(msg_id: u64, cycle: Vec<u64>) -> Self {
+        WouldDeadlock { msg_id, cycle }
     }
 }
 
-impl<F> InHandler<F> {
-    pub(crate) fn new(handler: u64, blocked: Option<Arc<[u64]>>, fut: F) -> Self {
-        InHandler {
-            fut,
+/// One of the relay's own tasks that drains a queue (see the module docs).
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    /// A handler (`sink`, `tap`), whose own sends may be told to stop waiting; `false` for
+    /// a forwarder, which only passes its parent's messages on.
+    handler: bool,
+    /// The waits of sends polled in this task that are still waiting.
+    waits: Mutex<Vec<Arc<Wait>>>,
+    /// In [`SUSPENDED`]. Written under that lock; read without it as a hint.
+    suspended: AtomicBool,
+}
+
+impl Node {
+    /// The node of a `sink`/`tap` handler with subscriber id `id`.
+    pub(crate) fn handler(id: u64) -> Arc<Node> {
+        Self::new(id, true)
+    }
+
+    /// The node of a forwarder (derived relay, `forward`, `merge`) with subscriber id `id`.
+    pub(crate) fn forwarder(id: u64) -> Arc<Node> {
+        Self::new(id, false)
+    }
+
+    fn new(id: u64, handler: bool) -> Arc<Node> {
+        Arc::new(Node {
+            id,
             handler,
-            blocked,
+            waits: Mutex::new(Vec::new()),
+            suspended: AtomicBool::new(false),
+        })
+    }
+
+    fn waits(&self) -> MutexGuard<'_, Vec<Arc<Wait>>> {
+        self.waits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a waiting send waits on.
+pub(crate) enum On {
+    /// The tracked handlers that have not settled this message yet.
+    Handlers(Arc<Tracker>),
+    /// Room in this (full) lossless queue: its subscriber, which drains it.
+    Room(crate::core::sync::Arc<QueueState>),
+}
+
+/// One wait of a node.
+pub(crate) struct Wait {
+    on: On,
+    /// Set by the check that found this wait on a cycle: the send must stop waiting.
+    broken: AtomicBool,
+    /// The cycle found, for the error.
+    cycle: Mutex<Vec<u64>>,
+    /// Wakes the waiting task, for a check run by another task (a wait for room).
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Wait {
+    /// The nodes this wait waits for now (none once it is satisfied; see the module docs
+    /// for why a wait for room counts until the room is taken).
+    fn waits_for(&self) -> Vec<u64> {
+        match &self.on {
+            On::Handlers(tracker) => tracker.unsettled(),
+            On::Room(queue) => vec![queue.id],
+        }
+    }
+
+    fn is_room(&self) -> bool {
+        matches!(self.on, On::Room(_))
+    }
+
+    /// Breaks this wait, naming the cycle it is on, and wakes its task.
+    fn break_on(&self, cycle: Vec<u64>, cx: Option<&mut Context<'_>>) {
+        *self.cycle.lock().unwrap_or_else(|e| e.into_inner()) = cycle;
+        self.broken.store(true, Ordering::Release);
+        match cx {
+            Some(cx) => cx.waker().wake_by_ref(),
+            None => {
+                if let Some(waker) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    waker.wake();
+                }
+            }
         }
     }
 }
 
-impl<F: Future> Future for InHandler<F> {
+/// Nodes whose task is suspended with waits registered, by id.
+static SUSPENDED: Mutex<BTreeMap<u64, Arc<Node>>> = Mutex::new(BTreeMap::new());
+
+fn suspended() -> MutexGuard<'static, BTreeMap<u64, Arc<Node>>> {
+    SUSPENDED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    /// The node whose work this thread is polling now.
+    static CURRENT: RefCell<Option<Arc<Node>>> = const { RefCell::new(None) };
+}
+
+/// `true` while a node's work is polled on this thread: a send first polled now has its
+/// tracker record who settles it.
+pub(crate) fn in_node() -> bool {
+    CURRENT.with(|current| current.borrow().is_some())
+}
+
+/// A send's wait, registered with the node polling it; withdrawn when dropped.
+pub(crate) struct Waiting {
+    node: Arc<Node>,
+    wait: Arc<Wait>,
+}
+
+impl Waiting {
+    /// Registers a wait on `on` for the node being polled on this thread, if any.
+    pub(crate) fn register(on: On) -> Option<Waiting> {
+        let node = CURRENT.with(|current| current.borrow().clone())?;
+        let wait = Arc::new(Wait {
+            on,
+            broken: AtomicBool::new(false),
+            cycle: Mutex::new(Vec::new()),
+            waker: Mutex::new(None),
+        });
+        node.waits().push(wait.clone());
+        Some(Waiting { node, wait })
+    }
+
+    /// The check found this wait on a cycle: `Some(cycle)` once, then the send must stop
+    /// waiting.
+    pub(crate) fn broken(&self) -> Option<Vec<u64>> {
+        self.wait.broken.load(Ordering::Acquire).then(|| {
+            self.wait
+                .cycle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+}
+
+impl Waiting {
+    /// Records the task to wake if another task's check breaks this wait.
+    pub(crate) fn waker(&self, cx: &Context<'_>) {
+        let mut slot = self.wait.waker.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.node.waits().retain(|w| !Arc::ptr_eq(w, &self.wait));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Polls `fut` as the work of `node`: sends polled inside register their waits with it,
+    /// and when it suspends with waits, the graph is checked for a cycle through it.
+    pub(crate) struct InNode<F> {
+        #[pin]
+        fut: F,
+        node: Arc<Node>,
+    }
+
+    impl<F> PinnedDrop for InNode<F> {
+        fn drop(this: Pin<&mut Self>) {
+            resume(this.project().node);
+        }
+    }
+}
+
+impl<F> InNode<F> {
+    pub(crate) fn new(node: Arc<Node>, fut: F) -> Self {
+        InNode { fut, node }
+    }
+}
+
+impl<F: Future> Future for InNode<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let scope = Scope {
-            handler: *this.handler,
-            blocked: this.blocked.clone(),
-        };
-        // Restores the outer scope on return *and* on unwind (handler panics are caught
+        resume(this.node);
+        // Restores the outer node on return *and* on unwind (handler panics are caught
         // further out).
-        struct Restore(Option<Scope>);
+        struct Restore(Option<Arc<Node>>);
         impl Drop for Restore {
             fn drop(&mut self) {
                 let outer = self.0.take();
                 CURRENT.with(|c| *c.borrow_mut() = outer);
             }
         }
-        let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(scope)));
-        this.fut.poll(cx)
+        let polled = {
+            let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(this.node.clone())));
+            this.fut.poll(cx)
+        };
+        if polled.is_pending() && !this.node.waits().is_empty() {
+            suspend(this.node, cx);
+        }
+        polled
     }
+}
+
+/// The node runs again (or its work is dropped): it is no longer suspended.
+fn resume(node: &Arc<Node>) {
+    if node.suspended.load(Ordering::Acquire) {
+        let mut graph = suspended();
+        graph.remove(&node.id);
+        node.suspended.store(false, Ordering::Release);
+    }
+}
+
+/// `node` suspends with waits registered: record it, then look for a cycle through it,
+/// and break a wait on it (see the module docs for which).
+fn suspend(node: &Arc<Node>, cx: &mut Context<'_>) {
+    let mut graph = suspended();
+    graph.insert(node.id, node.clone());
+    node.suspended.store(true, Ordering::Release);
+    let waits: Vec<Arc<Wait>> = node.waits().clone();
+    for wait in waits {
+        for next in wait.waits_for() {
+            let mut path = vec![(node.clone(), wait.clone())];
+            let mut seen = BTreeSet::new();
+            if !reaches(&graph, node.id, next, &mut path, &mut seen) {
+                continue;
+            }
+            let cycle: Vec<u64> = path.iter().map(|(n, _)| n.id).collect();
+            let room = path.iter().find(|(_, w)| w.is_room());
+            let handler = || {
+                // This node's own wait if it is a handler, else the first handler's.
+                path.iter()
+                    .find(|(n, _)| n.id == node.id && n.handler)
+                    .or_else(|| path.iter().find(|(n, _)| n.handler))
+            };
+            if let Some((owner, chosen)) = room.or_else(handler) {
+                let here = owner.id == node.id;
+                chosen.break_on(cycle, here.then_some(&mut *cx));
+            }
+            return;
+        }
+    }
+}
+
+/// Depth-first search: does `from`, through suspended nodes' live waits, reach `target`?
+/// `path` ends with the nodes walked and the wait taken from each, for the choice of the
+/// wait to break and the error.
+fn reaches(
+    graph: &BTreeMap<u64, Arc<Node>>,
+    target: u64,
+    from: u64,
+    path: &mut Vec<(Arc<Node>, Arc<Wait>)>,
+    seen: &mut BTreeSet<u64>,
+) -> bool {
+    if from == target {
+        return true;
+    }
+    if !seen.insert(from) {
+        return false;
+    }
+    let Some(node) = graph.get(&from) else {
+        return false; // not suspended: it can still make progress
+    };
+    let waits: Vec<Arc<Wait>> = node.waits().clone();
+    for wait in waits {
+        for next in wait.waits_for() {
+            path.push((node.clone(), wait.clone()));
+            if reaches(graph, target, next, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+    }
+    false
 }

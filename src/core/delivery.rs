@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 
 use event_listener::EventListener;
 
+use crate::core::deadlock::{On, Waiting, WouldDeadlock};
 use crate::core::tracker::Tracker;
 use crate::core::{Core, From, Outgoing, Plan, Pushed, Tally};
 use crate::relay::envelope::Envelope;
@@ -53,11 +54,18 @@ enum State<'a, C> {
     /// The send failed at the call (closed relay, mismatched type).
     Failed(SendError),
     /// A lossless send met a full queue: the rest of the pushing, boxed.
-    Rest(Rest<'a>),
+    Rest(C, Rest<'a>),
     /// Pushed; a queue was crowded, so give the scheduler one turn before waiting.
-    Yield(Receipt, Option<Arc<Tracker>>),
-    /// Pushed; waiting for the tracked handlers.
-    Wait(Receipt, Arc<Tracker>, Option<EventListener>),
+    Yield(C, Receipt, Option<Arc<Tracker>>),
+    /// Pushed; waiting for the tracked handlers (and registered as a wait of the task that
+    /// polls it, if it is one of the relay's own: see `core/deadlock.rs`).
+    Wait(
+        C,
+        Receipt,
+        Arc<Tracker>,
+        Option<EventListener>,
+        Option<Waiting>,
+    ),
     /// Finished, with this result (kept for a poll after completion).
     Finished(Result<Receipt, SendError>),
 }
@@ -84,7 +92,7 @@ impl<'a> Delivery<'a, &'a Core> {
 
     /// Sends a message a tracked forwarder passes on, to the targets its parent's send
     /// snapshotted for this relay (`plan`).
-    pub(crate) fn planned(core: &'a Core, envelope: &Envelope, plan: &Plan) -> Self {
+    pub(crate) fn planned(core: &'a Core, envelope: &Envelope, plan: Plan) -> Self {
         Delivery::new(core, core.prepare_planned(envelope, plan))
     }
 
@@ -128,37 +136,59 @@ where
             // finished delivery (or one whose poll unwound) is left `Finished`.
             let next = match std::mem::replace(state, State::Finished(Err(SendError::Closed))) {
                 State::Start(core, outgoing) => match core.push_ready(outgoing) {
-                    Pushed::Done { tally, tracker } => pushed(tally, tracker),
+                    Pushed::Done { tally, tracker } => pushed(core, tally, tracker),
                     Pushed::Blocked(blocked) => {
-                        State::Rest(Box::pin(async move { core.deliver_rest(blocked).await }))
+                        let pushing = core.clone();
+                        State::Rest(
+                            core,
+                            Box::pin(async move { pushing.deliver_rest(blocked).await }),
+                        )
                     }
                 },
                 State::Failed(error) => State::Finished(Err(error)),
-                State::Rest(mut rest) => match rest.as_mut().poll(cx) {
-                    Poll::Ready((tally, tracker)) => pushed(tally, tracker),
+                State::Rest(core, mut rest) => match rest.as_mut().poll(cx) {
+                    Poll::Ready((tally, tracker)) => pushed(core, tally, tracker),
                     Poll::Pending => {
-                        *state = State::Rest(rest);
+                        *state = State::Rest(core, rest);
                         return Poll::Pending;
                     }
                 },
-                State::Yield(receipt, tracker) => {
+                State::Yield(core, receipt, tracker) => {
                     // Broadcast never waits for room, but a producer that never yields can
                     // starve a consumer on the same worker until its queue overflows. Once
                     // a queue is half full, give the scheduler one turn.
                     cx.waker().wake_by_ref();
                     *state = match tracker {
-                        Some(tracker) => State::Wait(receipt, tracker, None),
+                        Some(tracker) => State::Wait(core, receipt, tracker, None, None),
                         None => State::Finished(Ok(receipt)),
                     };
                     return Poll::Pending;
                 }
-                State::Wait(receipt, tracker, mut listener) => {
+                State::Wait(core, receipt, tracker, mut listener, mut waiting) => {
                     match tracker.poll_wait(&mut listener, cx) {
                         Poll::Ready(verdict) => State::Finished(verdict.map(|()| receipt)),
-                        Poll::Pending => {
-                            *state = State::Wait(receipt, tracker, listener);
-                            return Poll::Pending;
-                        }
+                        Poll::Pending => match waiting.as_ref().and_then(Waiting::broken) {
+                            // On a cycle of waits: stop waiting. The message stays queued
+                            // for its handlers, who process it when they get to it.
+                            Some(cycle) => {
+                                core.deadlock_broken();
+                                State::Finished(Err(SendError::WouldDeadlock(WouldDeadlock::new(
+                                    receipt.msg_id,
+                                    cycle,
+                                ))))
+                            }
+                            None => {
+                                if waiting.is_none() {
+                                    waiting = Waiting::register(On::Handlers(tracker.clone()));
+                                }
+                                if let Some(waiting) = &waiting {
+                                    // Another task's check may break this wait and wake us.
+                                    waiting.waker(cx);
+                                }
+                                *state = State::Wait(core, receipt, tracker, listener, waiting);
+                                return Poll::Pending;
+                            }
+                        },
                     }
                 }
                 State::Finished(result) => {
@@ -173,10 +203,10 @@ where
 
 /// What follows the pushing: yield once if a queue is crowded, then wait for the tracker
 /// if there is one, else finish.
-fn pushed<'a, C>(tally: Tally, tracker: Option<Arc<Tracker>>) -> State<'a, C> {
+fn pushed<'a, C>(core: C, tally: Tally, tracker: Option<Arc<Tracker>>) -> State<'a, C> {
     match (tally.crowded, tracker) {
-        (true, tracker) => State::Yield(tally.receipt, tracker),
-        (false, Some(tracker)) => State::Wait(tally.receipt, tracker, None),
+        (true, tracker) => State::Yield(core, tally.receipt, tracker),
+        (false, Some(tracker)) => State::Wait(core, tally.receipt, tracker, None, None),
         (false, None) => State::Finished(Ok(tally.receipt)),
     }
 }
@@ -186,7 +216,7 @@ impl<C> fmt::Debug for Delivery<'_, C> {
         let state = match self.state {
             State::Start(..) => "start",
             State::Failed(_) => "failed",
-            State::Rest(_) => "waiting for room",
+            State::Rest(..) => "waiting for room",
             State::Yield(..) => "yielding",
             State::Wait(..) => "waiting for handlers",
             State::Finished(_) => "finished",

@@ -37,7 +37,7 @@ impl Inbox {
     pub(crate) fn forwarder(
         core: &Weak<Core>,
         ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
-        links: Box<[Weak<Core>]>,
+        links: Box<[crate::core::Link]>,
     ) -> Self {
         Inbox {
             attached: Attached::linked(core, ty, Some(HandlerKind::Forwarder), links),
@@ -129,20 +129,18 @@ impl Completion {
         self.envelope.take().expect("the envelope is taken once")
     }
 
-    /// How the send of this message planned for this forwarder to pass it on into relay
-    /// `relay`, if it is a tracked message (see `Core::snapshot`).
-    pub(crate) fn plan(&self, relay: u64) -> Option<&crate::core::Plan> {
-        self.tracker.as_ref()?.plan(self.subscriber, relay)
-    }
-
-    /// Who is blocked until this message completes (for deadlock detection).
-    pub(crate) fn blocked(&self) -> Option<Arc<[u64]>> {
-        self.tracker.as_ref()?.blocked().cloned()
+    /// How the send of this message planned for this forwarder to pass it on (one plan per
+    /// relay it passes messages on to; none for an untracked message). Taken once.
+    pub(crate) fn take_plans(&self) -> Vec<crate::core::Plan> {
+        match &self.tracker {
+            Some(tracker) => tracker.take_plans(self.subscriber),
+            None => Vec::new(),
+        }
     }
 
     pub(crate) fn complete(mut self) {
         if let Some(tracker) = self.tracker.take() {
-            tracker.complete();
+            tracker.complete(self.subscriber);
         }
     }
 
@@ -163,7 +161,7 @@ impl Completion {
             Err(_) => return self.report_failure(Arc::new(HandlerGone)),
         };
         if let Some(tracker) = self.tracker.take() {
-            tracker.fail_many(errors);
+            tracker.fail_many(self.subscriber, errors);
         }
     }
 
@@ -188,13 +186,14 @@ impl Completion {
     fn report_failure(&mut self, error: SharedError) {
         let tracker = self.tracker.take();
         let relay_error = self.relay_error(error);
+        let by = self.subscriber;
         match self.core.upgrade() {
-            Some(core) => core.report(tracker.as_deref(), relay_error),
+            Some(core) => core.report(tracker.as_deref().map(|t| (t, by)), relay_error),
             // Nobody is waiting if the relay is gone (in-flight sends keep it alive), but
             // complete the tracker anyway so the invariant holds.
             None => {
                 if let Some(tracker) = tracker {
-                    tracker.fail(relay_error);
+                    tracker.fail(by, relay_error);
                 }
             }
         }

@@ -49,11 +49,11 @@ fn error() -> RelayError {
 #[test]
 fn loom_tracker_wait_sees_every_completion() {
     model("tracker first-wins", || {
-        let tracker = Arc::new(Tracker::new(2, ErrorMode::FirstWins, None, Arc::from([])));
+        let tracker = Arc::new(Tracker::new(2, ErrorMode::FirstWins, Vec::new()));
         let a = tracker.clone();
         let b = tracker.clone();
-        let ta = thread::spawn(move || a.complete());
-        let tb = thread::spawn(move || b.fail(error()));
+        let ta = thread::spawn(move || a.complete(1));
+        let tb = thread::spawn(move || b.fail(2, error()));
         let verdict = block_on(tracker.wait());
         assert!(matches!(verdict, Err(SendError::Downstream(_))));
         ta.join().unwrap();
@@ -65,10 +65,10 @@ fn loom_tracker_wait_sees_every_completion() {
 #[test]
 fn loom_tracker_aggregate_keeps_both_errors() {
     model("tracker aggregate", || {
-        let tracker = Arc::new(Tracker::new(2, ErrorMode::Aggregate, None, Arc::from([])));
+        let tracker = Arc::new(Tracker::new(2, ErrorMode::Aggregate, Vec::new()));
         let a = tracker.clone();
-        let t = thread::spawn(move || a.fail(error()));
-        tracker.fail(error());
+        let t = thread::spawn(move || a.fail(1, error()));
+        tracker.fail(2, error());
         match block_on(tracker.wait()) {
             Err(SendError::Aggregate(v)) => assert_eq!(v.len(), 2),
             other => panic!("{other:?}"),
@@ -106,7 +106,9 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
         let (tx, mut rx) = crate::core::queue::queue(1, 1, None, Box::default());
         let producer = thread::spawn(move || {
             for n in 0..2u64 {
-                block_on(tx.push(item(n))).ok().expect("receiver alive");
+                block_on(tx.push(item(n), None))
+                    .ok()
+                    .expect("receiver alive");
             }
             tx
         });
@@ -128,7 +130,9 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
         let (tx, mut rx) = crate::core::queue::queue_with_credit_batch(2, 2, 1, None);
         let producer = thread::spawn(move || {
             for n in 0..3u64 {
-                block_on(tx.push(item(n))).ok().expect("receiver alive");
+                block_on(tx.push(item(n), None))
+                    .ok()
+                    .expect("receiver alive");
             }
             tx
         });
@@ -148,7 +152,9 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
 fn loom_a_waiting_sender_gets_the_room_of_one_take() {
     model("room of one take", || {
         one_take_from_a_full_queue(|tx| {
-            block_on(tx.push(item(2))).ok().expect("receiver alive");
+            block_on(tx.push(item(2), None))
+                .ok()
+                .expect("receiver alive");
         });
     });
 }
@@ -161,8 +167,10 @@ fn loom_a_cancelled_waiting_push_leaves_the_counts_exact() {
     model("cancelled waiting push", || {
         one_take_from_a_full_queue(|tx| {
             // `now_or_never` polls once and drops the future if it is still waiting.
-            if futures::FutureExt::now_or_never(tx.push(item(2))).is_none() {
-                block_on(tx.push(item(3))).ok().expect("receiver alive");
+            if futures::FutureExt::now_or_never(tx.push(item(2), None)).is_none() {
+                block_on(tx.push(item(3), None))
+                    .ok()
+                    .expect("receiver alive");
             }
         });
     });
@@ -275,7 +283,7 @@ fn loom_a_close_racing_a_push_hands_the_message_to_exactly_one_side() {
 fn one_take_from_a_full_queue(send: fn(&QueueTx)) {
     let (tx, mut rx) = crate::core::queue::queue_with_credit_batch(2, 2, 1, None);
     for n in 0..2u64 {
-        block_on(tx.push(item(n))).ok().expect("room for two");
+        block_on(tx.push(item(n), None)).ok().expect("room for two");
     }
     let producer = thread::spawn(move || {
         send(&tx);

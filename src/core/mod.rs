@@ -33,10 +33,10 @@ use std::sync::Arc;
 
 use event_listener::Event;
 
-use crate::core::deadlock::WouldDeadlock;
-use crate::core::queue::{queue, PushError, QueueRx, QueueTx};
+use crate::core::deadlock::{On, Waiting};
+use crate::core::queue::{queue, PushError, QueueRx, QueueState, QueueTx};
 use crate::core::registry::{next_subscriber_id, Registry, Targets, TypeCounters};
-use crate::core::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::core::sync::{AtomicU64, Ordering};
 use crate::core::tasks::Tasks;
 use crate::core::tracker::Tracker;
 use crate::core::wait::wait_until;
@@ -68,7 +68,35 @@ pub(crate) struct Plan {
     /// The derived relay's id.
     pub(crate) relay: u64,
     pub(crate) targets: Arc<Targets>,
-    pub(crate) plans: Arc<[Plan]>,
+    pub(crate) plans: Vec<Plan>,
+}
+
+/// Where a tracked forwarder passes messages on to: a derived relay, and which types it
+/// can pass there (so a send does not snapshot a relay that will never get its type).
+pub(crate) struct Link {
+    pub(crate) relay: std::sync::Weak<Core>,
+    pub(crate) takes: Takes,
+}
+
+/// Which message types a [`Link`] can carry.
+#[derive(Clone, Copy)]
+pub(crate) enum Takes {
+    /// Any type the forwarder receives (`filter`, `only`: their inbox is of one type).
+    Any,
+    /// Only this type (`split`'s first child).
+    Only(TypeId),
+    /// Every type but this one (`exclude`, `split`'s second child).
+    Except(TypeId),
+}
+
+impl Takes {
+    fn accepts(self, type_id: TypeId) -> bool {
+        match self {
+            Takes::Any => true,
+            Takes::Only(only) => type_id == only,
+            Takes::Except(except) => type_id != except,
+        }
+    }
 }
 
 /// A send's snapshot, taken at the call, before the value is attached.
@@ -153,11 +181,11 @@ pub(crate) struct Core {
     pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) registry: Registry,
-    /// Set once, right after the registry is closed, for lock-free reads.
-    closed: AtomicBool,
     /// Notified (all) when the relay closes. `closed()` futures wait on it.
     closed_event: Event,
     next_msg_id: AtomicU64,
+    /// Waits of this relay's sends broken by the deadlock check (`core/deadlock.rs`).
+    deadlocks_broken: AtomicU64,
     /// Notified (all) whenever a tracked handler registers. `wait_for_handlers` waits on it.
     handlers_event: Event,
     /// Tasks started from this relay: live count and the readiness barrier.
@@ -170,9 +198,9 @@ impl Core {
             id: NEXT_RELAY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config,
             registry: Registry::default(),
-            closed: AtomicBool::new(false),
             closed_event: Event::new(),
             next_msg_id: AtomicU64::new(1),
+            deadlocks_broken: AtomicU64::new(0),
             handlers_event: Event::new(),
             tasks: Arc::new(Tasks::default()),
         })
@@ -188,7 +216,7 @@ impl Core {
         self: &Arc<Self>,
         ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         tracked: Option<HandlerKind>,
-        links: Box<[std::sync::Weak<Core>]>,
+        links: Box<[Link]>,
     ) -> QueueRx {
         let (tx, rx) = queue(
             self.config.channel_size,
@@ -220,14 +248,13 @@ impl Core {
         let Some(queues) = self.registry.close() else {
             return;
         };
-        self.closed.store(true, Ordering::Release);
         drop(queues); // outside the registry's locks: may wake receivers
         self.closed_event.notify(usize::MAX);
         self.handlers_event.notify(usize::MAX);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.registry.is_closed()
     }
 
     pub(crate) async fn wait_closed(&self) {
@@ -255,10 +282,16 @@ impl Core {
             delivered,
             dropped,
             unrouted,
+            deadlocks_broken: self.deadlocks_broken.load(Ordering::Relaxed),
             subscribers: self.registry.subscribers(),
             tracked_handlers: self.registry.tracked(),
             live_tasks: self.tasks.live(),
         }
+    }
+
+    /// A wait of one of the relay's tasks was on a cycle of waits and was broken.
+    pub(crate) fn deadlock_broken(&self) {
+        self.deadlocks_broken.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn type_stats(&self, type_id: TypeId) -> Option<TypeStats> {
@@ -329,7 +362,7 @@ impl Core {
         let plans = if wait && targets.chained {
             self.plans(&targets, type_id, type_name)
         } else {
-            Arc::from([])
+            Vec::new()
         };
         self.snapshot_of(targets, plans, type_id, type_name, from, wait)
     }
@@ -339,14 +372,14 @@ impl Core {
     pub(crate) fn prepare_planned(
         &self,
         envelope: &Envelope,
-        plan: &Plan,
+        plan: Plan,
     ) -> Result<Outgoing, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
         let snapshot = self.snapshot_of(
-            plan.targets.clone(),
-            plan.plans.clone(),
+            plan.targets,
+            plan.plans,
             envelope.type_id(),
             Some(envelope.type_name),
             From::Relay(envelope.origin),
@@ -357,22 +390,19 @@ impl Core {
 
     /// The plans of the tracked forwarders among `targets`: each one's derived relays'
     /// targets for this type, now, recursively.
-    fn plans(
-        &self,
-        targets: &Targets,
-        type_id: TypeId,
-        type_name: Option<TypeName>,
-    ) -> Arc<[Plan]> {
+    fn plans(&self, targets: &Targets, type_id: TypeId, type_name: Option<TypeName>) -> Vec<Plan> {
         let mut plans = Vec::new();
         for slot in targets.iter().filter(|slot| slot.state.chains()) {
-            for child in slot.state.links.iter().filter_map(std::sync::Weak::upgrade) {
+            let links = slot.state.links.iter();
+            let open = links.filter(|link| link.takes.accepts(type_id));
+            for child in open.filter_map(|link| link.relay.upgrade()) {
                 let Ok(child_targets) = child.registry.targets(type_id, type_name) else {
                     continue; // closed: the forwarder finds it so too
                 };
                 let grand = if child_targets.chained {
                     child.plans(&child_targets, type_id, type_name)
                 } else {
-                    Arc::from([])
+                    Vec::new()
                 };
                 plans.push(Plan {
                     forwarder: slot.state.id,
@@ -382,13 +412,13 @@ impl Core {
                 });
             }
         }
-        plans.into()
+        plans
     }
 
     fn snapshot_of(
         &self,
         targets: Arc<Targets>,
-        plans: Arc<[Plan]>,
+        plans: Vec<Plan>,
         type_id: TypeId,
         type_name: Option<TypeName>,
         from: From,
@@ -405,17 +435,8 @@ impl Core {
                 type_name: type_name(),
             });
         }
-        let tracker = (wait && targets.tracked > 0).then(|| {
-            // Named here, at the call: `handler_send(..).await` is called inside the
-            // handler's poll, where the deadlock scope is set.
-            let chain = crate::core::deadlock::chain_for_send();
-            Arc::new(Tracker::new(
-                targets.tracked,
-                self.config.error_mode,
-                chain,
-                plans,
-            ))
-        });
+        let tracker = (wait && targets.tracked > 0)
+            .then(|| Arc::new(Tracker::new(targets.tracked, self.config.error_mode, plans)));
         Ok(Snapshot {
             targets,
             type_name,
@@ -465,6 +486,19 @@ impl Core {
             );
             return Pushed::Done { tally, tracker };
         }
+        if let Some(tracker) = &tracker {
+            if crate::core::deadlock::in_node() {
+                // One of the relay's own tasks sends this: the deadlock check may need to
+                // know whom it still waits for, so record who settles from the start.
+                tracker.watch(
+                    targets
+                        .iter()
+                        .filter(|slot| slot.state.tracked.is_some())
+                        .map(|slot| slot.state.id)
+                        .collect(),
+                );
+            }
+        }
         let blocked = self.push_from(&envelope, &targets, 0, tracker.as_ref(), &mut tally);
         TypeCounters::add(&counters.delivered, tally.receipt.queued as u64);
         match blocked {
@@ -500,14 +534,20 @@ impl Core {
         while let Some(item) = waiting.take() {
             let slot = &targets.run_from(next)[0];
             let tracked = item.tracker.is_some();
-            match slot.push(item).await {
-                Ok(()) => {
+            // Inside one of the relay's own tasks, this wait for room is a wait of that
+            // task: the deadlock check may let it in over the capacity (core/deadlock.rs).
+            let room = Waiting::register(On::Room(slot.state.clone()));
+            match slot.push(item, room.as_ref()).await {
+                Ok(over) => {
+                    if over {
+                        self.deadlock_broken();
+                    }
                     tally.receipt.queued += 1;
                     tally.receipt.handled += usize::from(tracked);
                     tally.crowded |= slot.is_crowded();
                     added.1 += 1;
                 }
-                Err(item) => self.fail_gone(item, slot.state.tracked),
+                Err(item) => self.fail_gone(item, &slot.state),
             }
             let before = tally.receipt.queued;
             let blocked =
@@ -539,7 +579,8 @@ impl Core {
                 return None;
             }
             for slot in run {
-                if let Some(item) = self.push_one(envelope, slot, tracker, tally) {
+                if let Some(item) = self.push_one(envelope, slot, tracker, tally, &targets.counters)
+                {
                     return Some((at, item));
                 }
                 at += 1;
@@ -555,18 +596,12 @@ impl Core {
         slot: &QueueTx,
         tracker: Option<&Arc<Tracker>>,
         tally: &mut Tally,
+        counters: &TypeCounters,
     ) -> Option<Queued> {
         let item = Queued {
             envelope: envelope.clone(),
             tracker: slot.state.tracked.and(tracker.cloned()),
         };
-        if let (Some(kind), Some(t)) = (slot.state.tracked, &item.tracker) {
-            if t.would_deadlock(slot.state.id) {
-                let error = self.error_for(&item.envelope, kind, Arc::new(WouldDeadlock));
-                self.report(Some(t), error);
-                return None;
-            }
-        }
         let tracked = item.tracker.is_some();
         match slot.try_push(item) {
             Ok(()) => {
@@ -578,17 +613,17 @@ impl Core {
                 DeliveryMode::Lossless => return Some(item),
                 DeliveryMode::Broadcast => {
                     tally.receipt.missed += usize::from(!tracked);
-                    self.missed(slot, item)
+                    self.missed(slot, item, counters)
                 }
             },
-            Err(PushError::Closed(item)) => self.fail_gone(item, slot.state.tracked),
+            Err(PushError::Closed(item)) => self.fail_gone(item, &slot.state),
         }
         None
     }
 
     /// A subscriber's queue was full (broadcast mode): count it, report it.
-    fn missed(&self, slot: &QueueTx, item: Queued) {
-        self.count_dropped(item.envelope.type_id(), item.envelope.type_name);
+    fn missed(&self, slot: &QueueTx, item: Queued, counters: &TypeCounters) {
+        TypeCounters::add(&counters.dropped, 1);
         slot.state.count_drop();
         let env = &item.envelope;
         if !is_internal_event(env.type_id()) {
@@ -601,17 +636,17 @@ impl Core {
         }
         if let (Some(kind), Some(tracker)) = (slot.state.tracked, item.tracker.as_deref()) {
             self.report(
-                Some(tracker),
+                Some((tracker, slot.state.id)),
                 self.error_for(&item.envelope, kind, Arc::new(QueueFull)),
             );
         }
     }
 
     /// A tracked message could not reach, or was never processed by, its handler.
-    pub(crate) fn fail_gone(&self, item: Queued, kind: Option<HandlerKind>) {
-        if let (Some(kind), Some(tracker)) = (kind, item.tracker.as_deref()) {
+    pub(crate) fn fail_gone(&self, item: Queued, queue: &QueueState) {
+        if let (Some(kind), Some(tracker)) = (queue.tracked, item.tracker.as_deref()) {
             self.report(
-                Some(tracker),
+                Some((tracker, queue.id)),
                 self.error_for(&item.envelope, kind, Arc::new(HandlerGone)),
             );
         }
@@ -635,20 +670,14 @@ impl Core {
     /// The dual path: the error goes to the tracked sender (if any) and is published as a
     /// `RelayError` event — except a failure while handling an internal event, which is
     /// not re-published (that could loop).
-    pub(crate) fn report(&self, tracker: Option<&Tracker>, error: RelayError) {
+    /// `by` is the subscriber the failure is for (who settles the tracker).
+    pub(crate) fn report(&self, tracker: Option<(&Tracker, u64)>, error: RelayError) {
         let publish = !is_internal_type_name(error.type_name);
         if publish {
             self.emit(error.clone());
         }
-        if let Some(tracker) = tracker {
-            tracker.fail(error);
-        }
-    }
-
-    /// Counts one copy of a message of this type missed for a full queue.
-    fn count_dropped(&self, type_id: TypeId, type_name: TypeName) {
-        if let Ok(targets) = self.registry.targets(type_id, Some(type_name)) {
-            TypeCounters::add(&targets.counters.dropped, 1);
+        if let Some((tracker, by)) = tracker {
+            tracker.fail(by, error);
         }
     }
 
@@ -705,11 +734,12 @@ fn is_internal_type_name(name: &str) -> bool {
         || name == std::any::type_name::<Unrouted>()
 }
 
-/// Adds its count to the counter when dropped.
-struct CountOnDrop<'a>(&'a AtomicU64, u64);
+/// Adds its count to a type's counter when dropped (the counters are std atomics: they
+/// order nothing, so loom need not see them).
+struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64, u64);
 
 impl Drop for CountOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(self.1, Ordering::Relaxed);
+        TypeCounters::add(self.0, self.1);
     }
 }

@@ -142,8 +142,8 @@ impl<T: Clone> PVec<T> {
         Some(item)
     }
 
-    /// Removes element `i`, moving the last element into its place (order is not kept).
-    /// Returns the removed element and, if one moved, the index it moved from.
+    /// Removes element `i`, moving the last element into its place (order is not kept),
+    /// and returns it.
     pub(crate) fn swap_remove(&mut self, i: usize) -> T {
         let last = self.pop().expect("swap_remove on an empty PVec");
         if i == self.len {

@@ -93,6 +93,7 @@ use std::task::{Context, Poll};
 use async_channel::{Receiver, Sender};
 use event_listener::{Event, EventListener};
 
+use crate::core::deadlock::Waiting as DeadlockWait;
 use crate::core::sync::{fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, Slot};
 use crate::relay::envelope::Queued;
 use crate::relay::error::HandlerKind;
@@ -118,7 +119,7 @@ impl Chan {
 /// - `len(state) <= capacity` at all times. `len` is the messages in the channels, plus
 ///   the reservations in flight (each lives for one synchronous push), plus the taken
 ///   messages whose room is held back (counted in `owed`, or just swapped out of it and
-///   about to be released). `waiters(state)` counts the live `Waiting` guards.
+///   about to be released). `waiters(state)` counts the live `WaiterGuard`s.
 /// - `chan` is empty, or holds the one channel senders push to. Only a sender that finds
 ///   it empty fills it (under `creating`), and only the receiver empties it.
 /// - Once `gone` is set (under `creating`) no channel is created again, and every push
@@ -163,7 +164,7 @@ pub(crate) struct QueueState {
     /// For the forwarder of a derived relay that is tracked (`filter`, `only`, `exclude`,
     /// `split`): the relays it passes messages on to, so that a tracked send can snapshot
     /// them at the call. Empty for every other subscriber.
-    pub(crate) links: Box<[std::sync::Weak<crate::core::Core>]>,
+    pub(crate) links: Box<[crate::core::Link]>,
 }
 
 impl QueueState {
@@ -300,17 +301,17 @@ struct CachePadded(AtomicU64);
 /// release notifies, and in `owed`, so the receiver gives back room per message meanwhile.
 /// The caller must `reclaim` (through `reserve`) after registering, to take the room of
 /// any message taken before the receiver could see the registration.
-struct Waiting<'a>(&'a QueueState);
+struct WaiterGuard<'a>(&'a QueueState);
 
-impl<'a> Waiting<'a> {
+impl<'a> WaiterGuard<'a> {
     fn new(queue: &'a QueueState) -> Self {
         queue.state.fetch_add(WAITER, Ordering::AcqRel);
         queue.owed.0.fetch_add(WAITER, Ordering::AcqRel);
-        Waiting(queue)
+        WaiterGuard(queue)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.0.owed.0.fetch_sub(WAITER, Ordering::AcqRel);
         self.0.state.fetch_sub(WAITER, Ordering::AcqRel);
@@ -363,9 +364,17 @@ impl QueueTx {
 
     /// Queue `item`, waiting for room; `Err` gives it back if the receiver went away.
     ///
+    /// `breaker` is this wait as the deadlock check sees it (`core/deadlock.rs`): if the
+    /// check breaks it, the item is queued over the capacity instead of waiting forever
+    /// (`Ok(true)`), so a lossless cycle moves on without losing anything.
+    ///
     /// Cancel safety: a reservation is taken and used in the same poll, so dropping this
     /// future loses nothing and leaves the count exact.
-    pub(crate) async fn push(&self, item: Queued) -> Result<(), Queued> {
+    pub(crate) async fn push(
+        &self,
+        item: Queued,
+        breaker: Option<&DeadlockWait>,
+    ) -> Result<bool, Queued> {
         let state = &self.state;
         if state.gone.load(Ordering::Acquire) {
             return Err(item);
@@ -373,7 +382,7 @@ impl QueueTx {
         if !state.reserve() {
             // Slow path: register as a waiter for as long as this future waits (the guard
             // also deregisters if the send is cancelled).
-            let _waiting = Waiting::new(state);
+            let _waiting = WaiterGuard::new(state);
             loop {
                 // Eventcount: listen, then re-check, so a slot freed in between is not
                 // missed. `space` wakes it: room given back, or the receiver gone.
@@ -384,10 +393,16 @@ impl QueueTx {
                 if state.reserve() {
                     break;
                 }
-                listener.await;
+                if breaker.is_some_and(|w| w.broken().is_some()) {
+                    // Over the capacity, by one, to break a cycle of waits.
+                    state.state.fetch_add(1, Ordering::AcqRel);
+                    return self.push_reserved(item).map(|()| true);
+                }
+                // `space` wakes it, or the deadlock check (which wakes its task).
+                BreakableWait { listener, breaker }.await;
             }
         }
-        self.push_reserved(item)
+        self.push_reserved(item).map(|()| false)
     }
 
     /// Pushes `item` into the current channel, with a slot already reserved for it, and
@@ -421,6 +436,28 @@ impl QueueTx {
     /// More than half full: a broadcast sender should let the consumer run.
     pub(crate) fn is_crowded(&self) -> bool {
         self.state.len() > self.state.capacity / 2
+    }
+}
+
+/// A lossless sender's wait for room: ends when `space` notifies, or when the deadlock
+/// check breaks it (checked at every poll; the check wakes the task).
+struct BreakableWait<'a> {
+    listener: EventListener,
+    breaker: Option<&'a DeadlockWait>,
+}
+
+impl Future for BreakableWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(breaker) = self.breaker {
+            if breaker.broken().is_some() {
+                return Poll::Ready(());
+            }
+            // The check may break this wait from another task: it wakes this one.
+            breaker.waker(cx);
+        }
+        std::pin::Pin::new(&mut self.listener).poll(cx)
     }
 }
 
@@ -473,7 +510,7 @@ pub(crate) fn queue(
     capacity: usize,
     id: u64,
     tracked: Option<HandlerKind>,
-    links: Box<[std::sync::Weak<crate::core::Core>]>,
+    links: Box<[crate::core::Link]>,
 ) -> (QueueTx, QueueRx) {
     let capacity = (capacity as u64).min(LEN_MASK);
     make(capacity, (capacity / 64).clamp(1, 32), id, tracked, links)
@@ -495,7 +532,7 @@ fn make(
     credit_batch: u64,
     id: u64,
     tracked: Option<HandlerKind>,
-    links: Box<[std::sync::Weak<crate::core::Core>]>,
+    links: Box<[crate::core::Link]>,
 ) -> (QueueTx, QueueRx) {
     debug_assert!((1..=capacity.max(1)).contains(&credit_batch));
     let state = Arc::new(QueueState {
@@ -751,7 +788,9 @@ mod stress {
         let producer = std::thread::spawn(move || {
             for n in 0..N {
                 if lossless {
-                    futures::executor::block_on(tx.push(item(n))).ok().unwrap();
+                    futures::executor::block_on(tx.push(item(n), None))
+                        .ok()
+                        .unwrap();
                 } else {
                     while tx.try_push(item(n)).is_err() {
                         std::thread::yield_now();

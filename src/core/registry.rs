@@ -25,7 +25,7 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::core::pvec::PVec;
@@ -168,6 +168,8 @@ pub(crate) struct Registry {
     /// read without the lock (`handler_count`, `wait_for_handlers`) and is never older
     /// than the last registration that returned.
     handlers: AtomicUsize,
+    /// Set once, under the book's lock, when the registry closes: `is_closed` without a lock.
+    closed: AtomicBool,
 }
 
 /// The relay is closed: nothing is registered, nothing is sent.
@@ -225,7 +227,6 @@ impl Registry {
         let chained = usize::from(tx.state.chains());
         book.subscribers += 1;
         book.tracked += tracked;
-        self.handlers.store(book.tracked, Ordering::Release);
         match ty {
             Some((type_id, type_name)) => {
                 let route = book.route(type_id, Some(type_name));
@@ -234,10 +235,6 @@ impl Registry {
                 route.tracked += tracked;
                 route.chained += chained;
                 book.where_is.insert(id, (Some(type_id), at));
-                let targets = book.targets_of(&book.routes[&type_id]);
-                let old = lock(&self.published).routes.insert(type_id, targets);
-                drop(book);
-                drop(old); // outside the locks
             }
             None => {
                 let at = book.wildcard.len();
@@ -245,9 +242,9 @@ impl Registry {
                 book.wildcard_tracked += tracked;
                 book.wildcard_chained += chained;
                 book.where_is.insert(id, (None, at));
-                self.republish_all(book);
             }
         }
+        self.publish(book, ty.map(|(type_id, _)| type_id));
         Ok(tracked)
     }
 
@@ -286,34 +283,32 @@ impl Registry {
         let tracked = removed.state.tracked.is_some();
         book.subscribers -= 1;
         book.tracked -= usize::from(tracked);
-        self.handlers.store(book.tracked, Ordering::Release);
-        match ty {
-            Some(type_id) => {
-                let targets = book.targets_of(&book.routes[&type_id]);
-                let old = lock(&self.published).routes.insert(type_id, targets);
-                drop(book);
-                drop(old);
-            }
-            None => self.republish_all(book),
-        }
+        self.publish(book, ty);
         drop(removed);
         Some(tracked)
     }
 
-    /// The wildcard list changed: every type's targets include it, so publish them all.
-    fn republish_all(&self, book: MutexGuard<'_, Book>) {
-        let fresh: Vec<(TypeId, Arc<Targets>)> = book
-            .routes
-            .iter()
-            .map(|(&type_id, route)| (type_id, book.targets_of(route)))
-            .collect();
-        let old: Vec<Arc<Targets>> = {
-            let mut published = lock(&self.published);
-            fresh
-                .into_iter()
-                .filter_map(|(type_id, targets)| published.routes.insert(type_id, targets))
-                .collect()
+    /// Publishes the book's new state for type `ty` (every type when `None`: the wildcard
+    /// list changed, and every type's targets include it), then the new tracked count.
+    /// Still under the book's lock, so publications happen in the order of the changes.
+    /// The `published` lock is taken for one insert at a time: a send, which reads only its
+    /// own type, never waits for more than that. Old lists are dropped outside both locks.
+    fn publish(&self, book: MutexGuard<'_, Book>, ty: Option<TypeId>) {
+        let mut old = Vec::new();
+        let mut insert = |type_id: TypeId, targets: Arc<Targets>| {
+            old.extend(lock(&self.published).routes.insert(type_id, targets));
         };
+        match ty {
+            Some(type_id) => insert(type_id, book.targets_of(&book.routes[&type_id])),
+            None => {
+                for (&type_id, route) in &book.routes {
+                    insert(type_id, book.targets_of(route));
+                }
+            }
+        }
+        // Only now: a `wait_for_handlers` released by this count must find the handler in
+        // the targets of any send it makes next.
+        self.handlers.store(book.tracked, Ordering::Release);
         drop(book);
         drop(old);
     }
@@ -326,8 +321,12 @@ impl Registry {
             return None;
         }
         book.closed = true;
-        let routes = std::mem::take(&mut lock(&self.published).routes);
-        lock(&self.published).closed = true;
+        let routes = {
+            let mut published = lock(&self.published);
+            published.closed = true;
+            std::mem::take(&mut published.routes)
+        };
+        self.closed.store(true, Ordering::Release);
         let wildcard = std::mem::take(&mut book.wildcard);
         let lists: Vec<PVec<QueueTx>> = book
             .routes
@@ -346,6 +345,10 @@ impl Registry {
         book.wildcard_tracked = 0;
         book.wildcard_chained = 0;
         Some(Closing(routes, lists))
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn handlers(&self) -> usize {

@@ -1,6 +1,5 @@
 //! [`Tracker`]: how a `send` learns that every tracked handler has processed its message.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use event_listener::{Event, EventListener};
@@ -11,7 +10,16 @@ use crate::core::Plan;
 use crate::relay::config::ErrorMode;
 use crate::relay::error::{RelayError, SendError};
 
+/// The tracked subscribers of a watched send, and those that settled it (see `Tracker`).
+struct Watch {
+    targets: Vec<u64>,
+    settled: std::sync::Mutex<Vec<u64>>,
+}
+
 /// Completion state of one tracked message.
+///
+/// Who settles is recorded only for a send first polled inside one of the relay's own
+/// tasks (`watch`), where the deadlock check may need to know whom it still waits for.
 ///
 /// Invariants:
 /// - `remaining` starts at the number of tracked handlers in the send's snapshot and is
@@ -31,65 +39,95 @@ pub(crate) struct Tracker {
     /// Failures so far; in `FirstWins` mode only the first is kept.
     errors: Mutex<Vec<RelayError>>,
     mode: ErrorMode,
-    /// Handlers (subscriber ids) blocked until this message completes: the sending
-    /// handler and, transitively, whoever waits on it. See `core/deadlock.rs`.
-    blocked: Option<Arc<[u64]>>,
+    /// The tracked targets and who of them has settled, once `watch` is called (before
+    /// the first push). Read by the deadlock check (`core/deadlock.rs`).
+    watch: std::sync::OnceLock<Watch>,
     /// What the tracked forwarders among the send's targets pass the message on to,
-    /// snapshotted at the call (see [`Plan`]).
-    plans: Arc<[Plan]>,
+    /// snapshotted at the call (see [`Plan`]). Each forwarder takes its own when it
+    /// receives the message, so no derived relay's subscribers are held longer.
+    plans: Mutex<Vec<Plan>>,
 }
 
 impl Tracker {
-    pub(crate) fn new(
-        expected: usize,
-        mode: ErrorMode,
-        blocked: Option<Arc<[u64]>>,
-        plans: Arc<[Plan]>,
-    ) -> Self {
+    pub(crate) fn new(expected: usize, mode: ErrorMode, plans: Vec<Plan>) -> Self {
         Tracker {
             remaining: AtomicUsize::new(expected),
             done: Event::new(),
             errors: Mutex::new(Vec::new()),
             mode,
-            blocked,
-            plans,
+            watch: std::sync::OnceLock::new(),
+            plans: Mutex::new(plans),
         }
     }
 
-    /// The plan of forwarder `forwarder` for passing this message on into relay `relay`.
-    pub(crate) fn plan(&self, forwarder: u64, relay: u64) -> Option<&Plan> {
-        self.plans
+    /// From now on, record which of `targets` (the tracked subscribers' ids) settle.
+    /// Called once, before the message is pushed to any of them.
+    pub(crate) fn watch(&self, targets: Vec<u64>) {
+        let _ = self.watch.set(Watch {
+            targets,
+            settled: std::sync::Mutex::new(Vec::new()),
+        });
+    }
+
+    /// The tracked subscribers that have not settled this message yet (none if it is not
+    /// watched, or done).
+    pub(crate) fn unsettled(&self) -> Vec<u64> {
+        let Some(watch) = self.watch.get().filter(|_| !self.is_done()) else {
+            return Vec::new();
+        };
+        let settled = watch.settled.lock().unwrap_or_else(|e| e.into_inner());
+        watch
+            .targets
             .iter()
-            .find(|p| p.forwarder == forwarder && p.relay == relay)
+            .copied()
+            .filter(|id| !settled.contains(id))
+            .collect()
     }
 
-    pub(crate) fn blocked(&self) -> Option<&Arc<[u64]>> {
-        self.blocked.as_ref()
+    fn settled_by(&self, by: u64) {
+        if let Some(watch) = self.watch.get() {
+            watch
+                .settled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(by);
+        }
     }
 
-    /// Handing this message to `subscriber` would make it wait for itself.
-    pub(crate) fn would_deadlock(&self, subscriber: u64) -> bool {
-        self.blocked
-            .as_deref()
-            .is_some_and(|b| b.contains(&subscriber))
+    /// Hands forwarder `forwarder` its plans (one per relay it passes messages on to).
+    pub(crate) fn take_plans(&self, forwarder: u64) -> Vec<Plan> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if plans.is_empty() {
+            return Vec::new();
+        }
+        let (mine, others) = std::mem::take(&mut *plans)
+            .into_iter()
+            .partition(|p| p.forwarder == forwarder);
+        *plans = others;
+        mine
     }
 
-    /// One handler finished this message successfully.
-    pub(crate) fn complete(&self) {
+    /// Handler `by` (a subscriber id) finished this message successfully.
+    pub(crate) fn complete(&self, by: u64) {
+        self.settled_by(by);
+        self.count_down();
+    }
+
+    fn count_down(&self) {
         // AcqRel: the sender's Acquire load of zero must see every error pushed before.
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.done.notify(usize::MAX);
         }
     }
 
-    /// One handler failed this message.
-    pub(crate) fn fail(&self, error: RelayError) {
-        self.fail_many([error]);
+    /// Handler `by` failed this message.
+    pub(crate) fn fail(&self, by: u64, error: RelayError) {
+        self.fail_many(by, [error]);
     }
 
-    /// One handler failed this message with several errors (a forwarder passing on its
+    /// Handler `by` failed this message with several errors (a forwarder passing on its
     /// child relay's failures): still one completion.
-    pub(crate) fn fail_many(&self, new: impl IntoIterator<Item = RelayError>) {
+    pub(crate) fn fail_many(&self, by: u64, new: impl IntoIterator<Item = RelayError>) {
         {
             let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
             for error in new {
@@ -98,7 +136,8 @@ impl Tracker {
                 }
             }
         }
-        self.complete();
+        self.settled_by(by);
+        self.count_down();
     }
 
     fn is_done(&self) -> bool {
@@ -143,6 +182,7 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::relay::error::{HandlerKind, PanicError};
+    use std::sync::Arc;
 
     fn err(n: u64) -> RelayError {
         RelayError {
@@ -158,18 +198,18 @@ mod tests {
 
     #[test]
     fn completes_once_all_handlers_report() {
-        let t = Arc::new(Tracker::new(2, ErrorMode::FirstWins, None, Arc::from([])));
-        t.complete();
+        let t = Arc::new(Tracker::new(2, ErrorMode::FirstWins, Vec::new()));
+        t.complete(0);
         assert!(!t.is_done());
-        t.complete();
+        t.complete(0);
         assert!(futures::executor::block_on(t.wait()).is_ok());
     }
 
     #[test]
     fn first_wins_keeps_the_first_error() {
-        let t = Tracker::new(2, ErrorMode::FirstWins, None, Arc::from([]));
-        t.fail(err(1));
-        t.fail(err(2));
+        let t = Tracker::new(2, ErrorMode::FirstWins, Vec::new());
+        t.fail(0, err(1));
+        t.fail(0, err(2));
         match futures::executor::block_on(t.wait()) {
             Err(SendError::Downstream(e)) => assert_eq!(e.msg_id, 1),
             other => panic!("{other:?}"),
@@ -178,10 +218,10 @@ mod tests {
 
     #[test]
     fn aggregate_keeps_every_error() {
-        let t = Tracker::new(3, ErrorMode::Aggregate, None, Arc::from([]));
-        t.fail(err(1));
-        t.complete();
-        t.fail(err(2));
+        let t = Tracker::new(3, ErrorMode::Aggregate, Vec::new());
+        t.fail(0, err(1));
+        t.complete(0);
+        t.fail(0, err(2));
         match futures::executor::block_on(t.wait()) {
             Err(SendError::Aggregate(v)) => {
                 assert_eq!(v.iter().map(|e| e.msg_id).collect::<Vec<_>>(), [1, 2])
@@ -193,9 +233,9 @@ mod tests {
     #[test]
     fn completion_from_another_thread_wakes_the_waiter() {
         for _ in 0..if cfg!(miri) { 20 } else { 2_000 } {
-            let t = Arc::new(Tracker::new(1, ErrorMode::FirstWins, None, Arc::from([])));
+            let t = Arc::new(Tracker::new(1, ErrorMode::FirstWins, Vec::new()));
             let t2 = t.clone();
-            let h = std::thread::spawn(move || t2.complete());
+            let h = std::thread::spawn(move || t2.complete(0));
             assert!(futures::executor::block_on(t.wait()).is_ok());
             h.join().unwrap();
         }

@@ -13,6 +13,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::core::deadlock::WouldDeadlock;
+
 /// A handler's error, type-erased and shared: `Arc<dyn Error + Send + Sync>`.
 ///
 /// An `Arc` rather than a `Box` so that one failure can be returned to the sender *and*
@@ -323,6 +325,11 @@ pub enum SendError {
         /// The message's type.
         type_name: &'static str,
     },
+    /// A tracked send made by one of the relay's own handlers or forwarders stopped
+    /// waiting: the handlers it waited for were waiting, in turn, for the task that made
+    /// it (see [`WouldDeadlock`]). The message was queued and is still processed; its
+    /// outcome is not reported to this sender.
+    WouldDeadlock(WouldDeadlock),
 }
 
 impl fmt::Display for SendError {
@@ -335,6 +342,9 @@ impl fmt::Display for SendError {
             SendError::TypeMismatch => {
                 f.write_str("send_any: the TypeId given does not match the value's type")
             }
+            SendError::WouldDeadlock(_) => {
+                f.write_str("the send stopped waiting: waiting would have deadlocked")
+            }
             SendError::Unrouted { type_name } => write!(
                 f,
                 "no subscriber for {type_name}: the message reached nobody (check the type sent)"
@@ -345,9 +355,13 @@ impl fmt::Display for SendError {
 
 impl StdError for SendError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.errors()
-            .first()
-            .map(|e| e as &(dyn StdError + 'static))
+        match self {
+            SendError::WouldDeadlock(cycle) => Some(cycle),
+            _ => self
+                .errors()
+                .first()
+                .map(|e| e as &(dyn StdError + 'static)),
+        }
     }
 }
 
@@ -359,6 +373,7 @@ impl PartialEq for SendError {
             (SendError::Aggregate(a), SendError::Aggregate(b)) => a == b,
             (SendError::TypeMismatch, SendError::TypeMismatch) => true,
             (SendError::Unrouted { type_name: a }, SendError::Unrouted { type_name: b }) => a == b,
+            (SendError::WouldDeadlock(a), SendError::WouldDeadlock(b)) => a == b,
             _ => false,
         }
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 
 use futures::FutureExt;
 
-use crate::core::deadlock::InHandler;
+use crate::core::deadlock::{InNode, Node};
 use crate::core::tasks::Tasks;
 use crate::core::Core;
 use crate::relay::config::{Config, PanicMode};
@@ -151,13 +151,13 @@ pub(crate) fn start_handler<T, P, Fut>(
     let panic_mode = config.panic_mode;
     tasks.spawn(&*config.spawner, async move {
         let mut sub = unstarted.start();
-        let id = sub.id();
+        let node = Node::handler(sub.id());
         while let Some(msg) = sub.recv().await {
             let value = msg.value().clone();
             // `process` is called inside the caught future, so a sync handler's panic is
-            // caught too, not only an async one's. `InHandler` names this handler to any
-            // tracked send it makes (deadlock detection).
-            let work = InHandler::new(id, msg.blocked(), async { process(value).await });
+            // caught too, not only an async one's. `InNode` names this handler to the sends
+            // it makes (deadlock detection, `core/deadlock.rs`).
+            let work = InNode::new(node.clone(), async { process(value).await });
             let outcome = AssertUnwindSafe(work).catch_unwind().await;
             let mut panicked = None;
             // Settling drops the handler's copy of the message, and with it, if it was the

@@ -28,6 +28,10 @@ pub struct RelayStats {
     pub dropped: u64,
     /// Messages that reached no subscriber at all (see [`Unrouted`](crate::Unrouted)).
     pub unrouted: u64,
+    /// Waits of this relay's sends that were on a cycle of waits and were broken (see
+    /// [`WouldDeadlock`](crate::WouldDeadlock)): a tracked send that stopped waiting, or a
+    /// lossless send let in over a queue's capacity.
+    pub deadlocks_broken: u64,
     /// Subscribers registered now (typed, wildcard and tracked).
     pub subscribers: usize,
     /// Tracked handlers registered now (`sink`, `tap`, `subscribe_tracked`, forwarders).

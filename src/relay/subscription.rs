@@ -80,7 +80,7 @@ impl Attached {
         core: &Weak<Core>,
         ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         tracked: Option<crate::HandlerKind>,
-        links: Box<[Weak<Core>]>,
+        links: Box<[crate::core::Link]>,
     ) -> Self {
         let (queue, relay_id) = match core.upgrade() {
             Some(c) => (c.register(ty, tracked, links), c.id),
@@ -120,7 +120,7 @@ impl Drop for Attached {
         let left = self.queue.close_and_drain();
         if let Some(core) = core {
             for item in left {
-                core.fail_gone(item, self.queue.state.tracked);
+                core.fail_gone(item, &self.queue.state);
             }
         }
         // With the relay gone, nobody can be waiting: in-flight sends hold it alive.

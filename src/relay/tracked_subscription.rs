@@ -268,10 +268,6 @@ impl<T> Tracked<T> {
     pub(crate) fn reporter(&self) -> crate::core::inbox::Reporter {
         self.completion.reporter()
     }
-
-    pub(crate) fn blocked(&self) -> Option<Arc<[u64]>> {
-        self.completion.blocked()
-    }
 }
 
 impl<T> Deref for Tracked<T> {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use futures::future::{select, Either};
 
+use crate::core::deadlock::{InNode, Node};
 use crate::core::delivery::Delivery;
 use crate::core::inbox::Inbox;
 use crate::core::is_internal_event;
@@ -191,7 +192,14 @@ impl Relay {
 }
 
 /// The forward loop: until the source is drained or the target closes.
-async fn forwarding(mut inbox: Inbox, target: WeakSender) {
+async fn forwarding(inbox: Inbox, target: WeakSender) {
+    // The loop is this forward's work: its waits on the target are seen by the deadlock
+    // check (a lossless `a <-> b` would otherwise wait for room forever).
+    let node = Node::forwarder(inbox.id());
+    InNode::new(node, forwarding_loop(inbox, target)).await
+}
+
+async fn forwarding_loop(mut inbox: Inbox, target: WeakSender) {
     let target_id = target.id();
     loop {
         let next = {

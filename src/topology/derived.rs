@@ -10,11 +10,11 @@
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
-use crate::core::deadlock::InHandler;
+use crate::core::deadlock::{InNode, Node};
 use crate::core::delivery::Delivery;
 use crate::core::inbox::{Completion, Inbox};
 use crate::core::is_internal_event;
-use crate::core::From;
+use crate::core::{From, Link, Plan, Takes};
 use crate::relay::config::PanicMode;
 use crate::relay::envelope::TypeName;
 use crate::relay::error::HandlerKind;
@@ -67,6 +67,7 @@ impl RelayReceiver {
     ) -> RelayReceiver {
         self.tracked_forwarder(
             Some((TypeId::of::<T>(), std::any::type_name::<T>)),
+            Takes::Any,
             move |env| {
                 let value = env.value.downcast_ref::<T>().expect("routed by TypeId");
                 if pred(value) {
@@ -94,9 +95,8 @@ impl RelayReceiver {
     /// # });
     /// ```
     pub fn only<T: Any + Send + Sync>(&self) -> RelayReceiver {
-        self.tracked_forwarder(Some((TypeId::of::<T>(), std::any::type_name::<T>)), |_| {
-            Some(0)
-        })
+        let only: (TypeId, TypeName) = (TypeId::of::<T>(), std::any::type_name::<T>);
+        self.tracked_forwarder(Some(only), Takes::Any, |_| Some(0))
     }
 
     /// A child relay with every message except the `T`s. Tracked, like
@@ -118,8 +118,9 @@ impl RelayReceiver {
     /// # });
     /// ```
     pub fn exclude<T: Any + Send + Sync>(&self) -> RelayReceiver {
-        self.tracked_forwarder(None, |env| {
-            (env.type_id() != TypeId::of::<T>()).then_some(0)
+        let excluded = TypeId::of::<T>();
+        self.tracked_forwarder(None, Takes::Except(excluded), move |env| {
+            (env.type_id() != excluded).then_some(0)
         })
     }
 
@@ -143,7 +144,15 @@ impl RelayReceiver {
         let (matched_tx, matched) = self.child();
         let (rest_tx, rest) = self.child();
         if let (Some(matched_tx), Some(rest_tx)) = (matched_tx, rest_tx) {
-            let links = [&matched_tx, &rest_tx].map(|tx| Arc::downgrade(&tx.core));
+            let split = TypeId::of::<T>();
+            let links = [
+                (&matched_tx, Takes::Only(split)),
+                (&rest_tx, Takes::Except(split)),
+            ]
+            .map(|(tx, takes)| Link {
+                relay: Arc::downgrade(&tx.core),
+                takes,
+            });
             let inbox = Inbox::forwarder(&self.core, None, Box::new(links));
             self.run_tracked(inbox, vec![matched_tx, rest_tx], |env| {
                 Some(if env.type_id() == TypeId::of::<T>() {
@@ -353,7 +362,11 @@ impl RelayReceiver {
         let (child_tx, child) = self.child();
         if let Some(child_tx) = child_tx {
             let inbox = Inbox::typed::<T>(&self.core, HandlerKind::Forwarder, false);
-            self.spawn_forwarder(run(inbox, child_tx, self.config().panic_mode));
+            // The whole loop is this forwarder's work: its waits on the child (for room,
+            // for the child's handlers) are seen by the deadlock check.
+            let node = Node::forwarder(inbox.id());
+            let work = run(inbox, child_tx, self.config().panic_mode);
+            self.spawn_forwarder(InNode::new(node, work));
         }
         child
     }
@@ -362,13 +375,22 @@ impl RelayReceiver {
     /// the child (index into `children`) a message goes to, or `None` to drop it
     /// (completing it at once). The child is made first, so the forwarder's inbox is
     /// registered knowing where it passes messages on to. Returns the first child.
-    fn tracked_forwarder<R>(&self, ty: Option<(TypeId, TypeName)>, route: R) -> RelayReceiver
+    fn tracked_forwarder<R>(
+        &self,
+        ty: Option<(TypeId, TypeName)>,
+        takes: Takes,
+        route: R,
+    ) -> RelayReceiver
     where
         R: FnMut(&crate::Envelope) -> Option<usize> + Send + 'static,
     {
         let (child_tx, child) = self.child();
         if let Some(tx) = child_tx {
-            let inbox = Inbox::forwarder(&self.core, ty, Box::new([Arc::downgrade(&tx.core)]));
+            let link = Link {
+                relay: Arc::downgrade(&tx.core),
+                takes,
+            };
+            let inbox = Inbox::forwarder(&self.core, ty, Box::new([link]));
             self.run_tracked(inbox, vec![tx], route);
         }
         child
@@ -379,7 +401,7 @@ impl RelayReceiver {
         R: FnMut(&crate::Envelope) -> Option<usize> + Send + 'static,
     {
         let wildcard = inbox.is_wildcard();
-        let id = inbox.id();
+        let node = Node::forwarder(inbox.id());
         let mode = self.config().panic_mode;
         self.spawn_forwarder(async move {
             while let Some(msg) = inbox.recv().await {
@@ -387,11 +409,18 @@ impl RelayReceiver {
                     settle_quietly(msg, Completion::complete);
                     continue;
                 }
+                // Taken now, used or not, so nothing holds the children's lists longer.
+                let mut plans = msg.take_plans();
                 match guarded(|| route(msg.envelope())) {
-                    // In this forwarder's scope, so a handler of the child that is blocked
-                    // on this message is seen in the child send's wait chain.
+                    // As this forwarder's work: its wait for the child's handlers is seen by
+                    // the deadlock check.
                     Ok(Some(i)) => {
-                        InHandler::new(id, msg.blocked(), pass_on(msg, &children[i])).await
+                        let child = &children[i];
+                        let plan = plans
+                            .iter()
+                            .position(|p| p.relay == child.core.id)
+                            .map(|at| plans.swap_remove(at));
+                        InNode::new(node.clone(), pass_on(msg, child, plan)).await
                     }
                     Ok(None) => settle_quietly(msg, Completion::complete),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
@@ -413,8 +442,8 @@ fn unshare<T: Clone>(shared: Arc<T>) -> T {
 /// Sends `msg` into `child` and settles it with the child's verdict (waiting for the
 /// child's tracked handlers only if the parent's sender is waiting for this message). A
 /// tracked message goes to the child's subscribers as the parent's send snapshotted them.
-async fn pass_on(msg: Completion, child: &RelaySender) {
-    let delivery = match msg.plan(child.core.id) {
+async fn pass_on(msg: Completion, child: &RelaySender, plan: Option<Plan>) {
+    let delivery = match plan {
         Some(plan) => Delivery::planned(&child.core, msg.envelope(), plan),
         None => Delivery::forwarded(&child.core, msg.envelope(), msg.is_tracked()),
     };
