@@ -78,7 +78,7 @@ pub use crate::relay::error::{
     BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
     SharedError, Unsent,
 };
-pub use crate::relay::events::{Dropped, Unrouted};
+pub use crate::relay::events::{Dropped, HandlerLost, LossReason, Unrouted};
 pub use crate::relay::handler::{AsyncHandler, Handler, HandlerResult};
 pub use crate::relay::receipt::Receipt;
 pub use crate::relay::receiver::RelayReceiver;

@@ -31,6 +31,61 @@ fn assert_forwarder_panic(e: &RelayError, parent: &RelayReceiver, msg_id: u64, m
 // ----- cascade close ---------------------------------------------------------------------
 
 on_every_runtime! {
+    async fn a_derived_relay_nobody_can_observe_stops_being_fed() {
+        // A long-lived relay that derives a short-lived child per request: the forwarders
+        // must not pile up (they used to live as long as the parent).
+        const CYCLES: usize = if cfg!(debug_assertions) { 20_000 } else { 100_000 };
+        let (tx, rx) = Relay::channel();
+        for i in 0..CYCLES {
+            let child = if i % 2 == 0 {
+                rx.filter::<u32>(|_| true) // tracked: the parent's sends wait for it
+            } else {
+                rx.map::<u32, u64>(|n| u64::from(*n)) // a tracking boundary
+            };
+            let mut sub = child.subscribe::<u32>();
+            if i % 1_000 == 0 {
+                // Now and then the child is used before it is dropped.
+                within(BOUND, "a send through a child", tx.send(1u32)).await.unwrap();
+                if i % 2 == 0 {
+                    assert_eq!(*within(BOUND, "the child's copy", sub.recv()).await.unwrap(), 1);
+                }
+            }
+            drop(sub);
+            drop(child);
+            if i % 5_000 == 4_999 {
+                wait_until(BOUND, "the dropped children's forwarders end", || {
+                    let s = rx.stats();
+                    s.live_tasks == 0 && s.subscribers == 0
+                })
+                .await;
+            }
+        }
+        wait_until(BOUND, "every forwarder ended", || {
+            let s = rx.stats();
+            s.live_tasks == 0 && s.subscribers == 0 && s.tracked_handlers == 0
+        })
+        .await;
+        // Nobody was waiting in vain, and none of it counts as lost.
+        assert_eq!(rx.stats().handlers_lost, 0);
+        assert!(within(BOUND, "a send after it all", tx.send(2u32)).await.unwrap().is_unrouted());
+    }
+
+    async fn a_tracked_send_to_a_forwarder_ending_for_lack_of_observers_completes() {
+        let (tx, rx) = Relay::channel();
+        for _ in 0..200 {
+            let child = rx.only::<u32>();
+            let send = tx.send(7u32); // the forwarder is in this send's snapshot
+            drop(child); // ...and ends, as nothing observes its child now
+            // Ok, whichever came first: the forwarder took the message (and nobody observes
+            // the child), or it had ended and completed what it still held. Never
+            // HandlerGone: nothing that could see the message went away.
+            let receipt = within(BOUND, "the send", send).await;
+            assert!(receipt.is_ok(), "{receipt:?}");
+        }
+        wait_until(BOUND, "the forwarders end", || rx.stats().live_tasks == 0).await;
+        assert_eq!(rx.stats().handlers_lost, 0);
+    }
+
     async fn dropping_the_root_closes_a_chain_of_eight_filters_after_each_drains() {
         let (tx, rx) = Relay::channel();
         let mut levels = vec![rx.clone()];

@@ -53,6 +53,23 @@ fn counter() -> Arc<AtomicUsize> {
 const INTENDED_DROP: &str = "intended panic in a message's Drop (errors test)";
 
 on_every_runtime! {
+    async fn a_handler_gone_after_a_propagated_panic_is_reported_lost_and_leaves() {
+        quiet_intended_panics(INTENDED_DROP);
+        let (tx, rx) = Relay::builder().panic_mode(PanicMode::Propagate).build().unwrap();
+        let mut lost = rx.subscribe::<pipedream_rs::HandlerLost>();
+        rx.sink::<u8>(|_| -> () { panic!("{INTENDED_DROP}") });
+        let err = within(WAIT, "the panicking send", tx.send(1u8)).await.unwrap_err();
+        assert!(err.errors()[0].is_panic(), "{err}");
+        let report = within(WAIT, "the loss report", lost.recv()).await.unwrap();
+        assert_eq!(
+            (report.kind, report.type_name, report.reason),
+            (HandlerKind::Sink, "u8", pipedream_rs::LossReason::Panicked)
+        );
+        // Gone from the registry: the next send reaches nobody, and says so.
+        assert!(within(WAIT, "a later send", tx.send(2u8)).await.unwrap().is_unrouted());
+        assert_eq!((rx.stats().handlers_lost, rx.stats().tracked_handlers), (1, 0));
+    }
+
     async fn a_panic_in_the_drop_of_the_last_copy_does_not_end_the_handler() {
         quiet_intended_panics(INTENDED_DROP);
         /// Panics when its last copy is dropped, if asked to.

@@ -28,8 +28,8 @@ use common::{
 };
 use futures::future::join_all;
 use pipedream_rs::{
-    BoxFuture, DeliveryMode, ErrorMode, HandlerGone, HandlerKind, Relay, RelayError, RelayReceiver,
-    RelayStats, SendError, WouldDeadlock,
+    BoxFuture, DeliveryMode, ErrorMode, HandlerGone, HandlerKind, HandlerLost, LossReason, Relay,
+    RelayError, RelayReceiver, RelayStats, SendError, WouldDeadlock,
 };
 
 /// Long enough for anything that should happen; only reached when something hangs.
@@ -316,9 +316,10 @@ on_every_runtime! {
 
     // ----- spawners that drop their tasks -----------------------------------------------------
 
-    async fn a_spawner_dropping_tasks_later_fails_the_sends_waiting_on_them() {
+    async fn a_spawner_dropping_tasks_later_fails_the_sends_waiting_on_them_and_reports_the_loss() {
         let spawner = DroppingLater::default();
         let (tx, rx) = Relay::builder().spawner(spawner.clone()).build().unwrap();
+        let mut lost = rx.subscribe::<HandlerLost>();
         rx.sink::<u32>(|_| ());
         let evens = rx.filter::<u64>(|n| n % 2 == 0);
         let handle = rx.within(|| async {});
@@ -336,18 +337,34 @@ on_every_runtime! {
         let e = within(WAIT, "the dropped within task", handle).await.unwrap_err();
         assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
         assert_eq!(rx.stats().live_tasks, 0);
-        // The refused sink stays registered with a closed queue: later sends fail loudly.
-        let later = within(WAIT, "a later send", tx.send(3u32)).await;
-        handler_gone(later, HandlerKind::Sink);
-        within(WAIT, "a later send through the closed filter", tx.send(4u64)).await.unwrap();
-        drop(tx);
+        // Each handler and forwarder that never ran is reported once, and is gone: later
+        // sends reach nobody, and say so.
+        let mut reports = Vec::new();
+        for _ in 0..2 {
+            let report = within(WAIT, "a HandlerLost report", lost.recv()).await.unwrap();
+            reports.push((report.kind, report.type_name, report.reason));
+        }
+        reports.sort_by_key(|r| r.1);
+        assert_eq!(
+            reports,
+            [
+                (HandlerKind::Sink, "u32", LossReason::NeverStarted),
+                (HandlerKind::Forwarder, "u64", LossReason::NeverStarted),
+            ]
+        );
+        assert_eq!((rx.stats().handlers_lost, rx.stats().tracked_handlers), (2, 0));
+        assert!(within(WAIT, "a later send", tx.send(3u32)).await.unwrap().is_unrouted());
+        assert!(within(WAIT, "a later send", tx.send(4u64)).await.unwrap().is_unrouted());
+        assert_eq!(lost.try_recv().unwrap_err(), pipedream_rs::TryRecvError::Empty);
+        drop((tx, lost));
         freed("every relay", &[&rx, &evens]).await;
     }
 
-    /// A sink whose task the spawner refused stays registered with a closed queue: every
-    /// send of its type fails with `HandlerGone` (it must not look like success) until the
-    /// relay closes. Derived relays whose forwarder was refused close; nothing hangs.
-    async fn a_spawner_dropping_every_task_fails_sends_to_its_sinks_and_hangs_nothing() {
+    /// A sink whose task the spawner refused is reported lost and leaves the registry: a
+    /// send of its type is never `Ok` *as if handled* — it reaches nobody, and its receipt
+    /// and the `Unrouted` count say so. Derived relays whose forwarder was refused close;
+    /// nothing hangs.
+    async fn a_spawner_dropping_every_task_reports_each_handler_lost_and_hangs_nothing() {
         let (tx, rx) = Relay::builder()
             .spawner(|task: BoxFuture| drop(task))
             .build()
@@ -358,16 +375,18 @@ on_every_runtime! {
         let handle = rx.within(|| async {});
         within(WAIT, "ready()", rx.ready()).await;
         for n in 0..3u32 {
-            let sent = within(WAIT, "a send to a sink that never ran", tx.send(n)).await;
-            handler_gone(sent, HandlerKind::Sink);
+            let receipt = within(WAIT, "a send to a sink that never ran", tx.send(n)).await.unwrap();
+            assert!(receipt.is_unrouted() && receipt.handled == 0, "{receipt:?}");
         }
-        within(WAIT, "a send of another type", tx.send(1u8)).await.unwrap();
         within(WAIT, "the mapped relay closes", doubled.closed()).await;
         within(WAIT, "the filtered relay closes", evens.closed()).await;
         let e = within(WAIT, "the within handle", handle).await.unwrap_err();
         assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
-        // The refused sink still counts; the refused filter's forwarder does not.
-        assert_eq!((rx.stats().live_tasks, rx.stats().tracked_handlers), (0, 1));
+        let stats = rx.stats();
+        assert_eq!(
+            (stats.live_tasks, stats.tracked_handlers, stats.handlers_lost, stats.unrouted),
+            (0, 0, 3, 3)
+        );
         drop(tx);
         freed("every relay", &[&rx, &doubled, &evens]).await;
     }
@@ -566,6 +585,66 @@ on_every_runtime! {
         assert!(matches!(verdict, Err(SendError::WouldDeadlock(_))), "{verdict:?}");
     }
 
+    async fn a_self_send_awaited_among_many_in_futures_unordered_still_stops_waiting() {
+        // The wait is broken through the waiting future's own waker: a combinator that gives
+        // each of its futures a waker of its own must see it (a wake of the task alone made
+        // this spin forever).
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let (tx, rx) = Relay::channel();
+        let w = tx.weak();
+        let verdicts = Arc::new(Mutex::new(Vec::new()));
+        let v = verdicts.clone();
+        rx.sink_async::<u32>(move |n| {
+            let (w, v) = (w.clone(), v.clone());
+            async move {
+                if *n == 0 {
+                    let mut sends: FuturesUnordered<_> = (1..=40u32).map(|k| w.send(k)).collect();
+                    while let Some(result) = sends.next().await {
+                        v.lock().unwrap().push(result);
+                    }
+                }
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        let verdicts = std::mem::take(&mut *verdicts.lock().unwrap());
+        assert_eq!(verdicts.len(), 40);
+        assert!(
+            verdicts.iter().all(|r| matches!(r, Err(SendError::WouldDeadlock(_)))),
+            "{verdicts:?}"
+        );
+    }
+
+    async fn a_send_polled_in_a_handler_then_handed_to_another_task_moves_its_wait() {
+        // Polled once inside the sink (its wait registered there), then handed to another
+        // task, which awaits it: the wait moves to that task at its first poll (it is not
+        // one of the relay's, so it is no node), and the send completes normally once the
+        // sink is free. (Until that first poll the wait still counts as the sink's:
+        // SEMANTICS.md §14.)
+        let (tx, rx) = Relay::channel();
+        let w = tx.weak();
+        let (results, seen) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let (r, s) = (results.clone(), seen.clone());
+        rx.sink_async::<u32>(move |n| {
+            let (w, r, s) = (w.clone(), r.clone(), s.clone());
+            async move {
+                s.lock().unwrap().push(*n);
+                if *n == 0 {
+                    let mut send = Box::pin(w.send(1u32));
+                    assert!(futures::poll!(send.as_mut()).is_pending());
+                    drop(common::spawn(async move {
+                        let result = send.await;
+                        r.lock().unwrap().push(result.is_ok());
+                    }));
+                }
+            }
+        });
+        within(WAIT, "the outer send", tx.send(0u32)).await.unwrap();
+        wait_until(WAIT, "the moved send", || !results.lock().unwrap().is_empty()).await;
+        assert_eq!(*results.lock().unwrap(), [true]);
+        assert_eq!(*seen.lock().unwrap(), [0, 1]);
+        assert_eq!(rx.stats().deadlocks_broken, 0);
+    }
+
     async fn a_send_a_handler_spawns_and_does_not_await_is_not_a_deadlock() {
         // The send's waiter is the spawned task, not the handler: nothing waits in a cycle.
         let (tx, rx) = Relay::channel();
@@ -694,6 +773,8 @@ on_every_runtime! {
             .count();
         assert_eq!((results.len(), deadlocks), (2, 1), "{results:?}");
         assert!(results.iter().any(|r| r.is_ok()), "{results:?}");
+        // Broken once: the second handler to run does not break the same cycle again.
+        assert_eq!(rx.stats().deadlocks_broken, 1);
         wait_until(WAIT, "all four messages processed", || seen.lock().unwrap().len() == 4).await;
     }
 

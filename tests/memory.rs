@@ -233,3 +233,79 @@ fn send_futures_stay_small() {
     println!("send future sizes (send, weak send, send_any): {sizes:?} bytes");
     assert!(sizes.iter().all(|&s| s <= 128), "{sizes:?}");
 }
+
+/// Runs every task it is given on the calling thread, when `run_until_stalled` is called,
+/// so the counting allocator (per thread) sees all of the relay's allocations.
+#[derive(Clone, Default)]
+struct SameThread(std::sync::Arc<std::sync::Mutex<Vec<BoxFuture>>>);
+
+impl SameThread {
+    fn spawner(&self) -> impl Fn(BoxFuture) + Send + Sync + 'static {
+        let queue = self.0.clone();
+        move |task| queue.lock().unwrap().push(task)
+    }
+
+    /// Polls every task until none makes progress; finished tasks are dropped.
+    fn run_until_stalled(&self) {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        loop {
+            let tasks = std::mem::take(&mut *self.0.lock().unwrap());
+            if tasks.is_empty() {
+                return;
+            }
+            let before = tasks.len();
+            let mut pending = Vec::new();
+            for mut task in tasks {
+                if task.as_mut().poll(&mut cx).is_pending() {
+                    pending.push(task);
+                }
+            }
+            let stalled = pending.len() == before && self.0.lock().unwrap().is_empty();
+            self.0.lock().unwrap().extend(pending);
+            if stalled {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn deriving_and_dropping_children_leaves_memory_flat() {
+    // 11.11: a forwarder used to live as long as its parent, even with nobody holding its
+    // child: a relay that derives a child per request grew without bound.
+    const CYCLES: usize = 100_000;
+    let executor = SameThread::default();
+    let (tx, rx) = Relay::builder()
+        .spawner(executor.spawner())
+        .build()
+        .unwrap();
+    let cycle = |i: usize| {
+        let child = if i % 2 == 0 {
+            rx.filter::<u32>(|_| true)
+        } else {
+            rx.map::<u32, u64>(|n| u64::from(*n))
+        };
+        let sub = child.subscribe::<u32>();
+        executor.run_until_stalled();
+        drop(sub);
+        drop(child);
+        executor.run_until_stalled(); // the forwarder sees its child unobserved and ends
+    };
+    for i in 0..1_000 {
+        cycle(i); // warm up: the parent's entries and the executor's queue exist
+    }
+    let before = net_bytes();
+    for i in 0..CYCLES {
+        cycle(i);
+    }
+    let grown = net_bytes() - before;
+    let stats = rx.stats();
+    println!("{CYCLES} children derived and dropped: {grown:+} bytes; {stats:?}");
+    assert_eq!((stats.live_tasks, stats.subscribers), (0, 0));
+    assert!(
+        grown < 64 * 1024,
+        "{grown} bytes kept after {CYCLES} derive-and-drop cycles"
+    );
+    drop(tx);
+}

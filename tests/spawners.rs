@@ -163,7 +163,7 @@ fn sends_waiting_on_a_task_the_spawner_drops_fail_with_handler_gone() {
 }
 
 #[test]
-fn spawner_that_drops_every_task_makes_sends_fail_with_handler_gone_and_ready_still_resolves() {
+fn spawner_that_drops_every_task_reports_the_handler_lost_and_ready_still_resolves() {
     let (tx, rx) = Relay::builder()
         .spawner(|task: BoxFuture| drop(task))
         .build()
@@ -172,14 +172,65 @@ fn spawner_that_drops_every_task_makes_sends_fail_with_handler_gone_and_ready_st
     let handle = rx.within(|| async {});
     block_on(async {
         within(WAIT, "ready() with every task dropped", rx.ready()).await;
-        // Never Ok: the handler never ran.
-        let result = within(WAIT, "a send to a handler that never ran", tx.send(1u32)).await;
-        handler_gone(result, HandlerKind::Sink);
+        // Never Ok as if handled: the handler never ran, was reported lost, and is gone.
+        let receipt = within(WAIT, "a send to a handler that never ran", tx.send(1u32)).await;
+        assert!(receipt.unwrap().is_unrouted());
         let e = within(WAIT, "a within handle", handle).await.unwrap_err();
         assert!(e.downcast_ref::<HandlerGone>().is_some());
-        // The sink whose task never ran stays registered (closed), failing its sends.
-        assert_eq!((rx.stats().live_tasks, rx.stats().tracked_handlers), (0, 1));
+        let stats = rx.stats();
+        assert_eq!(
+            (
+                stats.live_tasks,
+                stats.tracked_handlers,
+                stats.handlers_lost
+            ),
+            (0, 0, 1)
+        );
     });
+}
+
+/// The case: a relay and its sink are built in tokio runtime A, A is shut down, and
+/// the relay lives on. The sink's task is dropped with A: that is reported once, the sink
+/// leaves the registry, and sends made afterwards (here from runtime B) show it.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_handler_whose_runtime_shut_down_is_reported_lost_and_later_sends_show_it() {
+    let a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx, mut lost, processed) = a.block_on(async {
+        let (tx, rx) = Relay::channel(); // inside A: its handlers run on A
+        let lost = rx.subscribe::<pipedream_rs::HandlerLost>();
+        let processed = Arc::new(AtomicUsize::new(0));
+        let p = processed.clone();
+        rx.sink::<u32>(move |_| {
+            p.fetch_add(1, Ordering::SeqCst);
+        });
+        within(WAIT, "a send while A runs", tx.send(1u32))
+            .await
+            .unwrap();
+        (tx, rx, lost, processed)
+    });
+    drop(a); // shuts A down: its tasks, the sink's among them, are dropped
+    let b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    b.block_on(async {
+        let report = within(WAIT, "the loss report", lost.recv()).await.unwrap();
+        assert_eq!((report.kind, report.type_name), (HandlerKind::Sink, "u32"));
+        let receipt = within(WAIT, "a send from B", tx.send(2u32)).await.unwrap();
+        assert!(receipt.is_unrouted() && receipt.handled == 0, "{receipt:?}");
+        let stats = rx.stats();
+        assert_eq!(
+            (stats.handlers_lost, stats.tracked_handlers, stats.unrouted),
+            (1, 0, 1)
+        );
+    });
+    assert_eq!(processed.load(Ordering::SeqCst), 1);
 }
 
 // ----- the default-spawner rule ------------------------------------------------------------

@@ -125,6 +125,9 @@ pub(crate) struct Node {
     handler: bool,
     /// The waits of sends polled in this task that are still waiting.
     waits: Mutex<Vec<Arc<Wait>>>,
+    /// `waits.len()`, so a poll that returns `Pending` with none (the common case: a
+    /// handler waiting for its next message) takes no lock.
+    count: std::sync::atomic::AtomicUsize,
     /// In [`SUSPENDED`]. Written under that lock; read without it as a hint.
     suspended: AtomicBool,
 }
@@ -145,6 +148,7 @@ impl Node {
             id,
             handler,
             waits: Mutex::new(Vec::new()),
+            count: std::sync::atomic::AtomicUsize::new(0),
             suspended: AtomicBool::new(false),
         })
     }
@@ -177,6 +181,9 @@ impl Wait {
     /// The nodes this wait waits for now (none once it is satisfied; see the module docs
     /// for why a wait for room counts until the room is taken).
     fn waits_for(&self) -> Vec<u64> {
+        if self.broken.load(Ordering::Acquire) {
+            return Vec::new(); // about to end: no longer an edge (no second break)
+        }
         match &self.on {
             On::Handlers(tracker) => tracker.unsettled(),
             On::Room(queue) => vec![queue.id],
@@ -187,18 +194,14 @@ impl Wait {
         matches!(self.on, On::Room(_))
     }
 
-    /// Breaks this wait, naming the cycle it is on, and wakes its task.
-    fn break_on(&self, cycle: Vec<u64>, cx: Option<&mut Context<'_>>) {
+    /// Breaks this wait, naming the cycle it is on. Returns the waker of the future that
+    /// waits (recorded at its last `Pending`), to be woken once every lock is released:
+    /// the waiting future's own waker, not its task's (a combinator such as
+    /// `FuturesUnordered` would ignore a wake of the task).
+    fn break_on(&self, cycle: Vec<u64>) -> Option<std::task::Waker> {
         *self.cycle.lock().unwrap_or_else(|e| e.into_inner()) = cycle;
         self.broken.store(true, Ordering::Release);
-        match cx {
-            Some(cx) => cx.waker().wake_by_ref(),
-            None => {
-                if let Some(waker) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    waker.wake();
-                }
-            }
-        }
+        self.waker.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -227,17 +230,39 @@ pub(crate) struct Waiting {
 }
 
 impl Waiting {
-    /// Registers a wait on `on` for the node being polled on this thread, if any.
-    pub(crate) fn register(on: On) -> Option<Waiting> {
-        let node = CURRENT.with(|current| current.borrow().clone())?;
+    fn register_with(node: Arc<Node>, on: On) -> Waiting {
         let wait = Arc::new(Wait {
             on,
             broken: AtomicBool::new(false),
             cycle: Mutex::new(Vec::new()),
             waker: Mutex::new(None),
         });
-        node.waits().push(wait.clone());
-        Some(Waiting { node, wait })
+        let mut waits = node.waits();
+        waits.push(wait.clone());
+        node.count.store(waits.len(), Ordering::Release);
+        drop(waits);
+        Waiting { node, wait }
+    }
+
+    /// At each `Pending` of a waiting send: keep `slot` registered with the node polling
+    /// it now (none outside the relay's tasks), moving it if the send was handed to another
+    /// task since, and record the waker to wake if the check breaks the wait.
+    pub(crate) fn refresh(slot: &mut Option<Waiting>, on: impl FnOnce() -> On, cx: &Context<'_>) {
+        let current = CURRENT.with(|current| current.borrow().clone());
+        let here = match (slot.as_ref(), &current) {
+            (Some(waiting), Some(node)) => Arc::ptr_eq(&waiting.node, node),
+            (None, None) => true,
+            _ => false,
+        };
+        if !here {
+            *slot = current.map(|node| Waiting::register_with(node, on()));
+        }
+        if let Some(waiting) = slot {
+            let mut waker = waiting.wait.waker.lock().unwrap_or_else(|e| e.into_inner());
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
     }
 
     /// The check found this wait on a cycle: `Some(cycle)` once, then the send must stop
@@ -253,19 +278,11 @@ impl Waiting {
     }
 }
 
-impl Waiting {
-    /// Records the task to wake if another task's check breaks this wait.
-    pub(crate) fn waker(&self, cx: &Context<'_>) {
-        let mut slot = self.wait.waker.lock().unwrap_or_else(|e| e.into_inner());
-        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *slot = Some(cx.waker().clone());
-        }
-    }
-}
-
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.node.waits().retain(|w| !Arc::ptr_eq(w, &self.wait));
+        let mut waits = self.node.waits();
+        waits.retain(|w| !Arc::ptr_eq(w, &self.wait));
+        self.node.count.store(waits.len(), Ordering::Release);
     }
 }
 
@@ -310,8 +327,8 @@ impl<F: Future> Future for InNode<F> {
             let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(this.node.clone())));
             this.fut.poll(cx)
         };
-        if polled.is_pending() && !this.node.waits().is_empty() {
-            suspend(this.node, cx);
+        if polled.is_pending() && this.node.count.load(Ordering::Acquire) > 0 {
+            suspend(this.node);
         }
         polled
     }
@@ -327,17 +344,31 @@ fn resume(node: &Arc<Node>) {
 }
 
 /// `node` suspends with waits registered: record it, then look for a cycle through it,
-/// and break a wait on it (see the module docs for which).
-fn suspend(node: &Arc<Node>, cx: &mut Context<'_>) {
-    let mut graph = suspended();
-    graph.insert(node.id, node.clone());
-    node.suspended.store(true, Ordering::Release);
+/// and break a wait on it (see the module docs for which). The woken future is woken after
+/// the graph's lock is released.
+fn suspend(node: &Arc<Node>) {
+    let waker = {
+        let mut graph = suspended();
+        graph.insert(node.id, node.clone());
+        node.suspended.store(true, Ordering::Release);
+        find_and_break(&graph, node)
+    };
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+fn find_and_break(graph: &BTreeMap<u64, Arc<Node>>, node: &Arc<Node>) -> Option<std::task::Waker> {
     let waits: Vec<Arc<Wait>> = node.waits().clone();
     for wait in waits {
         for next in wait.waits_for() {
+            // Cheap first: a cycle must go on through a suspended node (or this one).
+            if next != node.id && !graph.contains_key(&next) {
+                continue;
+            }
             let mut path = vec![(node.clone(), wait.clone())];
             let mut seen = BTreeSet::new();
-            if !reaches(&graph, node.id, next, &mut path, &mut seen) {
+            if !reaches(graph, node.id, next, &mut path, &mut seen) {
                 continue;
             }
             let cycle: Vec<u64> = path.iter().map(|(n, _)| n.id).collect();
@@ -348,13 +379,12 @@ fn suspend(node: &Arc<Node>, cx: &mut Context<'_>) {
                     .find(|(n, _)| n.id == node.id && n.handler)
                     .or_else(|| path.iter().find(|(n, _)| n.handler))
             };
-            if let Some((owner, chosen)) = room.or_else(handler) {
-                let here = owner.id == node.id;
-                chosen.break_on(cycle, here.then_some(&mut *cx));
-            }
-            return;
+            return room
+                .or_else(handler)
+                .and_then(|(_, chosen)| chosen.break_on(cycle));
         }
     }
+    None
 }
 
 /// Depth-first search: does `from`, through suspended nodes' live waits, reach `target`?

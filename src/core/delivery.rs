@@ -178,13 +178,10 @@ where
                                 ))))
                             }
                             None => {
-                                if waiting.is_none() {
-                                    waiting = Waiting::register(On::Handlers(tracker.clone()));
-                                }
-                                if let Some(waiting) = &waiting {
-                                    // Another task's check may break this wait and wake us.
-                                    waiting.waker(cx);
-                                }
+                                // A wait of the relay's task polling it (if any): the
+                                // deadlock check sees it, and may break it and wake us.
+                                let on = || On::Handlers(tracker.clone());
+                                Waiting::refresh(&mut waiting, on, cx);
                                 *state = State::Wait(core, receipt, tracker, listener, waiting);
                                 return Poll::Pending;
                             }

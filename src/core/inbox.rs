@@ -16,6 +16,7 @@ use crate::relay::subscription::{map_try, Attached, TryRecvError};
 pub(crate) struct Inbox {
     attached: Attached,
     kind: HandlerKind,
+    type_name: Option<crate::relay::envelope::TypeName>,
 }
 
 impl Inbox {
@@ -29,6 +30,7 @@ impl Inbox {
         Inbox {
             attached: Attached::new(core, ty, tracked.then_some(kind)),
             kind,
+            type_name: ty.map(|(_, name)| name),
         }
     }
 
@@ -42,6 +44,7 @@ impl Inbox {
         Inbox {
             attached: Attached::linked(core, ty, Some(HandlerKind::Forwarder), links),
             kind: HandlerKind::Forwarder,
+            type_name: ty.map(|(_, name)| name),
         }
     }
 
@@ -81,13 +84,19 @@ impl Inbox {
         self.attached.id()
     }
 
+    /// The type it receives (`"*"` for every type).
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.type_name.map_or("*", |name| name())
+    }
+
     /// See [`QueueRx::release_when_idle`](crate::core::queue::QueueRx::release_when_idle).
     pub(crate) fn release_when_idle(&mut self) {
         self.attached.queue.release_when_idle();
     }
 
-    pub(crate) fn keep_registered(&mut self) {
-        self.attached.keep_registered();
+    /// See [`QueueRx::end_quietly`](crate::core::queue::QueueRx::end_quietly).
+    pub(crate) fn end_quietly(&mut self) {
+        self.attached.queue.end_quietly();
     }
 
     pub(crate) fn is_wildcard(&self) -> bool {

@@ -106,9 +106,7 @@ fn loom_lossless_push_waits_for_room_and_wakes() {
         let (tx, mut rx) = crate::core::queue::queue(1, 1, None, Box::default());
         let producer = thread::spawn(move || {
             for n in 0..2u64 {
-                block_on(tx.push(item(n), None))
-                    .ok()
-                    .expect("receiver alive");
+                block_on(tx.push(item(n))).ok().expect("receiver alive");
             }
             tx
         });
@@ -130,9 +128,7 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
         let (tx, mut rx) = crate::core::queue::queue_with_credit_batch(2, 2, 1, None);
         let producer = thread::spawn(move || {
             for n in 0..3u64 {
-                block_on(tx.push(item(n), None))
-                    .ok()
-                    .expect("receiver alive");
+                block_on(tx.push(item(n))).ok().expect("receiver alive");
             }
             tx
         });
@@ -152,9 +148,7 @@ fn loom_batched_credit_wakes_the_waiting_sender() {
 fn loom_a_waiting_sender_gets_the_room_of_one_take() {
     model("room of one take", || {
         one_take_from_a_full_queue(|tx| {
-            block_on(tx.push(item(2), None))
-                .ok()
-                .expect("receiver alive");
+            block_on(tx.push(item(2))).ok().expect("receiver alive");
         });
     });
 }
@@ -167,10 +161,8 @@ fn loom_a_cancelled_waiting_push_leaves_the_counts_exact() {
     model("cancelled waiting push", || {
         one_take_from_a_full_queue(|tx| {
             // `now_or_never` polls once and drops the future if it is still waiting.
-            if futures::FutureExt::now_or_never(tx.push(item(2), None)).is_none() {
-                block_on(tx.push(item(3), None))
-                    .ok()
-                    .expect("receiver alive");
+            if futures::FutureExt::now_or_never(tx.push(item(2))).is_none() {
+                block_on(tx.push(item(3))).ok().expect("receiver alive");
             }
         });
     });
@@ -283,7 +275,7 @@ fn loom_a_close_racing_a_push_hands_the_message_to_exactly_one_side() {
 fn one_take_from_a_full_queue(send: fn(&QueueTx)) {
     let (tx, mut rx) = crate::core::queue::queue_with_credit_batch(2, 2, 1, None);
     for n in 0..2u64 {
-        block_on(tx.push(item(n), None)).ok().expect("room for two");
+        block_on(tx.push(item(n))).ok().expect("room for two");
     }
     let producer = thread::spawn(move || {
         send(&tx);

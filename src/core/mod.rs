@@ -20,6 +20,8 @@ pub(crate) mod delivery;
 pub(crate) mod inbox;
 #[cfg(all(test, loom))]
 mod loom_models;
+pub(crate) mod lost;
+pub(crate) mod observers;
 pub(crate) mod pvec;
 pub(crate) mod queue;
 pub(crate) mod registry;
@@ -33,7 +35,6 @@ use std::sync::Arc;
 
 use event_listener::Event;
 
-use crate::core::deadlock::{On, Waiting};
 use crate::core::queue::{queue, PushError, QueueRx, QueueState, QueueTx};
 use crate::core::registry::{next_subscriber_id, Registry, Targets, TypeCounters};
 use crate::core::sync::{AtomicU64, Ordering};
@@ -45,7 +46,7 @@ use crate::relay::envelope::{erased_name, Envelope, Queued, TypeName};
 use crate::relay::error::{
     HandlerGone, HandlerKind, QueueFull, RelayError, SendError, SharedError,
 };
-use crate::relay::events::{Dropped, Unrouted};
+use crate::relay::events::{Dropped, HandlerLost, Unrouted};
 use crate::relay::receipt::Receipt;
 use crate::relay::stats::{RelayStats, TypeStats};
 
@@ -190,6 +191,10 @@ pub(crate) struct Core {
     handlers_event: Event,
     /// Tasks started from this relay: live count and the readiness barrier.
     pub(crate) tasks: Arc<Tasks>,
+    /// Its receiver handles (see `observers.rs`).
+    pub(crate) observers: Arc<crate::core::observers::Observers>,
+    /// Handler and forwarder tasks that ended while the relay was open.
+    handlers_lost: AtomicU64,
 }
 
 impl Core {
@@ -203,6 +208,8 @@ impl Core {
             deadlocks_broken: AtomicU64::new(0),
             handlers_event: Event::new(),
             tasks: Arc::new(Tasks::default()),
+            observers: Arc::default(),
+            handlers_lost: AtomicU64::new(0),
         })
     }
 
@@ -236,7 +243,26 @@ impl Core {
     }
 
     pub(crate) fn unregister(&self, id: u64) {
-        self.registry.remove(id);
+        if self.registry.remove(id).is_some() && self.registry.subscribers() == 0 {
+            self.observers.subscribers_gone();
+        }
+    }
+
+    /// Resolves once nothing can observe this relay any more: no receiver handle, no
+    /// subscriber (for the forwarder of a derived relay).
+    pub(crate) async fn wait_unobserved(&self) {
+        self.observers
+            .wait_unobserved(|| self.registry.subscribers())
+            .await;
+    }
+
+    /// A handler or forwarder task ended while this relay was open: count it, report it.
+    pub(crate) fn handler_lost(&self, lost: HandlerLost) {
+        if self.is_closed() {
+            return; // a task ending after the close is the normal end
+        }
+        self.handlers_lost.fetch_add(1, Ordering::Relaxed);
+        self.emit(lost);
     }
 
     // ----- lifecycle ---------------------------------------------------------------
@@ -283,6 +309,7 @@ impl Core {
             dropped,
             unrouted,
             deadlocks_broken: self.deadlocks_broken.load(Ordering::Relaxed),
+            handlers_lost: self.handlers_lost.load(Ordering::Relaxed),
             subscribers: self.registry.subscribers(),
             tracked_handlers: self.registry.tracked(),
             live_tasks: self.tasks.live(),
@@ -534,10 +561,9 @@ impl Core {
         while let Some(item) = waiting.take() {
             let slot = &targets.run_from(next)[0];
             let tracked = item.tracker.is_some();
-            // Inside one of the relay's own tasks, this wait for room is a wait of that
-            // task: the deadlock check may let it in over the capacity (core/deadlock.rs).
-            let room = Waiting::register(On::Room(slot.state.clone()));
-            match slot.push(item, room.as_ref()).await {
+            // Inside one of the relay's own tasks, a wait for room is a wait of that task:
+            // the deadlock check may let it in over the capacity (core/deadlock.rs).
+            match slot.push(item).await {
                 Ok(over) => {
                     if over {
                         self.deadlock_broken();
@@ -644,6 +670,14 @@ impl Core {
 
     /// A tracked message could not reach, or was never processed by, its handler.
     pub(crate) fn fail_gone(&self, item: Queued, queue: &QueueState) {
+        if queue.ended_quietly() {
+            // A forwarder that ended because nobody observes its child any more: there was
+            // nobody to pass the message on to, which is not a failure.
+            if let Some(tracker) = item.tracker.as_deref() {
+                tracker.complete(queue.id);
+            }
+            return;
+        }
         if let (Some(kind), Some(tracker)) = (queue.tracked, item.tracker.as_deref()) {
             self.report(
                 Some((tracker, queue.id)),
@@ -726,12 +760,14 @@ pub(crate) fn is_internal_event(type_id: TypeId) -> bool {
     type_id == TypeId::of::<Dropped>()
         || type_id == TypeId::of::<RelayError>()
         || type_id == TypeId::of::<Unrouted>()
+        || type_id == TypeId::of::<HandlerLost>()
 }
 
 fn is_internal_type_name(name: &str) -> bool {
     name == std::any::type_name::<Dropped>()
         || name == std::any::type_name::<RelayError>()
         || name == std::any::type_name::<Unrouted>()
+        || name == std::any::type_name::<HandlerLost>()
 }
 
 /// Adds its count to a type's counter when dropped (the counters are std atomics: they

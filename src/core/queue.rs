@@ -93,7 +93,7 @@ use std::task::{Context, Poll};
 use async_channel::{Receiver, Sender};
 use event_listener::{Event, EventListener};
 
-use crate::core::deadlock::Waiting as DeadlockWait;
+use crate::core::deadlock::{On, Waiting as DeadlockWait};
 use crate::core::sync::{fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, Slot};
 use crate::relay::envelope::Queued;
 use crate::relay::error::HandlerKind;
@@ -116,7 +116,8 @@ impl Chan {
 /// Accounting shared by a queue's senders (the registry's copies) and its receiver.
 ///
 /// Invariants:
-/// - `len(state) <= capacity` at all times. `len` is the messages in the channels, plus
+/// - `len(state) <= capacity` at all times, but for the messages let in over it by a
+///   broken cycle of waits (one per broken wait, `core/deadlock.rs`) still counted. `len` is the messages in the channels, plus
 ///   the reservations in flight (each lives for one synchronous push), plus the taken
 ///   messages whose room is held back (counted in `owed`, or just swapped out of it and
 ///   about to be released). `waiters(state)` counts the live `WaiterGuard`s.
@@ -155,6 +156,10 @@ pub(crate) struct QueueState {
     senders: AtomicUsize,
     /// The receiver is gone: every push fails, nothing is created.
     gone: AtomicBool,
+    /// It went because nothing could observe what it would pass on (a forwarder whose
+    /// derived relay is unobserved): a tracked message that cannot reach it now counts as
+    /// handled, not as a failure.
+    quiet: AtomicBool,
     /// Messages this subscriber missed because its queue was full.
     dropped: AtomicU64,
     /// Registry id of this subscriber.
@@ -271,6 +276,11 @@ impl QueueState {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// See `quiet`.
+    pub(crate) fn ended_quietly(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
+    }
+
     /// A tracked forwarder into derived relays (see `links`).
     pub(crate) fn chains(&self) -> bool {
         !self.links.is_empty()
@@ -364,17 +374,14 @@ impl QueueTx {
 
     /// Queue `item`, waiting for room; `Err` gives it back if the receiver went away.
     ///
-    /// `breaker` is this wait as the deadlock check sees it (`core/deadlock.rs`): if the
-    /// check breaks it, the item is queued over the capacity instead of waiting forever
-    /// (`Ok(true)`), so a lossless cycle moves on without losing anything.
+    /// While it waits, the wait is registered with the relay task polling it (if any), so
+    /// the deadlock check sees it (`core/deadlock.rs`): if the check breaks it, the item is
+    /// queued over the capacity instead of waiting forever (`Ok(true)`), so a lossless
+    /// cycle moves on without losing anything.
     ///
     /// Cancel safety: a reservation is taken and used in the same poll, so dropping this
     /// future loses nothing and leaves the count exact.
-    pub(crate) async fn push(
-        &self,
-        item: Queued,
-        breaker: Option<&DeadlockWait>,
-    ) -> Result<bool, Queued> {
+    pub(crate) async fn push(&self, item: Queued) -> Result<bool, Queued> {
         let state = &self.state;
         if state.gone.load(Ordering::Acquire) {
             return Err(item);
@@ -383,6 +390,7 @@ impl QueueTx {
             // Slow path: register as a waiter for as long as this future waits (the guard
             // also deregisters if the send is cancelled).
             let _waiting = WaiterGuard::new(state);
+            let mut room = None;
             loop {
                 // Eventcount: listen, then re-check, so a slot freed in between is not
                 // missed. `space` wakes it: room given back, or the receiver gone.
@@ -393,13 +401,21 @@ impl QueueTx {
                 if state.reserve() {
                     break;
                 }
-                if breaker.is_some_and(|w| w.broken().is_some()) {
+                if room
+                    .as_ref()
+                    .is_some_and(|w: &DeadlockWait| w.broken().is_some())
+                {
                     // Over the capacity, by one, to break a cycle of waits.
                     state.state.fetch_add(1, Ordering::AcqRel);
                     return self.push_reserved(item).map(|()| true);
                 }
-                // `space` wakes it, or the deadlock check (which wakes its task).
-                BreakableWait { listener, breaker }.await;
+                // `space` wakes it, or the deadlock check, which breaks the wait.
+                BreakableWait {
+                    listener,
+                    room: &mut room,
+                    queue: state,
+                }
+                .await;
             }
         }
         self.push_reserved(item).map(|()| false)
@@ -440,24 +456,30 @@ impl QueueTx {
 }
 
 /// A lossless sender's wait for room: ends when `space` notifies, or when the deadlock
-/// check breaks it (checked at every poll; the check wakes the task).
+/// check breaks it. At each poll it keeps its registration with the relay task polling it
+/// (`room`), which records the waker the check wakes.
 struct BreakableWait<'a> {
     listener: EventListener,
-    breaker: Option<&'a DeadlockWait>,
+    room: &'a mut Option<DeadlockWait>,
+    queue: &'a Arc<QueueState>,
 }
 
 impl Future for BreakableWait<'_> {
     type Output = ();
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some(breaker) = self.breaker {
-            if breaker.broken().is_some() {
-                return Poll::Ready(());
-            }
-            // The check may break this wait from another task: it wakes this one.
-            breaker.waker(cx);
+        let this = &mut *self;
+        if this.room.as_ref().is_some_and(|w| w.broken().is_some()) {
+            return Poll::Ready(());
         }
-        std::pin::Pin::new(&mut self.listener).poll(cx)
+        match std::pin::Pin::new(&mut this.listener).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                let queue = this.queue;
+                DeadlockWait::refresh(this.room, || On::Room(queue.clone()), cx);
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -546,6 +568,7 @@ fn make(
         creating: Mutex::new(()),
         senders: AtomicUsize::new(1),
         gone: AtomicBool::new(false),
+        quiet: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
         id,
         tracked,
@@ -710,6 +733,13 @@ impl QueueRx {
         current + self.leftover.as_ref().map_or(0, |c| c.rx.len())
     }
 
+    /// The queue's subscriber ends because nothing can observe what it would pass on: from
+    /// now on what cannot reach it completes instead of failing (see `quiet`). Set before
+    /// the queue closes.
+    pub(crate) fn end_quietly(&mut self) {
+        self.state.quiet.store(true, Ordering::Release);
+    }
+
     /// Closes the queue and hands back what it still held, so the owner can fail the
     /// tracked ones. Senders blocked on `space` are woken and see the queue closed.
     pub(crate) fn close_and_drain(&mut self) -> Vec<Queued> {
@@ -788,9 +818,7 @@ mod stress {
         let producer = std::thread::spawn(move || {
             for n in 0..N {
                 if lossless {
-                    futures::executor::block_on(tx.push(item(n), None))
-                        .ok()
-                        .unwrap();
+                    futures::executor::block_on(tx.push(item(n))).ok().unwrap();
                 } else {
                     while tx.try_push(item(n)).is_err() {
                         std::thread::yield_now();

@@ -413,8 +413,8 @@ pub enum BuildError {
     /// A channel size of zero would drop (or block) every message.
     #[error("channel size must be at least 1")]
     ZeroChannelSize,
-    /// A channel size above [`MAX_CHANNEL_SIZE`](crate::MAX_CHANNEL_SIZE) (2^40 - 1): a
-    /// queue counts its messages in 40 bits.
+    /// A channel size above [`MAX_CHANNEL_SIZE`](crate::MAX_CHANNEL_SIZE): a queue counts
+    /// its messages in 40 bits.
     #[error("channel size {size} is above the largest, {max}")]
     ChannelSizeTooLarge {
         /// The size asked for.

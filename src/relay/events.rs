@@ -79,3 +79,65 @@ pub struct Unrouted {
     /// The message's type (`std::any::type_name`).
     pub type_name: &'static str,
 }
+
+/// A handler or forwarder task of this relay ended while the relay was still open: its
+/// runtime shut down, its spawner dropped it (before or after it first ran), or it
+/// panicked under [`PanicMode::Propagate`](crate::PanicMode::Propagate).
+///
+/// Reported once, when the task goes, and counted in
+/// [`RelayStats::handlers_lost`](crate::RelayStats::handlers_lost). The task's registration
+/// is removed with it: sends already under way that reached it fail with
+/// [`HandlerGone`](crate::HandlerGone) (tracked), later sends no longer include it, so their
+/// [`Receipt`](crate::Receipt)s count one handler fewer (and a type left with no subscriber
+/// is reported as [`Unrouted`](crate::Unrouted)). A forwarder's derived relay closes.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::{BoxFuture, HandlerLost, LossReason, Relay};
+/// // A spawner that throws every task away, as a runtime shutting down does.
+/// let (tx, rx) = Relay::builder().spawner(|task: BoxFuture| drop(task)).build().unwrap();
+/// let mut lost = rx.subscribe::<HandlerLost>();
+/// rx.sink::<u32>(|_| ());
+/// let report = lost.recv().await.unwrap();
+/// assert_eq!((report.type_name, report.reason), ("u32", LossReason::NeverStarted));
+/// assert_eq!(rx.stats().handlers_lost, 1);
+/// assert!(tx.send(1u32).await.unwrap().is_unrouted()); // nobody handles u32 any more
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerLost {
+    /// The relay the handler was registered on.
+    pub relay_id: u64,
+    /// Its subscriber id.
+    pub subscriber_id: u64,
+    /// Which kind of task it was.
+    pub kind: crate::HandlerKind,
+    /// The message type it handled (`"*"` for a forwarder that takes every type).
+    pub type_name: &'static str,
+    /// How it ended.
+    pub reason: LossReason,
+}
+
+/// How a handler or forwarder task ended early (see [`HandlerLost`]).
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::LossReason;
+/// assert_ne!(LossReason::NeverStarted, LossReason::Dropped);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// Its executor dropped it before it first ran (a spawner that refuses work, a runtime
+    /// that shut down before it got to it).
+    NeverStarted,
+    /// Its executor dropped it while it was running or waiting (a runtime shut down).
+    Dropped,
+    /// It panicked under [`PanicMode::Propagate`](crate::PanicMode::Propagate); the panic
+    /// was reported first.
+    Panicked,
+}

@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use futures::FutureExt;
 
 use crate::core::deadlock::{InNode, Node};
+use crate::core::lost::{Guarded, Identity};
 use crate::core::tasks::Tasks;
 use crate::core::Core;
 use crate::relay::config::{Config, PanicMode};
@@ -147,10 +148,17 @@ pub(crate) fn start_handler<T, P, Fut>(
     P: FnMut(Arc<T>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), SharedError>> + Send,
 {
-    let unstarted = Unstarted(Some(TrackedSubscription::<T>::new(core, kind)));
+    let mut sub = TrackedSubscription::<T>::new(core, kind);
     let panic_mode = config.panic_mode;
-    tasks.spawn(&*config.spawner, async move {
-        let mut sub = unstarted.start();
+    // Reported as lost if the task ends before the relay does (its runtime shuts down, the
+    // spawner drops it, a propagated panic); its registration goes with it.
+    let who = Identity {
+        core: core.clone(),
+        subscriber_id: sub.id(),
+        kind,
+        type_name: std::any::type_name::<T>(),
+    };
+    let task = async move {
         let node = Node::handler(sub.id());
         while let Some(msg) = sub.recv().await {
             let value = msg.value().clone();
@@ -180,26 +188,8 @@ pub(crate) fn start_handler<T, P, Fut>(
                 std::panic::resume_unwind(payload);
             }
         }
-    });
-}
-
-/// A handler's subscription until its task first runs. If the spawner drops the task
-/// unpolled, the subscription stays registered with a closed queue, so every send to this
-/// handler fails with `HandlerGone` instead of succeeding with nobody handling it.
-struct Unstarted<T: Any + Send + Sync>(Option<TrackedSubscription<T>>);
-
-impl<T: Any + Send + Sync> Unstarted<T> {
-    fn start(mut self) -> TrackedSubscription<T> {
-        self.0.take().expect("started once")
-    }
-}
-
-impl<T: Any + Send + Sync> Drop for Unstarted<T> {
-    fn drop(&mut self) {
-        if let Some(sub) = &mut self.0 {
-            sub.keep_registered();
-        }
-    }
+    };
+    tasks.spawn(&*config.spawner, Guarded::new(who, task));
 }
 
 /// Runs `f()` as a task; its failure (error or panic) is published as a `RelayError` event

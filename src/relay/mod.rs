@@ -22,22 +22,23 @@ use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
 use crate::spawner::{default_spawner, Spawner};
 
-/// The largest per-subscriber queue size, 2^40 - 1 messages: a queue counts what it holds
-/// in 40 bits. [`RelayBuilder::build`] refuses a larger one with
-/// [`BuildError::ChannelSizeTooLarge`].
+/// The largest per-subscriber queue size, 2^40 − 2^20 − 1 messages: a queue counts what it
+/// holds in 40 bits, with room kept above the capacity for the messages a broken cycle of
+/// waits lets in over it (SEMANTICS.md §14). [`RelayBuilder::build`] refuses a larger one
+/// with [`BuildError::ChannelSizeTooLarge`].
 ///
 /// # Examples
 ///
 /// ```
 /// use pipedream_rs::{BuildError, Relay, MAX_CHANNEL_SIZE};
-/// assert_eq!(MAX_CHANNEL_SIZE, (1 << 40) - 1);
+/// assert_eq!(MAX_CHANNEL_SIZE, (1 << 40) - (1 << 20) - 1);
 /// # #[cfg(target_pointer_width = "64")]
 /// assert!(matches!(
 ///     Relay::builder().channel_size(MAX_CHANNEL_SIZE + 1).build(),
 ///     Err(BuildError::ChannelSizeTooLarge { .. })
 /// ));
 /// ```
-pub const MAX_CHANNEL_SIZE: usize = crate::core::queue::LEN_MASK as usize;
+pub const MAX_CHANNEL_SIZE: usize = (crate::core::queue::LEN_MASK - (1 << 20)) as usize;
 
 /// The default per-subscriber queue size: 65,536 messages. Memory follows what is queued,
 /// not this number.

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 
+use crate::core::observers::Observers;
 use crate::core::tasks::Tasks;
 use crate::core::Core;
 use crate::relay::config::Config;
@@ -36,21 +37,44 @@ use crate::relay::tracked_subscription::TrackedSubscription;
 /// assert_eq!(texts.recv().await.unwrap().as_str(), "a");
 /// # });
 /// ```
-#[derive(Clone)]
 pub struct RelayReceiver {
     pub(crate) core: Weak<Core>,
     pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) tasks: Arc<Tasks>,
+    /// Counts this handle: a derived relay with no handle and no subscriber left is fed
+    /// no more (`core/observers.rs`).
+    observers: Arc<Observers>,
+}
+
+impl Clone for RelayReceiver {
+    fn clone(&self) -> Self {
+        self.observers.handle_added();
+        RelayReceiver {
+            core: self.core.clone(),
+            id: self.id,
+            config: self.config.clone(),
+            tasks: self.tasks.clone(),
+            observers: self.observers.clone(),
+        }
+    }
+}
+
+impl Drop for RelayReceiver {
+    fn drop(&mut self) {
+        self.observers.handle_dropped();
+    }
 }
 
 impl RelayReceiver {
     pub(crate) fn new(core: &Arc<Core>) -> Self {
+        core.observers.handle_added();
         RelayReceiver {
             core: Arc::downgrade(core),
             id: core.id,
             config: core.config.clone(),
             tasks: core.tasks.clone(),
+            observers: core.observers.clone(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct RelayStats {
     /// [`WouldDeadlock`](crate::WouldDeadlock)): a tracked send that stopped waiting, or a
     /// lossless send let in over a queue's capacity.
     pub deadlocks_broken: u64,
+    /// Handler and forwarder tasks that ended while the relay was open (see
+    /// [`HandlerLost`](crate::HandlerLost)).
+    pub handlers_lost: u64,
     /// Subscribers registered now (typed, wildcard and tracked).
     pub subscribers: usize,
     /// Tracked handlers registered now (`sink`, `tap`, `subscribe_tracked`, forwarders).

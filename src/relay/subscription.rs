@@ -62,8 +62,6 @@ pub(crate) struct Attached {
     pub(crate) relay_id: u64,
     pub(crate) ty: Option<TypeId>,
     pub(crate) queue: QueueRx,
-    /// Stay registered (with a closed queue) when dropped: see `keep_registered`.
-    tombstone: bool,
 }
 
 impl Attached {
@@ -95,15 +93,7 @@ impl Attached {
             relay_id,
             ty: ty.map(|(id, _)| id),
             queue,
-            tombstone: false,
         }
-    }
-
-    /// When dropped, close the queue but stay registered, so every later send that
-    /// includes this subscriber fails it with `HandlerGone` (for a tracked handler whose
-    /// task never ran: that must not look like success).
-    pub(crate) fn keep_registered(&mut self) {
-        self.tombstone = true;
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -114,7 +104,7 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         let core = self.core.upgrade();
-        if let (Some(core), false) = (&core, self.tombstone) {
+        if let Some(core) = &core {
             core.unregister(self.queue.state.id);
         }
         let left = self.queue.close_and_drain();

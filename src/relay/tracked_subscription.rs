@@ -121,10 +121,6 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
     pub fn id(&self) -> u64 {
         self.inbox.id()
     }
-
-    pub(crate) fn keep_registered(&mut self) {
-        self.inbox.keep_registered();
-    }
 }
 
 impl<T> std::fmt::Debug for TrackedSubscription<T> {

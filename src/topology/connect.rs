@@ -27,6 +27,7 @@ use crate::core::deadlock::{InNode, Node};
 use crate::core::delivery::Delivery;
 use crate::core::inbox::Inbox;
 use crate::core::is_internal_event;
+use crate::core::lost::Guarded;
 use crate::relay::config::Config;
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
@@ -116,7 +117,10 @@ impl RelayReceiver {
     /// # });
     /// ```
     pub fn forward_detached<S: ForwardTarget + ?Sized>(&self, target: &S) -> TaskHandle {
-        let work = self.forward(target);
+        let inbox = Inbox::new(&self.core, None, HandlerKind::Forwarder, false);
+        // A task of the relay's own: reported as lost if it ends before this relay does.
+        let who = self.forwarder_identity(&inbox);
+        let work = Guarded::new(who, forwarding(inbox, target.forward_target()));
         self.within(move || work)
     }
 
@@ -182,7 +186,8 @@ impl Relay {
             let inbox = Inbox::new(&input.core, None, HandlerKind::Forwarder, false);
             let target = tx.weak();
             let owner = tx.clone();
-            input.spawn_forwarder(async move {
+            let who = input.forwarder_identity(&inbox);
+            input.spawn_forwarder(who, async move {
                 forwarding(inbox, target).await;
                 drop(owner);
             });

@@ -20,7 +20,7 @@ use crate::relay::envelope::TypeName;
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
-use crate::topology::{forwarder_panicked, guarded, settle_quietly};
+use crate::topology::{forwarder_panicked, guarded, next_for, settle_quietly};
 
 /// Why [`RelayReceiver::batch`] refused a batch size.
 ///
@@ -208,7 +208,7 @@ impl RelayReceiver {
         mut f: impl FnMut(&T) -> Option<U> + Send + 'static,
     ) -> RelayReceiver {
         self.boundary_forwarder::<T, _, _>(|mut inbox, child_tx, mode| async move {
-            while let Some(msg) = inbox.recv().await {
+            while let Some(msg) = next_for(&mut inbox, std::slice::from_ref(&child_tx)).await {
                 let value = msg
                     .envelope()
                     .value
@@ -326,7 +326,7 @@ impl RelayReceiver {
             // follow what is batched, not the size asked for.
             let first = size.min(PREALLOCATED_BATCH);
             let mut batch: Vec<Item> = Vec::with_capacity(first);
-            while let Some(mut msg) = inbox.recv().await {
+            while let Some(mut msg) = next_for(&mut inbox, std::slice::from_ref(&child_tx)).await {
                 // Take the envelope so this forwarder's copy of the value's Arc is the one
                 // `take` gets: unshared values are moved into the batch, not cloned.
                 let shared = msg
@@ -365,8 +365,9 @@ impl RelayReceiver {
             // The whole loop is this forwarder's work: its waits on the child (for room,
             // for the child's handlers) are seen by the deadlock check.
             let node = Node::forwarder(inbox.id());
+            let who = self.forwarder_identity(&inbox);
             let work = run(inbox, child_tx, self.config().panic_mode);
-            self.spawn_forwarder(InNode::new(node, work));
+            self.spawn_forwarder(who, InNode::new(node, work));
         }
         child
     }
@@ -403,8 +404,9 @@ impl RelayReceiver {
         let wildcard = inbox.is_wildcard();
         let node = Node::forwarder(inbox.id());
         let mode = self.config().panic_mode;
-        self.spawn_forwarder(async move {
-            while let Some(msg) = inbox.recv().await {
+        let who = self.forwarder_identity(&inbox);
+        self.spawn_forwarder(who, async move {
+            while let Some(msg) = next_for(&mut inbox, &children).await {
                 if wildcard && is_internal_event(msg.envelope().type_id()) {
                     settle_quietly(msg, Completion::complete);
                     continue;

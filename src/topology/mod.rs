@@ -26,11 +26,37 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::core::inbox::Completion;
+use crate::core::inbox::Inbox;
+use crate::core::lost::{Guarded, Identity};
 use crate::relay::config::{Config, PanicMode};
+use crate::relay::error::HandlerKind;
 use crate::relay::error::{PanicError, SharedError};
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
 use crate::relay::Relay;
+
+/// The next message for the forwarder of derived relays `children`, or `None` once its
+/// source is closed and drained, or once none of `children` can be observed any more (no
+/// receiver handle, no subscriber: nothing it passes on could ever be seen). Then its inbox
+/// ends quietly: what is still queued for it, or reaches it later, completes instead of
+/// failing, and the forwarder ends, which closes the children (SEMANTICS.md §9).
+pub(crate) async fn next_for(inbox: &mut Inbox, children: &[RelaySender]) -> Option<Completion> {
+    let unobserved = async {
+        for child in children {
+            child.core.wait_unobserved().await;
+        }
+    };
+    let next = {
+        let unobserved = std::pin::pin!(unobserved);
+        let recv = std::pin::pin!(inbox.recv());
+        match futures::future::select(recv, unobserved).await {
+            futures::future::Either::Left((next, _)) => return next,
+            futures::future::Either::Right(((), _)) => None,
+        }
+    };
+    inbox.end_quietly();
+    next
+}
 
 /// Runs user code for a forwarder, catching a panic.
 pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {
@@ -69,9 +95,26 @@ impl RelayReceiver {
         (Some(tx), rx)
     }
 
-    /// Starts a forwarder task on this relay's spawner (counted in its `live_tasks`).
-    pub(crate) fn spawn_forwarder(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(&*self.config.spawner, task);
+    /// Starts a forwarder task on this relay's spawner (counted in its `live_tasks`),
+    /// reported as lost ([`forwarder_identity`](Self::forwarder_identity)) if it ends
+    /// before this relay does.
+    pub(crate) fn spawn_forwarder(
+        &self,
+        who: Identity,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.tasks
+            .spawn(&*self.config.spawner, Guarded::new(who, task));
+    }
+
+    /// Who the forwarder reading `inbox` (on this relay) is, for its report if lost.
+    pub(crate) fn forwarder_identity(&self, inbox: &Inbox) -> Identity {
+        Identity {
+            core: self.core.clone(),
+            subscriber_id: inbox.id(),
+            kind: HandlerKind::Forwarder,
+            type_name: inbox.type_name(),
+        }
     }
 
     pub(crate) fn config(&self) -> &Config {
