@@ -421,22 +421,22 @@ on_every_runtime! {
         const SHORT_LIVED: usize = 1_000; // relays with 5 handlers each
         let (tx, rx) = Relay::channel();
         let stop = Gate::new();
+        // What the churned subscriptions refused, and each send's verdict: checked against
+        // each other at the end, so sends that ignored the churn could not pass.
+        let refused = Arc::new(Mutex::new(std::collections::HashSet::<u32>::new()));
         let sender = {
             let (w, stop) = (tx.weak(), stop.clone());
             common::spawn(async move {
-                let (mut sent, mut failed) = (0usize, 0usize);
+                let mut verdicts = Vec::new(); // (n, None if Ok, Some(refused value) if Refused)
                 let mut n = 0u32;
                 while !stop.is_open() {
-                    n = n.wrapping_add(1);
+                    n += 1;
                     match within(WAIT, "a send during the churn", w.send(n)).await {
-                        Ok(_) => sent += 1,
+                        Ok(_) => verdicts.push((n, Ok(()))),
                         Err(SendError::Downstream(e)) => {
-                            assert!(
-                                e.downcast_ref::<HandlerGone>().is_some()
-                                    || e.downcast_ref::<Refused>().is_some(),
-                                "{e}"
-                            );
-                            failed += 1;
+                            let named = e.downcast_ref::<Refused>().map(|r| r.0);
+                            assert!(named.is_some() || e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+                            verdicts.push((n, Err(named)));
                         }
                         Err(other) => panic!("{other:?}"),
                     }
@@ -444,7 +444,7 @@ on_every_runtime! {
                         common::sleep(Duration::from_micros(50)).await; // let the churn in
                     }
                 }
-                (sent, failed)
+                verdicts
             })
         };
         let short_lived_done = common::spawn(async {
@@ -473,6 +473,7 @@ on_every_runtime! {
             let drivers: Vec<_> = (0..50usize)
                 .map(|j| {
                     let mut sub = rx.subscribe_tracked::<u32>();
+                    let refused = refused.clone();
                     common::spawn(async move {
                         // Settle up to 3 messages (complete, fail or abandon), then go away
                         // with whatever is still queued.
@@ -485,6 +486,7 @@ on_every_runtime! {
                                 0 => msg.complete(),
                                 1 => {
                                     let n = **msg.value();
+                                    refused.lock().unwrap().insert(n);
                                     msg.fail(Refused(n));
                                 }
                                 _ => drop(msg),
@@ -502,8 +504,20 @@ on_every_runtime! {
         let processed = within(Duration::from_secs(25), "the short-lived relays", short_lived_done).await;
         assert_eq!(processed, SHORT_LIVED * 4);
         stop.open();
-        let (sent, failed) = within(WAIT, "the sender stops", sender).await;
-        assert!(settled > 0 && sent + failed > 0, "settled {settled}, sent {sent}, failed {failed}");
+        let verdicts = within(WAIT, "the sender stops", sender).await;
+        let refused = refused.lock().unwrap();
+        assert!(settled > 0 && !refused.is_empty(), "settled {settled}, refused {}", refused.len());
+        for (n, verdict) in &verdicts {
+            match verdict {
+                // A send a subscription refused cannot come back Ok...
+                Ok(()) => assert!(!refused.contains(n), "send {n} was refused, yet Ok"),
+                // ...and a refusal names the send it came from.
+                Err(Some(m)) => assert!(m == n && refused.contains(n), "send {n} got Refused({m})"),
+                Err(None) => {} // HandlerGone: a subscription went with it queued
+            }
+        }
+        let answered = verdicts.iter().filter(|(n, _)| refused.contains(n)).count();
+        assert_eq!(answered, refused.len(), "every refusal reached its sender");
         let stats = rx.stats();
         assert_eq!((stats.subscribers, stats.tracked_handlers), (0, 0));
         drop(tx);

@@ -294,11 +294,27 @@ fn without_smol_or_async_std_building_outside_a_tokio_runtime_has_no_spawner() {
     let panic = std::panic::catch_unwind(Relay::channel).unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();
     assert!(message.starts_with("no spawner"), "{message}");
-    // A spawner given explicitly always works.
-    assert!(Relay::builder()
-        .spawner(|task: BoxFuture| drop(task))
+    // A spawner given explicitly is used: here one thread per task.
+    let (tx, rx) = Relay::builder()
+        .spawner(|task: BoxFuture| {
+            std::thread::spawn(move || block_on(task));
+        })
         .build()
-        .is_ok());
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    rx.sink::<u32>(move |_| {
+        h.fetch_add(1, Ordering::SeqCst);
+    });
+    let receipt = block_on(within(
+        WAIT,
+        "a send handled on the given spawner",
+        tx.send(1u32),
+    ));
+    assert_eq!(
+        (receipt.unwrap().handled, handled.load(Ordering::SeqCst)),
+        (1, 1)
+    );
 }
 
 // ----- builder checks ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::{downstream, sleep, timeout, wait_until, within, yield_now};
 use pipedream_rs::{
     BoxFuture, DeliveryMode, Dropped, Envelope, ErrorMode, HandlerKind, Relay, RelayError,
-    RelayReceiver, SendError, TryRecvError,
+    RelayReceiver, RelaySender, SendError, TryRecvError,
 };
 
 /// Bound for anything that must happen.
@@ -600,60 +600,82 @@ async fn recv_n(sub: &mut pipedream_rs::Subscription<u32>, n: usize, what: &str)
     got
 }
 
+/// Forwarding both ways between two relays made by `relay`: no echo.
+async fn both_ways_in(relay: fn() -> (RelaySender, RelayReceiver)) {
+    let (a_tx, a) = relay();
+    let (b_tx, b) = relay();
+    let (mut on_a, mut on_b) = (a.subscribe::<u32>(), b.subscribe::<u32>());
+    let a_to_b = a.forward_detached(&b_tx);
+    let b_to_a = b.forward_detached(&a_tx);
+
+    within(BOUND, "send on a", a_tx.send(1u32)).await.unwrap();
+    within(BOUND, "send on b", b_tx.send(2u32)).await.unwrap();
+    assert_eq!(recv_n(&mut on_a, 2, "a's messages").await, [1, 2]);
+    assert_eq!(recv_n(&mut on_b, 2, "b's messages").await, [1, 2]);
+
+    sleep(BRIEFLY).await;
+    assert_eq!(on_a.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(on_b.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!((a.stats().sent, b.stats().sent), (2, 2));
+    sleep(BRIEFLY).await;
+    assert_eq!((a.stats().sent, b.stats().sent), (2, 2), "nothing circles");
+
+    drop((a_tx, b_tx));
+    within(BOUND, "a -> b ends", a_to_b).await.unwrap();
+    within(BOUND, "b -> a ends", b_to_a).await.unwrap();
+}
+
+/// A forwarding triangle of relays made by `relay`: no echo.
+async fn triangle_in(relay: fn() -> (RelaySender, RelayReceiver)) {
+    let (a_tx, a) = relay();
+    let (b_tx, b) = relay();
+    let (c_tx, c) = relay();
+    let mut subs = [
+        a.subscribe::<u32>(),
+        b.subscribe::<u32>(),
+        c.subscribe::<u32>(),
+    ];
+    let forwards = [
+        a.forward_detached(&b_tx),
+        b.forward_detached(&c_tx),
+        c.forward_detached(&a_tx),
+    ];
+    within(BOUND, "send on a", a_tx.send(1u32)).await.unwrap();
+    within(BOUND, "send on b", b_tx.send(2u32)).await.unwrap();
+    within(BOUND, "send on c", c_tx.send(3u32)).await.unwrap();
+    for sub in &mut subs {
+        assert_eq!(recv_n(sub, 3, "three messages").await, [1, 2, 3]);
+    }
+    sleep(BRIEFLY).await;
+    for sub in &mut subs {
+        assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Empty);
+    }
+    let sent = || [a.stats().sent, b.stats().sent, c.stats().sent];
+    assert_eq!(sent(), [3, 3, 3]);
+    sleep(BRIEFLY).await;
+    assert_eq!(sent(), [3, 3, 3], "nothing circles");
+
+    drop((a_tx, b_tx, c_tx));
+    for f in forwards {
+        within(BOUND, "forward ends", f).await.unwrap();
+    }
+}
+
 on_every_runtime! {
     async fn forwarding_both_ways_delivers_once_to_each_side_then_goes_quiet() {
-        let (a_tx, a) = Relay::channel();
-        let (b_tx, b) = Relay::channel();
-        let (mut on_a, mut on_b) = (a.subscribe::<u32>(), b.subscribe::<u32>());
-        let a_to_b = a.forward_detached(&b_tx);
-        let b_to_a = b.forward_detached(&a_tx);
+        both_ways_in(Relay::channel).await;
+    }
 
-        within(BOUND, "send on a", a_tx.send(1u32)).await.unwrap();
-        within(BOUND, "send on b", b_tx.send(2u32)).await.unwrap();
-        assert_eq!(recv_n(&mut on_a, 2, "a's messages").await, [1, 2]);
-        assert_eq!(recv_n(&mut on_b, 2, "b's messages").await, [1, 2]);
-
-        sleep(BRIEFLY).await;
-        assert_eq!(on_a.try_recv().unwrap_err(), TryRecvError::Empty);
-        assert_eq!(on_b.try_recv().unwrap_err(), TryRecvError::Empty);
-        assert_eq!((a.stats().sent, b.stats().sent), (2, 2));
-        sleep(BRIEFLY).await;
-        assert_eq!((a.stats().sent, b.stats().sent), (2, 2), "nothing circles");
-
-        drop((a_tx, b_tx));
-        within(BOUND, "a -> b ends", a_to_b).await.unwrap();
-        within(BOUND, "b -> a ends", b_to_a).await.unwrap();
+    async fn forwarding_both_ways_in_lossless_mode_delivers_once_to_each_side_then_goes_quiet() {
+        both_ways_in(|| common::lossless(4)).await;
     }
 
     async fn a_forwarding_triangle_delivers_once_to_each_relay_then_goes_quiet() {
-        let (a_tx, a) = Relay::channel();
-        let (b_tx, b) = Relay::channel();
-        let (c_tx, c) = Relay::channel();
-        let mut subs = [a.subscribe::<u32>(), b.subscribe::<u32>(), c.subscribe::<u32>()];
-        let forwards = [
-            a.forward_detached(&b_tx),
-            b.forward_detached(&c_tx),
-            c.forward_detached(&a_tx),
-        ];
-        within(BOUND, "send on a", a_tx.send(1u32)).await.unwrap();
-        within(BOUND, "send on b", b_tx.send(2u32)).await.unwrap();
-        within(BOUND, "send on c", c_tx.send(3u32)).await.unwrap();
-        for sub in &mut subs {
-            assert_eq!(recv_n(sub, 3, "three messages").await, [1, 2, 3]);
-        }
-        sleep(BRIEFLY).await;
-        for sub in &mut subs {
-            assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Empty);
-        }
-        let sent = || [a.stats().sent, b.stats().sent, c.stats().sent];
-        assert_eq!(sent(), [3, 3, 3]);
-        sleep(BRIEFLY).await;
-        assert_eq!(sent(), [3, 3, 3], "nothing circles");
+        triangle_in(Relay::channel).await;
+    }
 
-        drop((a_tx, b_tx, c_tx));
-        for f in forwards {
-            within(BOUND, "forward ends", f).await.unwrap();
-        }
+    async fn a_forwarding_triangle_in_lossless_mode_delivers_once_to_each_relay_then_goes_quiet() {
+        triangle_in(|| common::lossless(4)).await;
     }
 
     async fn forwarded_messages_carry_no_tracker_of_the_source() {
@@ -858,12 +880,23 @@ on_every_runtime! {
             t.fetch_add(1, Ordering::SeqCst);
         });
 
+        // Even sends counted just before they are called and just after they return: a
+        // child gets every even send called after it was made, and none that returned
+        // before it began (the snapshot is taken at the call).
+        let (even_called, even_returned) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let senders: Vec<_> = (0..SENDERS)
             .map(|s| {
-                let weak = tx.weak();
+                let (weak, called, returned) = (tx.weak(), even_called.clone(), even_returned.clone());
                 rx.within(move || async move {
                     for i in 0..EACH {
-                        weak.send(s * EACH + i).await.expect("send");
+                        let n = s * EACH + i;
+                        if n % 2 == 0 {
+                            called.fetch_add(1, Ordering::SeqCst);
+                        }
+                        weak.send(n).await.expect("send");
+                        if n % 2 == 0 {
+                            returned.fetch_add(1, Ordering::SeqCst);
+                        }
                         yield_now().await;
                     }
                 })
@@ -873,15 +906,18 @@ on_every_runtime! {
         let creators: Vec<_> = (0..5)
             .map(|_| {
                 let (parent, created) = (rx.clone(), created.clone());
+                let (called, returned) = (even_called.clone(), even_returned.clone());
                 rx.within(move || async move {
                     for _ in 0..10 {
+                        let returned_before = returned.load(Ordering::SeqCst);
                         let child = parent.filter::<u32>(|n| n % 2 == 0);
                         let count = Arc::new(AtomicUsize::new(0));
                         let c = count.clone();
                         child.sink::<u32>(move |_| {
                             c.fetch_add(1, Ordering::SeqCst);
                         });
-                        created.lock().unwrap().push((child, count));
+                        let called_after = called.load(Ordering::SeqCst);
+                        created.lock().unwrap().push((child, count, returned_before, called_after));
                         yield_now().await;
                     }
                 })
@@ -895,11 +931,18 @@ on_every_runtime! {
         within(BOUND, "ready after the race", rx.ready()).await;
         let created = std::mem::take(&mut *created.lock().unwrap());
         assert_eq!(created.len(), 50);
-        for (_, count) in &created {
-            assert!(count.load(Ordering::SeqCst) <= (SENDERS * EACH / 2) as usize);
+        let evens = (SENDERS * EACH / 2) as usize;
+        for (i, (_, count, returned_before, called_after)) in created.iter().enumerate() {
+            let got = count.load(Ordering::SeqCst);
+            assert!(
+                evens - called_after <= got && got <= evens - returned_before,
+                "child {i}: {got} messages, expected {}..={}",
+                evens - called_after,
+                evens - returned_before
+            );
         }
         drop(tx);
-        for (child, _) in &created {
+        for (child, ..) in &created {
             within(BOUND, "created child closes", child.closed()).await;
         }
     }
