@@ -505,7 +505,7 @@ on_every_runtime! {
         assert_eq!(processed, SHORT_LIVED * 4);
         stop.open();
         let verdicts = within(WAIT, "the sender stops", sender).await;
-        let refused = refused.lock().unwrap();
+        let refused = refused.lock().unwrap().clone();
         assert!(settled > 0 && !refused.is_empty(), "settled {settled}, refused {}", refused.len());
         for (n, verdict) in &verdicts {
             match verdict {
