@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +85,38 @@ on_every_runtime! {
         }
         wait_until(BOUND, "the forwarders end", || rx.stats().live_tasks == 0).await;
         assert_eq!(rx.stats().handlers_lost, 0);
+    }
+
+    async fn a_tracked_handler_of_the_snapshot_gone_with_its_unobserved_child_is_handler_gone() {
+        // The send's snapshot holds the child's tracked subscription; it goes, and with it
+        // the last observer, so the forwarder ends before the send reaches it. A handler
+        // of the snapshot went away: HandlerGone, as for any subscriber (SEMANTICS §9).
+        let (tx, rx) = Relay::channel();
+        let child = rx.filter::<u32>(|_| true);
+        let tracked = child.subscribe_tracked::<u32>();
+        drop(child);
+        let send = tx.send(7u32);
+        drop(tracked);
+        wait_until(BOUND, "the forwarder ends", || rx.stats().subscribers == 0).await;
+        common::handler_gone(within(BOUND, "the send", send).await, HandlerKind::Forwarder);
+    }
+
+    async fn a_busy_forwarder_notices_at_once_that_nobody_observes_its_child() {
+        // 5,000 sends queued for the forwarder at once: it must not forward them all
+        // before it looks whether anyone can see its child.
+        let (tx, rx) = Relay::channel();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let child = rx.filter::<u32>(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            true
+        });
+        drop(child);
+        let sends = futures::future::join_all((0..5_000u32).map(|n| tx.send(n)));
+        for receipt in within(BOUND, "5,000 sends", sends).await {
+            receipt.unwrap();
+        }
+        assert!(calls.load(Ordering::SeqCst) <= 1, "{} messages forwarded", calls.load(Ordering::SeqCst));
     }
 
     async fn dropping_the_root_closes_a_chain_of_eight_filters_after_each_drains() {

@@ -376,6 +376,39 @@ on_every_runtime! {
         assert_eq!(seen[0].type_name, "u8");
     }
 
+    async fn a_failure_behind_map_that_nobody_subscribes_to_is_still_counted() {
+        // The parent's send is Ok by design (map is a tracking boundary) and nobody
+        // subscribes to the child's RelayError: the child's counters still show it.
+        let (tx, rx) = Relay::channel();
+        let child = rx.map::<u32, u64>(|n| u64::from(*n));
+        let handled = counter();
+        let h = handled.clone();
+        child.sink::<u64>(move |n| {
+            h.fetch_add(1, Ordering::SeqCst);
+            if *n == 1 {
+                return Err(Rejected(1));
+            }
+            if *n == 2 {
+                panic!("intended: a sink behind map panics");
+            }
+            Ok(())
+        });
+        quiet_intended_panics("intended: a sink behind map panics");
+        for n in 0..3u32 {
+            within(WAIT, "a send into map", tx.send(n)).await.unwrap();
+        }
+        common::wait_until(WAIT, "the child's failures counted", || child.stats().failures == 2).await;
+        assert_eq!((child.stats().panics, rx.stats().failures), (1, 0));
+        assert_eq!(handled.load(Ordering::SeqCst), 3);
+    }
+
+    async fn a_failing_within_task_whose_handle_was_dropped_is_still_counted() {
+        let (_tx, rx) = Relay::channel();
+        drop(rx.within(|| async { Err::<(), _>(Rejected(3)) }));
+        common::wait_until(WAIT, "the within failure counted", || rx.stats().failures == 1).await;
+        assert_eq!(rx.stats().panics, 0);
+    }
+
     async fn panic_in_within_is_caught_and_reported_as_a_within_error() {
         let (tx, rx) = Relay::channel();
         let mut events = rx.subscribe::<RelayError>();

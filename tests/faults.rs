@@ -28,8 +28,8 @@ use common::{
 };
 use futures::future::join_all;
 use pipedream_rs::{
-    BoxFuture, DeliveryMode, ErrorMode, HandlerGone, HandlerKind, HandlerLost, LossReason, Relay,
-    RelayError, RelayReceiver, RelayStats, SendError, WouldDeadlock,
+    BoxFuture, DeliveryMode, ErrorMode, HandlerGone, HandlerKind, HandlerLost, LossReason,
+    PanicError, Relay, RelayError, RelayReceiver, RelayStats, SendError, WouldDeadlock,
 };
 
 /// Long enough for anything that should happen; only reached when something hangs.
@@ -315,6 +315,38 @@ on_every_runtime! {
     }
 
     // ----- spawners that drop their tasks -----------------------------------------------------
+
+    async fn a_panicking_drop_among_a_lost_handlers_messages_leaves_no_sender_waiting() {
+        const INTENDED: &str = "intended: a queued message panics as it is dropped";
+        quiet_intended_panics(INTENDED);
+        struct Fragile(bool);
+        impl Drop for Fragile {
+            fn drop(&mut self) {
+                if self.0 {
+                    panic!("{INTENDED}");
+                }
+            }
+        }
+        let spawner = DroppingLater::default();
+        let (tx, rx) = Relay::builder().spawner(spawner.clone()).build().unwrap();
+        let mut errors = rx.subscribe::<RelayError>();
+        rx.sink::<Fragile>(|_| ());
+        let mut first = Box::pin(tx.send(Fragile(true)));
+        let mut second = Box::pin(tx.send(Fragile(false)));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        // The task goes with both queued; the first one's value panics as it is dropped.
+        spawner.drop_all();
+        handler_gone(within(WAIT, "the first send", first).await, HandlerKind::Sink);
+        handler_gone(within(WAIT, "the second send", second).await, HandlerKind::Sink);
+        let mut panics = Vec::new();
+        while let Ok(e) = errors.try_recv() {
+            if let Some(p) = e.downcast_ref::<PanicError>() {
+                panics.push(p.message.clone());
+            }
+        }
+        assert_eq!(panics, [format!("while dropping the message: {INTENDED}")]);
+    }
 
     async fn a_spawner_dropping_tasks_later_fails_the_sends_waiting_on_them_and_reports_the_loss() {
         let spawner = DroppingLater::default();

@@ -814,6 +814,29 @@ async fn execute(p: Program) {
     }
 
     // ----- the end: close, drain, check, drop, and see everything freed ----------------
+    // Before the close, if the program did not close the relay itself (a closed relay is
+    // freed, and its counters with it): each relay's
+    // failure counters come to what its handlers' logs imply, errors and panics apart.
+    let implied = |w: &World, k: usize| {
+        let mut counts = (0u64, 0u64);
+        for h in w.handlers.iter().filter(|h| h.node == k) {
+            for v in h.log.lock().unwrap().iter() {
+                if let Some(panic) = fails(h.kind, v.x) {
+                    counts.0 += 1;
+                    counts.1 += u64::from(panic);
+                }
+            }
+        }
+        counts
+    };
+    for k in (0..w.nodes.len()).filter(|_| !w.closed) {
+        let stats = || w.nodes[k].rx.stats();
+        let counted = || (stats().failures, stats().panics);
+        common::wait_until(BOUND, &format!("relay {k}: failures counted"), || {
+            counted() == implied(&w, k)
+        })
+        .await;
+    }
     drop(tx);
     w.closed = true;
     for (j, sub) in w.subs.iter_mut().enumerate() {

@@ -265,9 +265,21 @@ impl Waiting {
         }
     }
 
-    /// The check found this wait on a cycle: `Some(cycle)` once, then the send must stop
-    /// waiting.
+    /// The check found this wait on a cycle: `Some(cycle)`, and the send must stop
+    /// waiting — if it is polled by the node it was registered with. A send polled inside
+    /// one task and then handed to another (or to code outside the relay's tasks) left a
+    /// stale wait behind, until this poll; a break found through that wait is no reason
+    /// to stop, and `refresh` registers it afresh where it is now.
     pub(crate) fn broken(&self) -> Option<Vec<u64>> {
+        let here = CURRENT.with(|current| {
+            current
+                .borrow()
+                .as_ref()
+                .is_some_and(|node| Arc::ptr_eq(node, &self.node))
+        });
+        if !here {
+            return None;
+        }
         self.wait.broken.load(Ordering::Acquire).then(|| {
             self.wait
                 .cycle
@@ -280,9 +292,32 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let mut waits = self.node.waits();
-        waits.retain(|w| !Arc::ptr_eq(w, &self.wait));
-        self.node.count.store(waits.len(), Ordering::Release);
+        let removed = {
+            let mut waits = self.node.waits();
+            let at = waits.iter().position(|w| Arc::ptr_eq(w, &self.wait));
+            let removed = at.map(|at| waits.swap_remove(at));
+            self.node.count.store(waits.len(), Ordering::Release);
+            removed
+        };
+        drop(removed); // outside the lock (see `Trash`)
+    }
+}
+
+/// What the graph's walk let go of, dropped once its locks are released: the last copy
+/// of a wait can own a send's tracker, and with it queue senders and user values whose
+/// drops wake tasks or run user code (which could come back for the same locks).
+#[derive(Default)]
+struct Trash {
+    waits: Vec<Arc<Wait>>,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl Trash {
+    fn path(&mut self, path: Vec<(Arc<Node>, Arc<Wait>)>) {
+        for (node, wait) in path {
+            self.nodes.push(node);
+            self.waits.push(wait);
+        }
     }
 }
 
@@ -337,9 +372,13 @@ impl<F: Future> Future for InNode<F> {
 /// The node runs again (or its work is dropped): it is no longer suspended.
 fn resume(node: &Arc<Node>) {
     if node.suspended.load(Ordering::Acquire) {
-        let mut graph = suspended();
-        graph.remove(&node.id);
-        node.suspended.store(false, Ordering::Release);
+        let removed = {
+            let mut graph = suspended();
+            let removed = graph.remove(&node.id);
+            node.suspended.store(false, Ordering::Release);
+            removed
+        };
+        drop(removed); // outside the lock (see `Trash`)
     }
 }
 
@@ -347,19 +386,36 @@ fn resume(node: &Arc<Node>) {
 /// and break a wait on it (see the module docs for which). The woken future is woken after
 /// the graph's lock is released.
 fn suspend(node: &Arc<Node>) {
+    let mut trash = Trash::default();
     let waker = {
         let mut graph = suspended();
-        graph.insert(node.id, node.clone());
+        trash.nodes.extend(graph.insert(node.id, node.clone()));
         node.suspended.store(true, Ordering::Release);
-        find_and_break(&graph, node)
+        find_and_break(&graph, node, &mut trash)
     };
+    drop(trash);
     if let Some(waker) = waker {
         waker.wake();
     }
 }
 
-fn find_and_break(graph: &BTreeMap<u64, Arc<Node>>, node: &Arc<Node>) -> Option<std::task::Waker> {
+fn find_and_break(
+    graph: &BTreeMap<u64, Arc<Node>>,
+    node: &Arc<Node>,
+    trash: &mut Trash,
+) -> Option<std::task::Waker> {
     let waits: Vec<Arc<Wait>> = node.waits().clone();
+    let found = find_cycle(graph, node, &waits, trash);
+    trash.waits.extend(waits);
+    found
+}
+
+fn find_cycle(
+    graph: &BTreeMap<u64, Arc<Node>>,
+    node: &Arc<Node>,
+    waits: &[Arc<Wait>],
+    trash: &mut Trash,
+) -> Option<std::task::Waker> {
     for wait in waits {
         for next in wait.waits_for() {
             // Cheap first: a cycle must go on through a suspended node (or this one).
@@ -368,7 +424,8 @@ fn find_and_break(graph: &BTreeMap<u64, Arc<Node>>, node: &Arc<Node>) -> Option<
             }
             let mut path = vec![(node.clone(), wait.clone())];
             let mut seen = BTreeSet::new();
-            if !reaches(graph, node.id, next, &mut path, &mut seen) {
+            if !reaches(graph, node.id, next, &mut path, &mut seen, trash) {
+                trash.path(path);
                 continue;
             }
             let cycle: Vec<u64> = path.iter().map(|(n, _)| n.id).collect();
@@ -379,9 +436,11 @@ fn find_and_break(graph: &BTreeMap<u64, Arc<Node>>, node: &Arc<Node>) -> Option<
                     .find(|(n, _)| n.id == node.id && n.handler)
                     .or_else(|| path.iter().find(|(n, _)| n.handler))
             };
-            return room
+            let waker = room
                 .or_else(handler)
                 .and_then(|(_, chosen)| chosen.break_on(cycle));
+            trash.path(path);
+            return waker;
         }
     }
     None
@@ -396,6 +455,7 @@ fn reaches(
     from: u64,
     path: &mut Vec<(Arc<Node>, Arc<Wait>)>,
     seen: &mut BTreeSet<u64>,
+    trash: &mut Trash,
 ) -> bool {
     if from == target {
         return true;
@@ -407,14 +467,17 @@ fn reaches(
         return false; // not suspended: it can still make progress
     };
     let waits: Vec<Arc<Wait>> = node.waits().clone();
-    for wait in waits {
+    let mut found = false;
+    'search: for wait in &waits {
         for next in wait.waits_for() {
             path.push((node.clone(), wait.clone()));
-            if reaches(graph, target, next, path, seen) {
-                return true;
+            if reaches(graph, target, next, path, seen, trash) {
+                found = true;
+                break 'search;
             }
-            path.pop();
+            trash.path(path.pop().into_iter().collect());
         }
     }
-    false
+    trash.waits.extend(waits);
+    found
 }

@@ -41,7 +41,10 @@ pin_project_lite::pin_project! {
     /// future unfinished (before its first poll: `NeverStarted`; after: `Dropped`), or when
     /// the future panics (`Panicked`, then the panic goes on). The future, with the
     /// subscription it owns, is always dropped *before* the report, so by the time anyone
-    /// sees the report the task's registration is gone.
+    /// sees the report the task's registration is gone. The verdict is taken before the
+    /// future is dropped, so a `Drop` that panics (user state in the task) changes neither
+    /// whether nor how the task is reported; that panic goes on afterwards, as a task's
+    /// own panic would (unless the thread is already unwinding).
     pub(crate) struct Guarded<F> {
         #[pin]
         fut: Option<F>,
@@ -51,15 +54,13 @@ pin_project_lite::pin_project! {
 
     impl<F> PinnedDrop for Guarded<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
-            if let Some(who) = this.who.take() {
-                this.fut.set(None);
-                who.report(if *this.started {
-                    LossReason::Dropped
-                } else {
-                    LossReason::NeverStarted
-                });
-            }
+            let this = this.project();
+            let reason = if *this.started {
+                LossReason::Dropped
+            } else {
+                LossReason::NeverStarted
+            };
+            finish(this.fut, this.who.take().map(|who| (who, reason)));
         }
     }
 }
@@ -85,20 +86,32 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
         };
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Ready(())) => {
-                this.fut.set(None);
-                *this.who = None; // its normal end
+                this.who.take(); // its normal end
+                finish(this.fut, None);
                 Poll::Ready(())
             }
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {
                 // A panic the task lets through (`PanicMode::Propagate`, reported as a
                 // `RelayError` already): leave the registry, report, then go on unwinding.
-                this.fut.set(None);
-                if let Some(who) = this.who.take() {
-                    who.report(LossReason::Panicked);
-                }
+                let who = this.who.take().map(|who| (who, LossReason::Panicked));
+                finish(this.fut, who);
                 std::panic::resume_unwind(payload)
             }
+        }
+    }
+}
+
+/// Drops the task's future, then makes its report (if any). A panic from the drop is
+/// raised again after the report, unless the thread is already unwinding.
+fn finish<F>(mut fut: Pin<&mut Option<F>>, report: Option<(Identity, LossReason)>) {
+    let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| fut.set(None)));
+    if let Some((who, reason)) = report {
+        who.report(reason);
+    }
+    if let Err(payload) = dropped {
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(payload);
         }
     }
 }

@@ -195,6 +195,9 @@ pub(crate) struct Core {
     pub(crate) observers: Arc<crate::core::observers::Observers>,
     /// Handler and forwarder tasks that ended while the relay was open.
     handlers_lost: AtomicU64,
+    /// Failures reported on the dual path (`report`), and how many of them were panics.
+    failures: AtomicU64,
+    panics: AtomicU64,
 }
 
 impl Core {
@@ -210,6 +213,8 @@ impl Core {
             tasks: Arc::new(Tasks::default()),
             observers: Arc::default(),
             handlers_lost: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         })
     }
 
@@ -250,6 +255,11 @@ impl Core {
 
     /// Resolves once nothing can observe this relay any more: no receiver handle, no
     /// subscriber (for the forwarder of a derived relay).
+    /// Whether nothing can observe this relay any more (see `observers.rs`).
+    pub(crate) fn is_unobserved(&self) -> bool {
+        self.observers.unobserved(|| self.registry.subscribers())
+    }
+
     pub(crate) async fn wait_unobserved(&self) {
         self.observers
             .wait_unobserved(|| self.registry.subscribers())
@@ -310,6 +320,8 @@ impl Core {
             unrouted,
             deadlocks_broken: self.deadlocks_broken.load(Ordering::Relaxed),
             handlers_lost: self.handlers_lost.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            panics: self.panics.load(Ordering::Relaxed),
             subscribers: self.registry.subscribers(),
             tracked_handlers: self.registry.tracked(),
             live_tasks: self.tasks.live(),
@@ -635,6 +647,9 @@ impl Core {
                 tally.receipt.handled += usize::from(tracked);
                 tally.crowded |= slot.is_crowded();
             }
+            Err(PushError::Full(item)) if slot.state.ended_quietly() => {
+                self.fail_gone(item, &slot.state)
+            }
             Err(PushError::Full(item)) => match self.config.delivery_mode {
                 DeliveryMode::Lossless => return Some(item),
                 DeliveryMode::Broadcast => {
@@ -669,18 +684,30 @@ impl Core {
     }
 
     /// A tracked message could not reach, or was never processed by, its handler.
-    pub(crate) fn fail_gone(&self, item: Queued, queue: &QueueState) {
-        if queue.ended_quietly() {
-            // A forwarder that ended because nobody observes its child any more: there was
-            // nobody to pass the message on to, which is not a failure.
-            if let Some(tracker) = item.tracker.as_deref() {
-                tracker.complete(queue.id);
-            }
+    pub(crate) fn fail_gone(&self, mut item: Queued, queue: &QueueState) {
+        self.settle_gone(&mut item, queue);
+    }
+
+    /// As `fail_gone`, but leaves the message itself to the caller (who drops it where a
+    /// panicking `Drop` can be caught): only its tracker is taken and settled.
+    pub(crate) fn settle_gone(&self, item: &mut Queued, queue: &QueueState) {
+        let Some(tracker) = item.tracker.take() else {
             return;
+        };
+        if queue.ended_quietly() {
+            // A forwarder that ended because nobody observes its child any more. If the
+            // send's snapshot of the child held tracked handlers, they went after it was
+            // taken: that is a handler gone, as for any subscriber of the snapshot.
+            // Otherwise there was nobody to pass the message on to, which is no failure.
+            let plans = tracker.take_plans(queue.id);
+            if !plans.iter().any(|plan| plan.targets.tracked > 0) {
+                tracker.complete(queue.id);
+                return;
+            }
         }
-        if let (Some(kind), Some(tracker)) = (queue.tracked, item.tracker.as_deref()) {
+        if let Some(kind) = queue.tracked {
             self.report(
-                Some((tracker, queue.id)),
+                Some((&tracker, queue.id)),
                 self.error_for(&item.envelope, kind, Arc::new(HandlerGone)),
             );
         }
@@ -706,6 +733,10 @@ impl Core {
     /// not re-published (that could loop).
     /// `by` is the subscriber the failure is for (who settles the tracker).
     pub(crate) fn report(&self, tracker: Option<(&Tracker, u64)>, error: RelayError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if error.is_panic() {
+            self.panics.fetch_add(1, Ordering::Relaxed);
+        }
         let publish = !is_internal_type_name(error.type_name);
         if publish {
             self.emit(error.clone());

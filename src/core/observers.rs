@@ -38,12 +38,14 @@ impl Observers {
         self.changed.notify(usize::MAX);
     }
 
+    /// Whether nothing observes the relay now (and so ever again, see the invariant).
+    pub(crate) fn unobserved(&self, subscribers: impl Fn() -> usize) -> bool {
+        self.handles.load(Ordering::Acquire) == 0 && subscribers() == 0
+    }
+
     /// Resolves once no receiver handle is left and `subscribers()` is zero: nothing can
     /// observe the relay again. Check, listen, re-check, await on `changed`.
     pub(crate) async fn wait_unobserved(&self, subscribers: impl Fn() -> usize) {
-        wait_until(&self.changed, || {
-            self.handles.load(Ordering::Acquire) == 0 && subscribers() == 0
-        })
-        .await;
+        wait_until(&self.changed, || self.unobserved(&subscribers)).await;
     }
 }

@@ -600,6 +600,11 @@ impl QueueRx {
         self.release_idle = true;
     }
 
+    /// Whether this is a subscription a user holds (see `release_when_idle`).
+    pub(crate) fn releases_when_idle(&self) -> bool {
+        self.release_idle
+    }
+
     /// The next message queued now, if any: from the leftover of a retired channel first,
     /// then from the current channel (picking up one a sender made while we were idle).
     fn take(&mut self) -> Option<Queued> {

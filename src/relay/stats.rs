@@ -4,7 +4,7 @@
 /// [`RelayReceiver::stats`](crate::RelayReceiver::stats).
 ///
 /// Counters are read one at a time, so under concurrent sends they are each exact but
-/// not taken at one instant. Internal events (`Dropped`, `RelayError`) count too.
+/// not taken at one instant. Internal events (`Dropped`, `RelayError`, `Unrouted`, `HandlerLost`) count too.
 ///
 /// # Examples
 ///
@@ -35,6 +35,14 @@ pub struct RelayStats {
     /// Handler and forwarder tasks that ended while the relay was open (see
     /// [`HandlerLost`](crate::HandlerLost)).
     pub handlers_lost: u64,
+    /// Failures of this relay's handlers, forwarders and `within` tasks: every error
+    /// returned, panic caught, and tracked message that no handler could take
+    /// ([`HandlerGone`](crate::HandlerGone), [`QueueFull`](crate::QueueFull)). Each is the
+    /// error of one [`RelayError`](crate::RelayError), published as an event (unless it
+    /// was about an internal event) and, when tracked, returned to its sender.
+    pub failures: u64,
+    /// The failures that were caught panics ([`PanicError`](crate::PanicError)).
+    pub panics: u64,
     /// Subscribers registered now (typed, wildcard and tracked).
     pub subscribers: usize,
     /// Tracked handlers registered now (`sink`, `tap`, `subscribe_tracked`, forwarders).

@@ -20,6 +20,7 @@
 
 use std::any::{Any, TypeId};
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -29,6 +30,7 @@ use futures::Stream;
 use crate::core::queue::QueueRx;
 use crate::core::Core;
 use crate::relay::envelope::{Envelope, Queued};
+use crate::relay::error::{HandlerKind, PanicError, RelayError};
 
 /// Why [`Subscription::try_recv`] returned no message.
 ///
@@ -107,13 +109,45 @@ impl Drop for Attached {
         if let Some(core) = &core {
             core.unregister(self.queue.state.id);
         }
-        let left = self.queue.close_and_drain();
-        if let Some(core) = core {
-            for item in left {
-                core.fail_gone(item, &self.queue.state);
+        let mut left = self.queue.close_and_drain();
+        // Every tracker first (with the relay gone, nobody can be waiting: in-flight
+        // sends hold it alive), the values after, so a value whose `Drop` panics cannot
+        // leave the senders of the ones behind it waiting.
+        if let Some(core) = &core {
+            for item in &mut left {
+                core.settle_gone(item, &self.queue.state);
             }
         }
-        // With the relay gone, nobody can be waiting: in-flight sends hold it alive.
+        let mut raised = None;
+        for item in left {
+            let (msg_id, type_name) = (item.envelope.msg_id, item.envelope.type_name());
+            let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(item))) else {
+                continue;
+            };
+            match &core {
+                // A relay's own task: the panic is reported, the task's end goes on.
+                Some(core) if !self.queue.releases_when_idle() => core.report(
+                    None,
+                    RelayError {
+                        msg_id,
+                        relay_id: core.id,
+                        kind: self.queue.state.tracked.unwrap_or(HandlerKind::Forwarder),
+                        type_name,
+                        error: Arc::new(PanicError::dropping(&*payload)),
+                    },
+                ),
+                // A subscription the user drops: their value's panic is theirs, raised
+                // once everything is dropped, as a `Vec`'s drop would.
+                _ => {
+                    raised.get_or_insert(payload);
+                }
+            }
+        }
+        if let Some(payload) = raised {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(payload);
+            }
+        }
     }
 }
 

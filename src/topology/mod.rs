@@ -41,6 +41,12 @@ use crate::relay::Relay;
 /// ends quietly: what is still queued for it, or reaches it later, completes instead of
 /// failing, and the forwarder ends, which closes the children (SEMANTICS.md §9).
 pub(crate) async fn next_for(inbox: &mut Inbox, children: &[RelaySender]) -> Option<Completion> {
+    // Checked first, without waiting: a forwarder whose inbox is never empty would
+    // otherwise never look (the select below polls the inbox first).
+    if children.iter().all(|child| child.core.is_unobserved()) {
+        inbox.end_quietly();
+        return None;
+    }
     let unobserved = async {
         for child in children {
             child.core.wait_unobserved().await;
