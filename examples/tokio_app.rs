@@ -2,9 +2,9 @@
 //!
 //! Run: `cargo run --example tokio_app --features tokio`
 //!
-//! A relay built inside a tokio runtime spawns its handler tasks on that runtime (the
-//! default-spawner rule), so nothing else needs configuring. Outside a runtime, give the
-//! builder a `TokioSpawner::new(handle)`.
+//! A handler registered inside a tokio runtime runs on that runtime, wherever the relay
+//! was built (SEMANTICS.md §10), so nothing needs configuring. To pin every task to one
+//! runtime, give the builder a `TokioSpawner::new(handle)`.
 
 use pipedream_rs::{Relay, TokioSpawner};
 use std::sync::Arc;

@@ -233,88 +233,161 @@ fn a_handler_whose_runtime_shut_down_is_reported_lost_and_later_sends_show_it() 
     assert_eq!(processed.load(Ordering::SeqCst), 1);
 }
 
-// ----- the default-spawner rule ------------------------------------------------------------
+// ----- which spawner runs a task: one test per row of the table in src/spawner/mod.rs ----
+
+/// A tokio runtime whose threads are named `name`.
+#[cfg(feature = "tokio")]
+fn tokio_runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A spawner running each task on a thread of its own, named `given-spawner`.
+fn thread_per_task(task: BoxFuture) {
+    std::thread::Builder::new()
+        .name("given-spawner".into())
+        .spawn(move || block_on(task))
+        .unwrap();
+}
+
+#[test]
+fn row_1_a_given_spawner_runs_every_task_of_the_relay_and_its_children_wherever_registered() {
+    let run = || {
+        block_on(async {
+            let (tx, rx) = Relay::builder().spawner(thread_per_task).build().unwrap();
+            assert_eq!(handler_thread_name(&tx, &rx).await, "given-spawner");
+            // A derived relay's handler too.
+            let child = rx.filter::<u8>(|_| true);
+            let name = Arc::new(Mutex::new(None));
+            let n = name.clone();
+            child.sink::<u8>(move |_| {
+                *n.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+            });
+            within(WAIT, "a send through the child", tx.send(1u8))
+                .await
+                .unwrap();
+            assert_eq!(name.lock().unwrap().as_deref(), Some("given-spawner"));
+            assert!(format!("{rx:?}").contains("custom (given)"), "{rx:?}");
+        })
+    };
+    run();
+    // Inside a tokio runtime, the given spawner still wins.
+    #[cfg(feature = "tokio")]
+    tokio_runtime("row-1-rt").block_on(async { run() });
+}
 
 #[cfg(feature = "tokio")]
 #[test]
-fn default_spawner_inside_a_tokio_runtime_is_that_runtime() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("default-rule-rt")
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        // Chosen over smol and async-std when those features are on too.
-        let (tx, rx) = Relay::channel();
-        assert_eq!(handler_thread_name(&tx, &rx).await, "default-rule-rt");
+fn row_2_a_task_registered_inside_a_tokio_runtime_runs_on_it_wherever_the_relay_was_built() {
+    // Built before the runtime exists (the trap of 0.2: handlers on smol, and
+    // `tokio::time::sleep` in them panicked for want of a reactor).
+    let (tx, rx) = Relay::channel();
+    tokio_runtime("row-2-rt").block_on(async {
+        assert_eq!(handler_thread_name(&tx, &rx).await, "row-2-rt");
+        let slept = Arc::new(AtomicUsize::new(0));
+        let s = slept.clone();
+        rx.sink_async::<u16>(move |_| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        within(WAIT, "a send to a sink using tokio's timer", tx.send(1u16))
+            .await
+            .unwrap();
+        assert_eq!(slept.load(Ordering::SeqCst), 1);
     });
 }
 
 #[cfg(feature = "async-std")]
 #[test]
-fn default_spawner_inside_an_async_std_task_is_async_std() {
+fn row_3_a_task_registered_inside_an_async_std_task_runs_on_async_std() {
+    let (tx, rx) = Relay::channel();
     async_std::task::block_on(async {
-        let (tx, rx) = Relay::channel();
         let in_task = Arc::new(Mutex::new(None));
         let t = in_task.clone();
         rx.sink::<u32>(move |_| {
-            *t.lock().unwrap() = Some(async_std::task::try_current().is_some());
+            let name = std::thread::current().name().map(str::to_owned);
+            *t.lock().unwrap() = Some((async_std::task::try_current().is_some(), name));
         });
         within(WAIT, "a send", tx.send(1u32)).await.unwrap();
-        assert_eq!(*in_task.lock().unwrap(), Some(true));
+        let (in_async_std, thread) = in_task.lock().unwrap().clone().unwrap();
+        assert!(in_async_std, "ran on {thread:?}");
+        assert_ne!(thread.as_deref(), Some("pipedream-tokio"));
     });
 }
 
-#[cfg(feature = "smol")]
+#[cfg(feature = "tokio")]
 #[test]
-fn default_spawner_outside_any_runtime_is_smol() {
+fn row_4_a_task_registered_outside_any_runtime_runs_where_the_relay_was_built() {
+    let rt = tokio_runtime("row-4-rt");
+    let (tx, rx) = rt.block_on(async { Relay::channel() });
+    assert_eq!(block_on(handler_thread_name(&tx, &rx)), "row-4-rt");
+    assert!(format!("{rx:?}").contains("\"tokio unless"), "{rx:?}");
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn row_5_outside_any_runtime_the_tokio_feature_gives_pipedreams_own_tokio_runtime() {
+    // Whatever else is enabled: smol and async-std code runs there too, tokio code
+    // would not run on smol.
+    let (tx, rx) = Relay::channel();
+    assert_eq!(block_on(handler_thread_name(&tx, &rx)), "pipedream-tokio");
+    let slept = Arc::new(AtomicUsize::new(0));
+    let s = slept.clone();
+    rx.sink_async::<u16>(move |_| {
+        let s = s.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            s.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    block_on(within(
+        WAIT,
+        "a send to a sink using tokio's timer",
+        tx.send(1u16),
+    ))
+    .unwrap();
+    assert_eq!(slept.load(Ordering::SeqCst), 1);
+    assert!(
+        format!("{rx:?}").contains("pipedream-tokio thread"),
+        "{rx:?}"
+    );
+}
+
+#[cfg(all(feature = "smol", not(feature = "tokio")))]
+#[test]
+fn row_6_outside_any_runtime_without_tokio_smol_runs_the_tasks() {
     let (tx, rx) = Relay::channel();
     let name = block_on(handler_thread_name(&tx, &rx));
     assert!(name.starts_with("smol-"), "handler ran on {name:?}");
 }
 
-#[cfg(all(feature = "async-std", not(feature = "smol")))]
+#[cfg(all(feature = "async-std", not(any(feature = "smol", feature = "tokio"))))]
 #[test]
-fn default_spawner_outside_any_runtime_without_smol_is_async_std() {
+fn row_7_outside_any_runtime_with_only_async_std_async_std_runs_the_tasks() {
     let (tx, rx) = Relay::channel();
     let in_task = Arc::new(Mutex::new(None));
     let t = in_task.clone();
     rx.sink::<u32>(move |_| {
         *t.lock().unwrap() = Some(async_std::task::try_current().is_some());
     });
-    block_on(tx.send(1u32)).unwrap();
+    block_on(within(WAIT, "a send", tx.send(1u32))).unwrap();
     assert_eq!(*in_task.lock().unwrap(), Some(true));
 }
 
-#[cfg(not(any(feature = "smol", feature = "async-std")))]
+#[cfg(not(any(feature = "smol", feature = "async-std", feature = "tokio")))]
 #[test]
-fn without_smol_or_async_std_building_outside_a_tokio_runtime_has_no_spawner() {
+fn row_8_with_no_runtime_feature_and_no_spawner_there_is_none() {
     assert_eq!(Relay::builder().build().unwrap_err(), BuildError::NoSpawner);
     let panic = std::panic::catch_unwind(Relay::channel).unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();
     assert!(message.starts_with("no spawner"), "{message}");
-    // A spawner given explicitly is used: here one thread per task.
-    let (tx, rx) = Relay::builder()
-        .spawner(|task: BoxFuture| {
-            std::thread::spawn(move || block_on(task));
-        })
-        .build()
-        .unwrap();
-    let handled = Arc::new(AtomicUsize::new(0));
-    let h = handled.clone();
-    rx.sink::<u32>(move |_| {
-        h.fetch_add(1, Ordering::SeqCst);
-    });
-    let receipt = block_on(within(
-        WAIT,
-        "a send handled on the given spawner",
-        tx.send(1u32),
-    ));
-    assert_eq!(
-        (receipt.unwrap().handled, handled.load(Ordering::SeqCst)),
-        (1, 1)
-    );
 }
 
 // ----- builder checks ----------------------------------------------------------------------

@@ -1,8 +1,6 @@
 //! The three configuration modes of a relay, and the configuration they form.
 
-use std::sync::Arc;
-
-use crate::spawner::Spawner;
+use crate::spawner::choice::Choice;
 
 /// What `send` does when a subscriber's queue is full.
 ///
@@ -84,7 +82,8 @@ pub(crate) struct Config {
     pub(crate) panic_mode: PanicMode,
     /// A send that would reach nobody fails with `SendError::Unrouted` instead of `Ok`.
     pub(crate) reject_unrouted: bool,
-    pub(crate) spawner: Arc<dyn Spawner>,
+    /// Which spawner runs each task (`spawner/choice.rs`).
+    pub(crate) spawner: Choice,
 }
 
 impl std::fmt::Debug for Config {
@@ -95,6 +94,7 @@ impl std::fmt::Debug for Config {
             .field("error_mode", &self.error_mode)
             .field("panic_mode", &self.panic_mode)
             .field("reject_unrouted", &self.reject_unrouted)
-            .finish_non_exhaustive()
+            .field("spawner", &self.spawner.describe())
+            .finish()
     }
 }

@@ -422,10 +422,11 @@ pub enum BuildError {
         /// The largest size a relay accepts.
         max: usize,
     },
-    /// No spawner was given and none could be chosen: no runtime feature applies here.
+    /// No spawner was given and none could be chosen: the crate was built with no runtime
+    /// feature.
     #[error(
-        "no spawner: enable the `smol` or `async-std` feature, build the relay inside a tokio \
-         runtime with the `tokio` feature, or pass one with `Relay::builder().spawner(..)`"
+        "no spawner: enable a runtime feature (`smol`, `tokio` or `async-std`), or pass one \
+         with `Relay::builder().spawner(..)`"
     )]
     NoSpawner,
 }

@@ -189,7 +189,7 @@ pub(crate) fn start_handler<T, P, Fut>(
             }
         }
     };
-    tasks.spawn(&*config.spawner, Guarded::new(who, task));
+    tasks.spawn(&*config.spawner.here(), Guarded::new(who, task));
 }
 
 /// Runs `f()` as a task; its failure (error or panic) is published as a `RelayError` event
@@ -209,7 +209,7 @@ where
     let (done, handle) = TaskHandle::new(relay_id);
     let core = core.clone();
     let panic_mode = config.panic_mode;
-    tasks.spawn(&*config.spawner, async move {
+    tasks.spawn(&*config.spawner.here(), async move {
         let outcome = AssertUnwindSafe(async move { f().await.into_result() })
             .catch_unwind()
             .await;

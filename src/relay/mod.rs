@@ -20,7 +20,8 @@ use crate::relay::config::{Config, DeliveryMode, ErrorMode, PanicMode};
 use crate::relay::error::BuildError;
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
-use crate::spawner::{default_spawner, Spawner};
+use crate::spawner::choice::Choice;
+use crate::spawner::Spawner;
 
 /// The largest per-subscriber queue size, 2^40 − 2^20 − 1 messages: a queue counts what it
 /// holds in 40 bits, with room kept above the capacity for the messages a broken cycle of
@@ -68,7 +69,7 @@ impl Relay {
     ///
     /// # Panics
     ///
-    /// If no spawner can be chosen (no runtime feature applies here). Use
+    /// If no spawner can be chosen (the crate was built with no runtime feature). Use
     /// [`Relay::builder`] with [`RelayBuilder::spawner`] to get an error instead.
     ///
     /// # Examples
@@ -277,8 +278,8 @@ impl RelayBuilder {
             });
         }
         let spawner = match self.spawner {
-            Some(s) => s,
-            None => default_spawner().ok_or(BuildError::NoSpawner)?,
+            Some(s) => Choice::given(s),
+            None => Choice::by_rule().ok_or(BuildError::NoSpawner)?,
         };
         Ok(Relay::from_config(Config {
             channel_size: self.channel_size,
@@ -299,7 +300,7 @@ impl std::fmt::Debug for RelayBuilder {
             .field("error_mode", &self.error_mode)
             .field("panic_mode", &self.panic_mode)
             .field("reject_unrouted", &self.reject_unrouted)
-            .field("spawner", &self.spawner.as_ref().map(|_| "custom"))
+            .field("spawner", &self.spawner.as_ref().map(|s| s.name()))
             .finish()
     }
 }

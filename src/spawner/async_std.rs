@@ -20,4 +20,8 @@ impl Spawner for AsyncStdSpawner {
         // The JoinHandle is dropped: async-std detaches the task.
         drop(async_std::task::spawn(task));
     }
+
+    fn name(&self) -> &'static str {
+        "async-std"
+    }
 }

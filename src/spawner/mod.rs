@@ -5,21 +5,26 @@
 //! [`TokioSpawner`], [`AsyncStdSpawner`]); any other executor works through the trait,
 //! or through a plain closure (`Fn(BoxFuture)` implements `Spawner`).
 //!
-//! # Which spawner a relay uses
+//! # Which spawner runs a task
 //!
-//! [`RelayBuilder::spawner`](crate::RelayBuilder::spawner) wins when it is given. Otherwise,
-//! when the relay is built, the first of these that applies is taken:
+//! Decided for each task when it is registered (`sink`, `tap`, `within`, a derived relay's
+//! forwarder, `merge`), first match wins:
 //!
-//! 1. feature `tokio`, and the relay is built inside a tokio runtime: that runtime;
-//! 2. feature `async-std`, and the relay is built inside an async-std task: async-std;
-//! 3. feature `smol` (the default): smol's global executor;
-//! 4. feature `async-std`: async-std's global executor;
-//! 5. otherwise there is none: [`RelayBuilder::build`](crate::RelayBuilder::build) returns
-//!    [`BuildError::NoSpawner`](crate::BuildError::NoSpawner) (and
-//!    [`Relay::channel`](crate::Relay::channel) panics saying so).
+//! | | the relay was built with | the task is registered | its spawner |
+//! |---|---|---|---|
+//! | 1 | [`RelayBuilder::spawner`](crate::RelayBuilder::spawner) | anywhere | the one given (derived relays too) |
+//! | 2 | no spawner | inside a tokio runtime (feature `tokio`) | that runtime |
+//! | 3 | no spawner | inside an async-std task (feature `async-std`) | async-std |
+//! | 4 | no spawner, inside a tokio runtime or async-std task | outside any runtime | the runtime it was built in |
+//! | 5 | no spawner, outside any runtime, feature `tokio` | outside any runtime | pipedream's own tokio runtime (a thread named `pipedream-tokio`) |
+//! | 6 | same, no `tokio`, feature `smol` | outside any runtime | smol's global executor |
+//! | 7 | same, only `async-std` | outside any runtime | async-std's global executor |
+//! | 8 | no spawner, no runtime feature | — | none: [`RelayBuilder::build`](crate::RelayBuilder::build) returns [`BuildError::NoSpawner`](crate::BuildError::NoSpawner) |
 //!
-//! Features only add candidates, so enabling a second runtime never changes the choice for
-//! code that already runs inside the first. Derived relays use their parent's spawner.
+//! So a handler registered from tokio code runs on that tokio runtime whatever else is
+//! enabled, and with the `tokio` feature on, no task lands on an executor tokio code
+//! cannot run on: smol and async-std code runs on any executor, tokio code only inside a
+//! tokio runtime. The relay's `Debug` output names its fallback spawner.
 //!
 //! # A spawner that refuses work
 //!
@@ -58,6 +63,25 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait Spawner: Send + Sync + 'static {
     /// Runs `task` to completion in the background, or drops it if it cannot.
     fn spawn(&self, task: BoxFuture);
+
+    /// A short name for the executor, shown by the relays' `Debug` output (and, with the
+    /// `tracing` feature, on their tasks' spans). `"custom"` unless overridden.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::{BoxFuture, Spawner};
+    /// struct Mine;
+    /// impl Spawner for Mine {
+    ///     fn spawn(&self, task: BoxFuture) { drop(task) }
+    ///     fn name(&self) -> &'static str { "mine" }
+    /// }
+    /// assert_eq!(Mine.name(), "mine");
+    /// assert_eq!((|t: BoxFuture| drop(t)).name(), "custom");
+    /// ```
+    fn name(&self) -> &'static str {
+        "custom"
+    }
 }
 
 impl<F> Spawner for F
@@ -84,20 +108,4 @@ mod async_std;
 #[cfg(feature = "async-std")]
 pub use self::async_std::AsyncStdSpawner;
 
-/// The spawner a relay uses when the builder was not given one (see the module docs).
-pub(crate) fn default_spawner() -> Option<std::sync::Arc<dyn Spawner>> {
-    #[cfg(feature = "tokio")]
-    if let Some(s) = TokioSpawner::try_current() {
-        return Some(std::sync::Arc::new(s));
-    }
-    #[cfg(feature = "async-std")]
-    if ::async_std::task::try_current().is_some() {
-        return Some(std::sync::Arc::new(AsyncStdSpawner));
-    }
-    #[cfg(feature = "smol")]
-    return Some(std::sync::Arc::new(SmolSpawner));
-    #[cfg(all(feature = "async-std", not(feature = "smol")))]
-    return Some(std::sync::Arc::new(AsyncStdSpawner));
-    #[allow(unreachable_code)]
-    None
-}
+pub(crate) mod choice;

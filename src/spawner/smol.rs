@@ -19,4 +19,8 @@ impl Spawner for SmolSpawner {
     fn spawn(&self, task: BoxFuture) {
         smol::spawn(task).detach();
     }
+
+    fn name(&self) -> &'static str {
+        "smol"
+    }
 }

@@ -22,6 +22,8 @@ use tokio::runtime::Handle;
 #[derive(Debug, Clone)]
 pub struct TokioSpawner {
     handle: Handle,
+    /// The runtime is pipedream's own (see `own_runtime`).
+    own: bool,
 }
 
 impl TokioSpawner {
@@ -35,7 +37,7 @@ impl TokioSpawner {
     /// # drop(spawner);
     /// ```
     pub fn new(handle: Handle) -> Self {
-        TokioSpawner { handle }
+        TokioSpawner { handle, own: false }
     }
 
     /// A spawner on the runtime the caller is running in, or `None` outside any.
@@ -50,8 +52,41 @@ impl TokioSpawner {
     }
 }
 
+impl TokioSpawner {
+    /// pipedream's own runtime, for tasks registered outside any runtime when the `tokio`
+    /// feature is on (SEMANTICS.md §10): one current-thread runtime for the process, with
+    /// every driver tokio was built with, on a thread named `pipedream-tokio`, started the
+    /// first time it is needed and never stopped. `None` if it could not be started.
+    pub(crate) fn own_runtime() -> Option<Self> {
+        static OWN: std::sync::OnceLock<Option<Handle>> = std::sync::OnceLock::new();
+        let handle = OWN.get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name("pipedream-tokio".into())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .ok()?;
+            Some(handle)
+        });
+        handle
+            .clone()
+            .map(|handle| TokioSpawner { handle, own: true })
+    }
+}
+
 impl Spawner for TokioSpawner {
     fn spawn(&self, task: BoxFuture) {
         drop(self.handle.spawn(task));
+    }
+
+    fn name(&self) -> &'static str {
+        if self.own {
+            "tokio (pipedream-tokio thread)"
+        } else {
+            "tokio"
+        }
     }
 }

@@ -34,6 +34,7 @@ use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::{RelaySender, WeakSender};
 use crate::relay::task_handle::TaskHandle;
 use crate::relay::Relay;
+use crate::spawner::choice::Choice;
 use crate::spawner::BoxFuture;
 
 /// Something [`RelayReceiver::forward`] can send into: a [`RelaySender`] or a
@@ -245,7 +246,7 @@ impl Config {
             error_mode: Default::default(),
             panic_mode: Default::default(),
             reject_unrouted: false,
-            spawner: Arc::new(|_task: BoxFuture| {}),
+            spawner: Choice::given(Arc::new(|_task: BoxFuture| {})),
         }
     }
 }

@@ -110,7 +110,7 @@ impl RelayReceiver {
         task: impl Future<Output = ()> + Send + 'static,
     ) {
         self.tasks
-            .spawn(&*self.config.spawner, Guarded::new(who, task));
+            .spawn(&*self.config.spawner.here(), Guarded::new(who, task));
     }
 
     /// Who the forwarder reading `inbox` (on this relay) is, for its report if lost.

@@ -22,7 +22,9 @@ use pipedream_rs::{
 /// Every test body must finish within this.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs `body` on smol (the relay uses smol's global executor).
+/// Runs `body` on smol. Relays built here use smol's global executor unless the `tokio`
+/// feature is on too: then pipedream's own tokio runtime (SEMANTICS.md §10), which is why
+/// `.ci/run` also runs every test with each runtime feature alone.
 #[cfg(feature = "smol")]
 pub fn run_smol<F: Future<Output = ()>>(body: F) {
     smol::block_on(async {
