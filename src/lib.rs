@@ -57,6 +57,7 @@
 //!
 //! In both modes, `Ok(())` also means every tracked handler of the message's type has
 //! processed it without error. The full contract is in `SEMANTICS.md`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]

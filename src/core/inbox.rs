@@ -84,6 +84,11 @@ impl Inbox {
         self.attached.id()
     }
 
+    /// The relay it is registered on.
+    pub(crate) fn relay_id(&self) -> u64 {
+        self.attached.relay_id
+    }
+
     /// The type it receives (`"*"` for every type).
     pub(crate) fn type_name(&self) -> &'static str {
         self.type_name.map_or("*", |name| name())

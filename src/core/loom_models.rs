@@ -312,6 +312,7 @@ fn item(n: u64) -> crate::relay::envelope::Queued {
             type_name: std::any::type_name::<u64>,
             msg_id: n,
             origin: 1,
+            trace: Default::default(),
         },
         tracker: None,
     }

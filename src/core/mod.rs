@@ -27,6 +27,7 @@ pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod sync;
 pub(crate) mod tasks;
+pub(crate) mod trace;
 pub(crate) mod tracker;
 pub(crate) mod wait;
 
@@ -39,6 +40,7 @@ use crate::core::queue::{queue, PushError, QueueRx, QueueState, QueueTx};
 use crate::core::registry::{next_subscriber_id, Registry, Targets, TypeCounters};
 use crate::core::sync::{AtomicU64, Ordering};
 use crate::core::tasks::Tasks;
+use crate::core::trace::SendSpan;
 use crate::core::tracker::Tracker;
 use crate::core::wait::wait_until;
 use crate::relay::config::{Config, DeliveryMode};
@@ -107,6 +109,7 @@ struct Snapshot {
     msg_id: u64,
     origin: u64,
     tracker: Option<Arc<Tracker>>,
+    trace: SendSpan,
 }
 
 impl Snapshot {
@@ -117,6 +120,7 @@ impl Snapshot {
                 type_name: self.type_name,
                 msg_id: self.msg_id,
                 origin: self.origin,
+                trace: self.trace,
             },
             targets: self.targets,
             tracker: self.tracker,
@@ -272,6 +276,7 @@ impl Core {
             return; // a task ending after the close is the normal end
         }
         self.handlers_lost.fetch_add(1, Ordering::Relaxed);
+        trace::lost(&lost);
         self.emit(lost);
     }
 
@@ -331,6 +336,7 @@ impl Core {
     /// A wait of one of the relay's tasks was on a cycle of waits and was broken.
     pub(crate) fn deadlock_broken(&self) {
         self.deadlocks_broken.fetch_add(1, Ordering::Relaxed);
+        trace::deadlock_broken(self.id);
     }
 
     pub(crate) fn type_stats(&self, type_id: TypeId) -> Option<TypeStats> {
@@ -477,6 +483,7 @@ impl Core {
         let tracker = (wait && targets.tracked > 0)
             .then(|| Arc::new(Tracker::new(targets.tracked, self.config.error_mode, plans)));
         Ok(Snapshot {
+            trace: SendSpan::default(),
             targets,
             type_name,
             msg_id,
@@ -494,7 +501,9 @@ impl Core {
         if is_internal_event(type_id) {
             return;
         }
+        let first = counters.unrouted.load(std::sync::atomic::Ordering::Relaxed) == 0;
         TypeCounters::add(&counters.unrouted, 1);
+        trace::unrouted(self.id, msg_id, type_name(), first);
         self.emit(Unrouted {
             relay_id: self.id,
             msg_id,
@@ -507,10 +516,13 @@ impl Core {
     /// stops it, and what is left is handed back as [`Pushed::Blocked`].
     pub(crate) fn push_ready(&self, outgoing: Outgoing) -> Pushed {
         let Outgoing {
-            envelope,
+            mut envelope,
             targets,
             tracker,
         } = outgoing;
+        // Opened at the first poll, not at the call, so that both `tx.send(v).instrument(s)`
+        // and a send made inside an instrumented block hang below `s`.
+        envelope.trace = SendSpan::open(self.id, envelope.msg_id, envelope.type_name);
         // Counted when delivery starts: a send dropped before its first poll sent nothing.
         let counters = &targets.counters;
         TypeCounters::add(&counters.sent, 1);
@@ -668,12 +680,14 @@ impl Core {
         slot.state.count_drop();
         let env = &item.envelope;
         if !is_internal_event(env.type_id()) {
-            self.emit(Dropped {
+            let dropped = Dropped {
                 relay_id: self.id,
                 msg_id: env.msg_id,
                 type_name: env.type_name(),
                 subscriber_id: slot.state.id,
-            });
+            };
+            trace::dropped(&dropped);
+            self.emit(dropped);
         }
         if let (Some(kind), Some(tracker)) = (slot.state.tracked, item.tracker.as_deref()) {
             self.report(
@@ -734,6 +748,7 @@ impl Core {
     /// `by` is the subscriber the failure is for (who settles the tracker).
     pub(crate) fn report(&self, tracker: Option<(&Tracker, u64)>, error: RelayError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        trace::failure(&error);
         if error.is_panic() {
             self.panics.fetch_add(1, Ordering::Relaxed);
         }
@@ -763,6 +778,7 @@ impl Core {
             type_name: std::any::type_name::<T>,
             msg_id: self.next_msg_id.fetch_add(1, Ordering::Relaxed),
             origin: self.id,
+            trace: SendSpan::default(),
         };
         let counters = &targets.counters;
         TypeCounters::add(&counters.sent, 1);

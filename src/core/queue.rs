@@ -799,6 +799,7 @@ mod stress {
                 type_name: std::any::type_name::<u64>,
                 msg_id: n,
                 origin: 1,
+                trace: Default::default(),
             },
             tracker: None,
         }

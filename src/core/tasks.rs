@@ -37,6 +37,7 @@ impl Tasks {
             tasks: self.clone(),
             started: false,
         };
+        let task = crate::core::trace::on_spawner(spawner.name(), task);
         spawner.spawn(Box::pin(async move {
             guard.start();
             task.await;

@@ -35,6 +35,9 @@ pub struct Envelope {
     pub(crate) type_name: TypeName,
     pub(crate) msg_id: u64,
     pub(crate) origin: u64,
+    /// Its `pipedream.send` span (feature `tracing`; zero-sized without it).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) trace: crate::core::trace::SendSpan,
 }
 
 /// How an envelope names its type: `std::any::type_name::<T>` (or [`erased_name`]),
@@ -79,6 +82,28 @@ impl Envelope {
     /// ```
     pub fn origin(&self) -> u64 {
         self.origin
+    }
+
+    /// The message's `pipedream.send` span (feature `tracing`): enter it, or instrument
+    /// your own processing with it, to hang that work below the send, as the relay's own
+    /// handlers do. A disabled span when no subscriber was interested as it was sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use tracing::Instrument;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut all = rx.subscribe_all();
+    /// tx.send(1u8).await.unwrap();
+    /// let env = all.recv().await.unwrap();
+    /// async { /* this work is a child of the send */ }.instrument(env.span()).await;
+    /// # });
+    /// ```
+    #[cfg(feature = "tracing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+    pub fn span(&self) -> tracing::Span {
+        self.trace.span()
     }
 
     /// The `TypeId` of the value.

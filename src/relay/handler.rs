@@ -12,6 +12,7 @@ use futures::FutureExt;
 use crate::core::deadlock::{InNode, Node};
 use crate::core::lost::{Guarded, Identity};
 use crate::core::tasks::Tasks;
+use crate::core::trace::Work;
 use crate::core::Core;
 use crate::relay::config::{Config, PanicMode};
 use crate::relay::error::{HandlerKind, PanicError, RelayError, SharedError};
@@ -158,28 +159,32 @@ pub(crate) fn start_handler<T, P, Fut>(
         kind,
         type_name: std::any::type_name::<T>(),
     };
+    let relay_id = core.upgrade().map_or(0, |core| core.id);
     let task = async move {
         let node = Node::handler(sub.id());
         while let Some(msg) = sub.recv().await {
             let value = msg.value().clone();
             // `process` is called inside the caught future, so a sync handler's panic is
             // caught too, not only an async one's. `InNode` names this handler to the sends
-            // it makes (deadlock detection, `core/deadlock.rs`).
-            let work = InNode::new(node.clone(), async { process(value).await });
+            // it makes (deadlock detection, `core/deadlock.rs`); `Work` is its span.
+            let span = Work::of(kind, relay_id, sub.id(), msg.envelope());
+            let work = span.run(InNode::new(node.clone(), async { process(value).await }));
             let outcome = AssertUnwindSafe(work).catch_unwind().await;
             let mut panicked = None;
             // Settling drops the handler's copy of the message, and with it, if it was the
             // last one, the value: a `Drop` that panics must not end the handler. The
             // sender has its verdict by then; the panic is published as a `RelayError`.
             let reporter = msg.reporter();
-            let settled = std::panic::catch_unwind(AssertUnwindSafe(|| match outcome {
-                Ok(Ok(())) => msg.complete(),
-                Ok(Err(error)) => msg.fail_with(error),
-                Err(payload) => {
-                    msg.fail_with(Arc::new(PanicError::from_payload(&*payload)));
-                    panicked = Some(payload);
-                }
-            }));
+            let settled = span.enter(|| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| match outcome {
+                    Ok(Ok(())) => msg.complete(),
+                    Ok(Err(error)) => msg.fail_with(error),
+                    Err(payload) => {
+                        msg.fail_with(Arc::new(PanicError::from_payload(&*payload)));
+                        panicked = Some(payload);
+                    }
+                }))
+            });
             if let Err(payload) = settled {
                 reporter.report(Arc::new(PanicError::dropping(&*payload)));
                 panicked.get_or_insert(payload);

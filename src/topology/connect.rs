@@ -28,6 +28,7 @@ use crate::core::delivery::Delivery;
 use crate::core::inbox::Inbox;
 use crate::core::is_internal_event;
 use crate::core::lost::Guarded;
+use crate::core::trace::Work;
 use crate::relay::config::Config;
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
@@ -207,6 +208,7 @@ async fn forwarding(inbox: Inbox, target: WeakSender) {
 
 async fn forwarding_loop(mut inbox: Inbox, target: WeakSender) {
     let target_id = target.id();
+    let (relay_id, me) = (inbox.relay_id(), inbox.id());
     loop {
         let next = {
             let closed = std::pin::pin!(target_closed(&target));
@@ -225,7 +227,9 @@ async fn forwarding_loop(mut inbox: Inbox, target: WeakSender) {
             return;
         };
         // Tracked by the target's own rules; its handler errors stay on the target.
-        if let Err(crate::SendError::Closed) = Delivery::forwarded(&core, envelope, true).await {
+        let work = Work::of(HandlerKind::Forwarder, relay_id, me, envelope);
+        let send = work.enter(|| Delivery::forwarded(&core, envelope, true));
+        if let Err(crate::SendError::Closed) = work.run(send).await {
             return;
         }
     }

@@ -14,6 +14,7 @@ use crate::core::deadlock::{InNode, Node};
 use crate::core::delivery::Delivery;
 use crate::core::inbox::{Completion, Inbox};
 use crate::core::is_internal_event;
+use crate::core::trace::Work;
 use crate::core::{From, Link, Plan, Takes};
 use crate::relay::config::PanicMode;
 use crate::relay::envelope::TypeName;
@@ -208,18 +209,22 @@ impl RelayReceiver {
         mut f: impl FnMut(&T) -> Option<U> + Send + 'static,
     ) -> RelayReceiver {
         self.boundary_forwarder::<T, _, _>(|mut inbox, child_tx, mode| async move {
+            let (relay_id, me) = (inbox.relay_id(), inbox.id());
             while let Some(msg) = next_for(&mut inbox, std::slice::from_ref(&child_tx)).await {
+                let work = Work::of(HandlerKind::Forwarder, relay_id, me, msg.envelope());
                 let value = msg
                     .envelope()
                     .value
                     .downcast_ref::<T>()
                     .expect("routed by TypeId");
-                match guarded(|| f(value)) {
+                match work.enter(|| guarded(|| f(value))) {
                     Ok(Some(out)) => {
                         let origin = msg.envelope().origin;
                         settle_quietly(msg, drop);
                         // The child's handler errors were published on the child.
-                        let _ = Delivery::value(&child_tx.core, out, From::Relay(origin)).await;
+                        let core = &child_tx.core;
+                        let send = work.enter(|| Delivery::value(core, out, From::Relay(origin)));
+                        let _ = work.run(send).await;
                     }
                     Ok(None) => {}
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
@@ -326,7 +331,9 @@ impl RelayReceiver {
             // follow what is batched, not the size asked for.
             let first = size.min(PREALLOCATED_BATCH);
             let mut batch: Vec<Item> = Vec::with_capacity(first);
+            let (relay_id, me) = (inbox.relay_id(), inbox.id());
             while let Some(mut msg) = next_for(&mut inbox, std::slice::from_ref(&child_tx)).await {
+                let work = Work::of(HandlerKind::Forwarder, relay_id, me, msg.envelope());
                 // Take the envelope so this forwarder's copy of the value's Arc is the one
                 // `take` gets: unshared values are moved into the batch, not cloned.
                 let shared = msg
@@ -334,14 +341,17 @@ impl RelayReceiver {
                     .value
                     .downcast::<T>()
                     .expect("routed by TypeId");
-                match guarded(|| take(shared)) {
+                match work.enter(|| guarded(|| take(shared))) {
                     Ok(item) => batch.push(item),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
                 }
                 settle_quietly(msg, drop);
                 if batch.len() == size {
+                    // The batch's send hangs below the span of the message that filled it.
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(first));
-                    let _ = Delivery::value(&child_tx.core, full, From::Here).await;
+                    let core = &child_tx.core;
+                    let send = work.enter(|| Delivery::value(core, full, From::Here));
+                    let _ = work.run(send).await;
                 }
             }
             if !batch.is_empty() {
@@ -406,14 +416,16 @@ impl RelayReceiver {
         let mode = self.config().panic_mode;
         let who = self.forwarder_identity(&inbox);
         self.spawn_forwarder(who, async move {
+            let (relay_id, me) = (inbox.relay_id(), inbox.id());
             while let Some(msg) = next_for(&mut inbox, &children).await {
                 if wildcard && is_internal_event(msg.envelope().type_id()) {
                     settle_quietly(msg, Completion::complete);
                     continue;
                 }
+                let work = Work::of(HandlerKind::Forwarder, relay_id, me, msg.envelope());
                 // Taken now, used or not, so nothing holds the children's lists longer.
                 let mut plans = msg.take_plans();
-                match guarded(|| route(msg.envelope())) {
+                match work.enter(|| guarded(|| route(msg.envelope()))) {
                     // As this forwarder's work: its wait for the child's handlers is seen by
                     // the deadlock check.
                     Ok(Some(i)) => {
@@ -422,7 +434,8 @@ impl RelayReceiver {
                             .iter()
                             .position(|p| p.relay == child.core.id)
                             .map(|at| plans.swap_remove(at));
-                        InNode::new(node.clone(), pass_on(msg, child, plan)).await
+                        work.run(InNode::new(node.clone(), pass_on(msg, child, plan)))
+                            .await
                     }
                     Ok(None) => settle_quietly(msg, Completion::complete),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
