@@ -77,12 +77,14 @@ pub use crate::relay::config::{DeliveryMode, ErrorMode, PanicMode};
 pub use crate::relay::envelope::Envelope;
 pub use crate::relay::error::{
     BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
-    SharedError, Unsent,
+    SharedError, TaskAborted, TrySendError, Unsent,
 };
 pub use crate::relay::events::{Dropped, HandlerLost, LossReason, Unrouted};
 pub use crate::relay::handler::{AsyncHandler, Handler, HandlerResult};
 pub use crate::relay::receipt::Receipt;
 pub use crate::relay::receiver::RelayReceiver;
+pub use crate::relay::recv::{Recv, RecvEnvelope, RecvTracked};
+pub use crate::relay::send_sink::SendSink;
 pub use crate::relay::sender::{RelaySender, WeakSender};
 pub use crate::relay::stats::{RelayStats, TypeStats};
 pub use crate::relay::subscription::{EnvelopeSubscription, Subscription, TryRecvError};

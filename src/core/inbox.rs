@@ -62,6 +62,32 @@ impl Inbox {
         Some(self.wrap(item))
     }
 
+    /// The next message, or `None` at the end (see `QueueRx::poll_recv`).
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Completion>> {
+        self.attached
+            .queue
+            .poll_recv(cx)
+            .map(|item| item.map(|item| self.wrap(item)))
+    }
+
+    /// A `recv` future was dropped while it waited (see `QueueRx::abandon_wait`).
+    pub(crate) fn abandon_wait(&mut self) {
+        self.attached.queue.abandon_wait();
+    }
+
+    /// The relay is closed, or gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.attached.is_closed()
+    }
+
+    /// The relay is closed and nothing is left in the queue.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.attached.queue.is_drained()
+    }
+
     pub(crate) fn try_recv(&mut self) -> Result<Completion, TryRecvError> {
         let item = self.attached.queue.try_recv().map_err(map_try)?;
         Ok(self.wrap(item))

@@ -17,10 +17,16 @@ pub(crate) struct Identity {
     pub(crate) subscriber_id: u64,
     pub(crate) kind: HandlerKind,
     pub(crate) type_name: &'static str,
+    /// For a task its handle can abort (`forward_detached`): ending after an abort is
+    /// what was asked for, not a loss.
+    pub(crate) abort: Option<futures::future::AbortHandle>,
 }
 
 impl Identity {
     fn report(&self, reason: LossReason) {
+        if self.abort.as_ref().is_some_and(|abort| abort.is_aborted()) {
+            return;
+        }
         if let Some(core) = self.core.upgrade() {
             core.handler_lost(HandlerLost {
                 relay_id: core.id,

@@ -46,7 +46,7 @@ use crate::core::wait::wait_until;
 use crate::relay::config::{Config, DeliveryMode};
 use crate::relay::envelope::{erased_name, Envelope, Queued, TypeName};
 use crate::relay::error::{
-    HandlerGone, HandlerKind, QueueFull, RelayError, SendError, SharedError,
+    HandlerGone, HandlerKind, QueueFull, RelayError, SendError, SharedError, TrySendError,
 };
 use crate::relay::events::{Dropped, HandlerLost, Unrouted};
 use crate::relay::receipt::Receipt;
@@ -563,6 +563,69 @@ impl Core {
                 tally,
             }),
         }
+    }
+
+    /// A send that never waits (`try_send`): untracked (nobody waits for the handlers),
+    /// and in lossless mode all or nothing — a slot is taken in every target queue first,
+    /// and if one is full they are all given back and the value returned.
+    pub(crate) fn try_send_value<T: Any + Send + Sync>(
+        &self,
+        value: T,
+    ) -> Result<Receipt, TrySendError<T>> {
+        let type_name = Some(std::any::type_name::<T> as TypeName);
+        let snapshot = match self.snapshot(TypeId::of::<T>(), type_name, From::User, false) {
+            Ok(snapshot) => snapshot,
+            Err(SendError::Unrouted { .. }) => return Err(TrySendError::Unrouted(value)),
+            Err(_) => return Err(TrySendError::Closed(value)),
+        };
+        let lossless = self.config.delivery_mode == DeliveryMode::Lossless;
+        // Lossless: which targets hold a slot for this message (`false`: receiver gone).
+        let mut slots = Vec::new();
+        if lossless {
+            for slot in snapshot.targets.iter() {
+                match slot.reserve_slot() {
+                    Some(true) => slots.push(true),
+                    None => slots.push(false),
+                    Some(false) => {
+                        let taken = snapshot.targets.iter().zip(&slots).filter(|(_, &t)| t);
+                        taken.for_each(|(slot, _)| slot.unreserve());
+                        return Err(TrySendError::Full(value));
+                    }
+                }
+            }
+        }
+        let Outgoing {
+            mut envelope,
+            targets,
+            tracker: _,
+        } = snapshot.load(Arc::new(value));
+        envelope.trace = SendSpan::open(self.id, envelope.msg_id, envelope.type_name);
+        let counters = &targets.counters;
+        TypeCounters::add(&counters.sent, 1);
+        let mut tally = Tally::default();
+        tally.receipt.msg_id = envelope.msg_id;
+        if targets.is_empty() {
+            let (msg_id, type_id) = (envelope.msg_id, envelope.type_id());
+            self.unrouted(counters, msg_id, type_id, envelope.type_name);
+            return Ok(tally.receipt);
+        }
+        if lossless {
+            for (slot, reserved) in targets.iter().zip(slots) {
+                let item = Queued {
+                    envelope: envelope.clone(),
+                    tracker: None,
+                };
+                if reserved && slot.push_reserved(item).is_ok() {
+                    tally.receipt.queued += 1;
+                }
+            }
+        } else {
+            for slot in targets.iter() {
+                self.push_one(&envelope, slot, None, &mut tally, counters);
+            }
+        }
+        TypeCounters::add(&counters.delivered, tally.receipt.queued as u64);
+        Ok(tally.receipt)
     }
 
     /// The cold path of a lossless send that met a full queue: wait for room there, then

@@ -421,10 +421,26 @@ impl QueueTx {
         self.push_reserved(item).map(|()| false)
     }
 
-    /// Pushes `item` into the current channel, with a slot already reserved for it, and
-    /// wakes the receiver if it parked. `Err` (with the slot given back) if the receiver
-    /// is gone.
-    fn push_reserved(&self, mut item: Queued) -> Result<(), Queued> {
+    /// Takes a slot for a push that follows at once, without waiting (`try_send`'s first
+    /// phase): `Some(true)` taken, `Some(false)` the queue is full, `None` its receiver is
+    /// gone. A slot taken is used with `push_reserved` or given back with `unreserve`, in
+    /// the same synchronous call, so no reservation outlives it.
+    pub(crate) fn reserve_slot(&self) -> Option<bool> {
+        if self.state.gone.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.state.reserve())
+    }
+
+    /// Gives back a slot taken by `reserve_slot` and not used.
+    pub(crate) fn unreserve(&self) {
+        self.state.release(1);
+    }
+
+    /// Pushes `item` into the current channel, with a slot already reserved for it (by
+    /// `reserve_slot` or a push), and wakes the receiver if it parked. `Err` (with the slot
+    /// given back) if the receiver is gone.
+    pub(crate) fn push_reserved(&self, mut item: Queued) -> Result<(), Queued> {
         let state = &self.state;
         loop {
             let attempt = state.chan.with(|chan| match chan {
@@ -705,7 +721,7 @@ impl QueueRx {
 
     /// A `recv` was given up while it waited: drop its listener, and let go of the
     /// channel as a receiver about to wait does (if it releases it and the queue is empty).
-    fn abandon_wait(&mut self) {
+    pub(crate) fn abandon_wait(&mut self) {
         self.listener = None;
         self.state.reclaim();
         if self.state.len() == 0 {
@@ -727,6 +743,13 @@ impl QueueRx {
             self.retire();
         }
         Err(false)
+    }
+
+    /// Nothing more will come out: no sender handle is left and nothing is queued.
+    pub(crate) fn is_drained(&self) -> bool {
+        // `ended` first: with no sender left, nothing is pushed after it, so the count
+        // read next is final.
+        self.ended() && self.len() == 0
     }
 
     /// Messages queued now.

@@ -221,6 +221,81 @@ impl PanicError {
 #[error("the handler was dropped before it processed the message")]
 pub struct HandlerGone;
 
+/// Why [`RelaySender::try_send`](crate::RelaySender::try_send) did not send; the value
+/// comes back in every case, so nothing is lost.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::{DeliveryMode, Relay, TrySendError};
+/// let (tx, rx) = Relay::builder()
+///     .channel_size(1)
+///     .delivery_mode(DeliveryMode::Lossless)
+///     .build()
+///     .unwrap();
+/// let _sub = rx.subscribe::<u8>();
+/// assert!(tx.try_send(1u8).is_ok());
+/// let full = tx.try_send(2u8).unwrap_err();
+/// assert_eq!(full, TrySendError::Full(2));
+/// assert_eq!(full.into_inner(), 2);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendError<T> {
+    /// Lossless mode, and a subscriber's queue is full: the message was delivered to
+    /// nobody (a `send` would wait for room).
+    #[error("a subscriber's queue is full")]
+    Full(T),
+    /// The relay is closed.
+    #[error("the relay is closed")]
+    Closed(T),
+    /// Nobody subscribes to the type, and the relay was built with
+    /// [`reject_unrouted`](crate::RelayBuilder::reject_unrouted).
+    #[error("no subscriber for `{}`", std::any::type_name::<T>())]
+    Unrouted(T),
+}
+
+impl<T> TrySendError<T> {
+    /// The value that was not sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::TrySendError;
+    /// assert_eq!(TrySendError::Closed("x").into_inner(), "x");
+    /// ```
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(v) | TrySendError::Closed(v) | TrySendError::Unrouted(v) => v,
+        }
+    }
+}
+
+/// Shows the variant, not the value (which need not be `Debug`).
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrySendError::Full(_) => "Full(..)",
+            TrySendError::Closed(_) => "Closed(..)",
+            TrySendError::Unrouted(_) => "Unrouted(..)",
+        })
+    }
+}
+
+/// The task was stopped with [`TaskHandle::abort`](crate::TaskHandle::abort): the error
+/// its handle resolves to. An abort is asked for, so it is not a failure of the relay's:
+/// no `RelayError` event is published and no counter moves.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::TaskAborted;
+/// assert_eq!(TaskAborted.to_string(), "the task was aborted");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the task was aborted")]
+pub struct TaskAborted;
+
 /// In [`DeliveryMode::Broadcast`](crate::DeliveryMode::Broadcast), a tracked handler's queue
 /// was full, so the message was dropped for it (and reported as a [`Dropped`](crate::Dropped)
 /// event). The send is told, because the handler did not process the message.

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 
+use futures::future::{AbortHandle, AbortRegistration, Abortable, Aborted};
 use futures::FutureExt;
 
 use crate::core::deadlock::{InNode, Node};
@@ -15,8 +16,8 @@ use crate::core::tasks::Tasks;
 use crate::core::trace::Work;
 use crate::core::Core;
 use crate::relay::config::{Config, PanicMode};
-use crate::relay::error::{HandlerKind, PanicError, RelayError, SharedError};
-use crate::relay::task_handle::TaskHandle;
+use crate::relay::error::{HandlerKind, PanicError, SharedError, TaskAborted};
+use crate::relay::task_handle::{task_error, TaskEnd, TaskHandle};
 use crate::relay::tracked_subscription::TrackedSubscription;
 
 /// What a handler may return: `()` (it always succeeds) or `Result<(), E>`.
@@ -24,7 +25,7 @@ use crate::relay::tracked_subscription::TrackedSubscription;
 /// `E` is any error that converts into `Box<dyn Error + Send + Sync>`: every
 /// `std::error::Error + Send + Sync` type, `Box<dyn Error + Send + Sync>` itself,
 /// `anyhow::Error`, `String` and `&'static str`. The error reaches the sender as the
-/// [`source`](std::error::Error::source) of a [`RelayError`].
+/// [`source`](std::error::Error::source) of a [`RelayError`](crate::RelayError).
 ///
 /// # Examples
 ///
@@ -158,6 +159,7 @@ pub(crate) fn start_handler<T, P, Fut>(
         subscriber_id: sub.id(),
         kind,
         type_name: std::any::type_name::<T>(),
+        abort: None,
     };
     let relay_id = core.upgrade().map_or(0, |core| core.id);
     let task = async move {
@@ -198,12 +200,13 @@ pub(crate) fn start_handler<T, P, Fut>(
 }
 
 /// Runs `f()` as a task; its failure (error or panic) is published as a `RelayError` event
-/// and handed to the returned [`TaskHandle`].
+/// and handed to the returned [`TaskHandle`]. `abort` is the pair the handle stops it with.
 pub(crate) fn start_within<F, Fut>(
     core: &Weak<Core>,
     relay_id: u64,
     config: &Config,
     tasks: &Arc<Tasks>,
+    abort: (AbortHandle, AbortRegistration),
     f: F,
 ) -> TaskHandle
 where
@@ -211,13 +214,25 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: HandlerResult,
 {
-    let (done, handle) = TaskHandle::new(relay_id);
+    let (end, handle) = TaskHandle::new(relay_id, abort);
     let core = core.clone();
     let panic_mode = config.panic_mode;
     tasks.spawn(&*config.spawner.here(), async move {
-        let outcome = AssertUnwindSafe(async move { f().await.into_result() })
-            .catch_unwind()
-            .await;
+        let TaskEnd {
+            done,
+            registration,
+            finished,
+        } = end;
+        let work = AssertUnwindSafe(async move { f().await.into_result() }).catch_unwind();
+        let outcome = match Abortable::new(work, registration).await {
+            Ok(outcome) => outcome,
+            Err(Aborted) => {
+                // Asked for: the handle's result, and nothing else.
+                let _ = done.send(Err(task_error(relay_id, Arc::new(TaskAborted))));
+                drop(finished);
+                return;
+            }
+        };
         let (result, payload) = match outcome {
             Ok(result) => (result, None),
             Err(payload) => (
@@ -226,19 +241,14 @@ where
             ),
         };
         let result = result.map_err(|error| {
-            let error = RelayError {
-                msg_id: 0,
-                relay_id,
-                kind: HandlerKind::Within,
-                type_name: "within",
-                error,
-            };
+            let error = task_error(relay_id, error);
             if let Some(core) = core.upgrade() {
                 core.report(None, error.clone());
             }
             error
         });
         let _ = done.send(result);
+        drop(finished);
         if let (Some(payload), PanicMode::Propagate) = (payload, panic_mode) {
             std::panic::resume_unwind(payload);
         }

@@ -7,6 +7,8 @@ pub(crate) mod events;
 pub(crate) mod handler;
 pub(crate) mod receipt;
 pub(crate) mod receiver;
+pub(crate) mod recv;
+pub(crate) mod send_sink;
 pub(crate) mod sender;
 pub(crate) mod stats;
 pub(crate) mod subscription;

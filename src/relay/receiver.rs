@@ -24,6 +24,11 @@ use crate::relay::tracked_subscription::TrackedSubscription;
 /// Every registration (`subscribe*`, `sink`, `tap`) is complete when the call returns: a
 /// message sent afterwards reaches it, and a tracked one is waited for.
 ///
+/// There is no `recv` here: a relay carries many types, so you receive from a
+/// subscription to one of them, `rx.subscribe::<T>().recv()` (or every type with
+/// [`subscribe_all`](Self::subscribe_all)), or register a handler with
+/// [`sink`](Self::sink).
+///
 /// # Examples
 ///
 /// ```
@@ -90,6 +95,8 @@ impl RelayReceiver {
     /// assert_eq!(*sub.recv().await.unwrap(), -4);
     /// # });
     /// ```
+    #[doc(alias = "recv")]
+    #[doc(alias = "receiver")]
     pub fn subscribe<T: Any + Send + Sync>(&self) -> Subscription<T> {
         Subscription::new(&self.core)
     }
@@ -254,7 +261,24 @@ impl RelayReceiver {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerResult,
     {
-        start_within(&self.core, self.id, &self.config, &self.tasks, f)
+        self.within_abortable(futures::future::AbortHandle::new_pair(), f)
+    }
+
+    /// As `within`, stopped by `abort`.
+    pub(crate) fn within_abortable<F, Fut>(
+        &self,
+        abort: (
+            futures::future::AbortHandle,
+            futures::future::AbortRegistration,
+        ),
+        f: F,
+    ) -> TaskHandle
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        start_within(&self.core, self.id, &self.config, &self.tasks, abort, f)
     }
 
     /// Resolves once the relay is closed.
@@ -273,6 +297,7 @@ impl RelayReceiver {
     /// closed.await;
     /// # });
     /// ```
+    #[must_use = "futures do nothing unless awaited"]
     pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
         let core = self.core.clone();
         async move {
@@ -353,6 +378,7 @@ impl RelayReceiver {
     /// assert_eq!(rx.stats().live_tasks, 1);
     /// # });
     /// ```
+    #[must_use = "futures do nothing unless awaited"]
     pub fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
         let tasks = self.tasks.clone();
         async move { tasks.ready().await }
@@ -380,6 +406,7 @@ impl RelayReceiver {
     /// waiting.await.unwrap();
     /// # });
     /// ```
+    #[must_use = "futures do nothing unless awaited"]
     pub fn wait_for_handlers(
         &self,
         n: usize,

@@ -6,18 +6,20 @@ use std::sync::{Arc, Weak};
 
 use crate::core::delivery::Delivery;
 use crate::core::{Core, From, Outgoing};
-use crate::relay::error::{SendError, Unsent};
+use crate::relay::error::{SendError, TrySendError, Unsent};
 use crate::relay::receipt::Receipt;
+use crate::relay::send_sink::SendSink;
 
 /// The owning, sending half of a relay.
 ///
-/// There is exactly one per relay (it is not `Clone`): dropping it, or calling
-/// [`close`](Self::close), closes the relay. Use [`weak`](Self::weak) for more senders
-/// that do not keep the relay open.
+/// There is exactly one per relay, so it is not `Clone`: dropping it, or calling
+/// [`close`](Self::close), closes the relay. For more senders (one per task, say), use
+/// [`weak`](Self::weak): `WeakSender`s are `Clone` and send the same way, without keeping
+/// the relay open.
 ///
 /// # What `send(..).await` means
 ///
-/// - `Ok(())`: the message was handed to every subscriber of its type registered before
+/// - `Ok(receipt)`: the message was handed to every subscriber of its type registered before
 ///   the call (in [`DeliveryMode::Lossless`](crate::DeliveryMode::Lossless): queued for each
 ///   of them; in `Broadcast`: queued, or dropped-and-reported for each full queue), **and**
 ///   every tracked handler (`sink`, `tap`, tracked subscriptions) of that type has processed
@@ -48,6 +50,20 @@ use crate::relay::receipt::Receipt;
 /// # Ok::<(), pipedream_rs::SendError>(())
 /// # }).unwrap();
 /// ```
+///
+/// Not `Clone` (there is one owner per relay); [`weak`](Self::weak) is what you want:
+///
+/// ```compile_fail
+/// let (tx, _rx) = pipedream_rs::Relay::channel();
+/// let second = tx.clone(); // error: no method named `clone` found for `RelaySender`
+/// ```
+///
+/// ```
+/// let (tx, _rx) = pipedream_rs::Relay::channel();
+/// let second = tx.weak();
+/// let third = second.clone();
+/// # drop((second, third));
+/// ```
 pub struct RelaySender {
     pub(crate) core: Arc<Core>,
 }
@@ -70,12 +86,62 @@ impl RelaySender {
     /// tx.send(String::from("hi")).await.unwrap(); // returns after the sink ran
     /// # });
     /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
     pub fn send<T: Any + Send + Sync>(
         &self,
         value: T,
     ) -> impl Future<Output = Result<Receipt, SendError>> + Send + '_ {
         // The snapshot is taken now, at the call (see "exact snapshot" in SEMANTICS.md).
         Delivery::new(&*self.core, self.core.prepare_value(value, From::User))
+    }
+
+    /// Sends `value` now, without waiting for anything: not for room, not for handlers.
+    ///
+    /// The message is delivered at once to the subscribers of its type, as a `send` would,
+    /// except that nobody waits for the tracked handlers: they process it, and their
+    /// failures are published as [`RelayError`](crate::RelayError) events (as behind
+    /// `map`), but the receipt counts no `handled`. In [`Lossless`](crate::DeliveryMode)
+    /// mode, where a `send` would wait for room, it is all or nothing: if any subscriber's
+    /// queue is full the message goes to nobody and comes back in
+    /// [`TrySendError::Full`](crate::TrySendError::Full). In broadcast mode a full queue
+    /// misses it, as for any send (`receipt.missed`).
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError`], with the value: `Full` (lossless, a queue full), `Closed`,
+    /// `Unrouted` (with `reject_unrouted`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// let receipt = tx.try_send(5u8).unwrap();
+    /// assert_eq!(receipt.queued, 1);
+    /// assert_eq!(*sub.try_recv().unwrap(), 5);
+    /// ```
+    pub fn try_send<T: Any + Send + Sync>(&self, value: T) -> Result<Receipt, TrySendError<T>> {
+        self.core.try_send_value(value)
+    }
+
+    /// A [`futures::Sink`] of `T` into this relay: `stream.forward(tx.as_sink())` sends a
+    /// stream's items one after the other. See [`SendSink`] for its flushing and
+    /// back-pressure rules.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use futures::{stream, StreamExt};
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// stream::iter([1u8, 2, 3]).map(Ok).forward(tx.as_sink()).await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), 1);
+    /// # });
+    /// ```
+    #[must_use = "a sink sends nothing until items are fed into it"]
+    pub fn as_sink<T: Any + Send + Sync>(&self) -> SendSink<T> {
+        SendSink::new(self.weak())
     }
 
     /// As [`send`](Self::send), but a relay that is already closed hands the value back
@@ -105,6 +171,7 @@ impl RelaySender {
     /// assert_eq!(back, "b"); // not lost: resend it elsewhere, store it, ...
     /// # });
     /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
     pub fn send_or_return<T: Any + Send + Sync>(
         &self,
         value: T,
@@ -138,6 +205,7 @@ impl RelaySender {
     /// assert!(matches!(wrong, Err(SendError::TypeMismatch)));
     /// # });
     /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
     pub fn send_any(
         &self,
         value: Arc<dyn Any + Send + Sync>,
@@ -159,6 +227,8 @@ impl RelaySender {
     /// assert!(weak.send(2u8).await.is_err());
     /// # });
     /// ```
+    #[must_use = "a WeakSender does nothing until it sends"]
+    #[doc(alias = "clone")]
     pub fn weak(&self) -> WeakSender {
         WeakSender {
             core: Arc::downgrade(&self.core),
@@ -278,6 +348,7 @@ impl WeakSender {
     /// assert!(matches!(weak.send(1u8).await, Err(pipedream_rs::SendError::Closed)));
     /// # });
     /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
     pub fn send<T: Any + Send + Sync>(
         &self,
         value: T,
@@ -289,6 +360,47 @@ impl WeakSender {
             }
             None => Delivery::failed(SendError::Closed),
         }
+    }
+
+    /// As [`RelaySender::try_send`]; `Closed` also once the relay is gone.
+    ///
+    /// # Errors
+    ///
+    /// As [`RelaySender::try_send`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pipedream_rs::TrySendError;
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// let weak = tx.weak();
+    /// drop(tx);
+    /// assert_eq!(weak.try_send(1u8).unwrap_err(), TrySendError::Closed(1));
+    /// ```
+    pub fn try_send<T: Any + Send + Sync>(&self, value: T) -> Result<Receipt, TrySendError<T>> {
+        match self.core.upgrade() {
+            Some(core) => core.try_send_value(value),
+            None => Err(TrySendError::Closed(value)),
+        }
+    }
+
+    /// As [`RelaySender::as_sink`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use futures::SinkExt;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// let mut sink = tx.weak().as_sink::<u8>();
+    /// sink.send(4).await.unwrap();
+    /// assert_eq!(*sub.recv().await.unwrap(), 4);
+    /// # });
+    /// ```
+    #[must_use = "a sink sends nothing until items are fed into it"]
+    pub fn as_sink<T: Any + Send + Sync>(&self) -> SendSink<T> {
+        SendSink::new(self.clone())
     }
 
     /// As [`RelaySender::send_or_return`]; the value also comes back if the relay is gone.
@@ -305,6 +417,7 @@ impl WeakSender {
     /// drop(tx);
     /// assert_eq!(weak.send_or_return(7u32).err().unwrap().into_inner(), 7);
     /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
     pub fn send_or_return<T: Any + Send + Sync>(
         &self,
         value: T,
@@ -334,6 +447,7 @@ impl WeakSender {
     /// tx.weak().send_any(Arc::new(1u8), TypeId::of::<u8>()).await.unwrap();
     /// # });
     /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
     pub fn send_any(
         &self,
         value: Arc<dyn Any + Send + Sync>,

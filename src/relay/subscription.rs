@@ -25,12 +25,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
+use futures::stream::FusedStream;
 use futures::Stream;
 
 use crate::core::queue::QueueRx;
 use crate::core::Core;
 use crate::relay::envelope::{Envelope, Queued};
 use crate::relay::error::{HandlerKind, PanicError, RelayError};
+use crate::relay::recv::{Receive, Recv, RecvEnvelope};
 
 /// Why [`Subscription::try_recv`] returned no message.
 ///
@@ -100,6 +102,11 @@ impl Attached {
 
     pub(crate) fn id(&self) -> u64 {
         self.queue.state.id
+    }
+
+    /// The relay is closed, or gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.core.upgrade().is_none_or(|core| core.is_closed())
     }
 }
 
@@ -178,6 +185,16 @@ fn downcast<T: Any + Send + Sync>(item: Queued) -> Option<Arc<T>> {
 /// assert_eq!(words.next().await, None);
 /// # });
 /// ```
+///
+/// A subscription dropped at once receives nothing, so not keeping it is a warning
+/// (`#[must_use]`; an error here, where the example denies it):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let (_tx, rx) = pipedream_rs::Relay::channel();
+/// rx.subscribe::<u8>(); // error: unused `Subscription` that must be used
+/// ```
+#[must_use = "a subscription only receives while it is kept: hold it and call recv()"]
 pub struct Subscription<T> {
     attached: Attached,
     _type: PhantomData<fn() -> T>,
@@ -213,13 +230,9 @@ impl<T: Any + Send + Sync> Subscription<T> {
     /// assert_eq!(*sub.recv().await.unwrap(), 7);
     /// # });
     /// ```
-    pub async fn recv(&mut self) -> Option<Arc<T>> {
-        loop {
-            let item = self.attached.queue.recv().await?;
-            if let Some(value) = downcast(item) {
-                return Some(value);
-            }
-        }
+    #[doc(alias = "next")]
+    pub fn recv(&mut self) -> Recv<'_, T> {
+        Recv::new(self)
     }
 
     /// The next message if one is queued now.
@@ -306,14 +319,34 @@ impl<T: Any + Send + Sync> Subscription<T> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// `true` once the relay is closed (or gone): nothing new will arrive, though messages
+    /// queued before the close are still received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let sub = rx.subscribe::<u8>();
+    /// assert!(!sub.is_closed());
+    /// drop(tx);
+    /// assert!(sub.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.attached.is_closed()
+    }
 }
 
-/// A subscription is a `Stream` of the same messages [`recv`](Subscription::recv)
-/// returns, with the same cancel safety.
-impl<T: Any + Send + Sync> Stream for Subscription<T> {
+impl<T> Subscription<T> {
+    pub(crate) fn give_up(&mut self) {
+        self.attached.queue.abandon_wait();
+    }
+}
+
+impl<T: Any + Send + Sync> Receive for Subscription<T> {
     type Item = Arc<T>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<T>>> {
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<T>>> {
         loop {
             match self.attached.queue.poll_recv(cx) {
                 Poll::Ready(Some(item)) => {
@@ -325,6 +358,23 @@ impl<T: Any + Send + Sync> Stream for Subscription<T> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// A subscription is a `Stream` of the same messages [`recv`](Subscription::recv)
+/// returns, with the same cancel safety.
+impl<T: Any + Send + Sync> Stream for Subscription<T> {
+    type Item = Arc<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<T>>> {
+        self.poll_item(cx)
+    }
+}
+
+/// Terminated once it has nothing more to give: the relay is closed and the queue drained.
+impl<T: Any + Send + Sync> FusedStream for Subscription<T> {
+    fn is_terminated(&self) -> bool {
+        self.attached.queue.is_drained()
     }
 }
 
@@ -354,6 +404,7 @@ impl<T> std::fmt::Debug for Subscription<T> {
 /// assert!(all.recv().await.unwrap().is::<&str>());
 /// # });
 /// ```
+#[must_use = "a subscription only receives while it is kept: hold it and call recv()"]
 pub struct EnvelopeSubscription {
     attached: Attached,
 }
@@ -381,8 +432,9 @@ impl EnvelopeSubscription {
     /// assert_eq!(all.recv().await.unwrap().msg_id(), 1);
     /// # });
     /// ```
-    pub async fn recv(&mut self) -> Option<Envelope> {
-        Some(self.attached.queue.recv().await?.envelope)
+    #[doc(alias = "next")]
+    pub fn recv(&mut self) -> RecvEnvelope<'_> {
+        RecvEnvelope::new(self)
     }
 
     /// The next message if one is queued now.
@@ -428,16 +480,49 @@ impl EnvelopeSubscription {
     pub fn dropped(&self) -> u64 {
         self.attached.queue.state.dropped()
     }
+
+    /// `true` once the relay is closed (or gone); see [`Subscription::is_closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let all = rx.subscribe_all();
+    /// tx.close();
+    /// assert!(all.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.attached.is_closed()
+    }
+
+    pub(crate) fn give_up(&mut self) {
+        self.attached.queue.abandon_wait();
+    }
+}
+
+impl Receive for EnvelopeSubscription {
+    type Item = Envelope;
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+        self.attached
+            .queue
+            .poll_recv(cx)
+            .map(|item| item.map(|i| i.envelope))
+    }
 }
 
 impl Stream for EnvelopeSubscription {
     type Item = Envelope;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
-        self.attached
-            .queue
-            .poll_recv(cx)
-            .map(|item| item.map(|i| i.envelope))
+        self.poll_item(cx)
+    }
+}
+
+/// Terminated once the relay is closed and the queue drained.
+impl FusedStream for EnvelopeSubscription {
+    fn is_terminated(&self) -> bool {
+        self.attached.queue.is_drained()
     }
 }
 

@@ -1,21 +1,28 @@
-//! [`TaskHandle`]: awaiting a task started with `within` or `forward_detached`.
+//! [`TaskHandle`]: awaiting, aborting or detaching a task started with `within` or
+//! `forward_detached`.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
+use futures::future::{AbortHandle, AbortRegistration};
 
-use crate::relay::error::{HandlerGone, HandlerKind, RelayError};
+use crate::relay::error::{HandlerGone, HandlerKind, RelayError, SharedError};
 
 pin_project_lite::pin_project! {
-    /// Awaits the end of a task started with
-    /// [`RelayReceiver::within`](crate::RelayReceiver::within), on any executor.
+    /// A handle to a task started with
+    /// [`RelayReceiver::within`](crate::RelayReceiver::within) or
+    /// [`forward_detached`](crate::RelayReceiver::forward_detached): await it for the
+    /// task's result, [`abort`](Self::abort) it, or [`detach`](Self::detach) it.
     ///
-    /// Resolves to `Ok(())` when the task finished, or to the [`RelayError`] it failed with
-    /// (its `Err`, its panic, or [`HandlerGone`] if the spawner dropped it). Dropping the
-    /// handle does not stop the task.
+    /// Resolves to `Ok(())` when the task finished, or to the [`RelayError`] it ended with:
+    /// its `Err`, its panic, [`HandlerGone`] if the spawner dropped it, or
+    /// [`TaskAborted`](crate::TaskAborted) after an abort. Awaiting works on any executor.
+    /// Dropping the handle does not stop the task (as with tokio's `JoinHandle`); say
+    /// so with [`detach`](Self::detach).
     ///
     /// # Examples
     ///
@@ -27,17 +34,129 @@ pin_project_lite::pin_project! {
     /// # });
     /// ```
     #[derive(Debug)]
+    #[must_use = "dropping a TaskHandle lets the task run on unobserved; call .detach() to say so"]
     pub struct TaskHandle {
         #[pin]
         done: oneshot::Receiver<Result<(), RelayError>>,
         relay_id: u64,
+        abort: AbortHandle,
+        finished: Arc<AtomicBool>,
+    }
+}
+
+/// The task's side of a [`TaskHandle`]: where its result goes, how it learns it was
+/// aborted, and the mark it leaves when its future is dropped (finished or not).
+pub(crate) struct TaskEnd {
+    pub(crate) done: oneshot::Sender<Result<(), RelayError>>,
+    pub(crate) registration: AbortRegistration,
+    pub(crate) finished: FinishedOnDrop,
+}
+
+/// Sets the handle's `is_finished` flag when the task's future is dropped.
+pub(crate) struct FinishedOnDrop(Arc<AtomicBool>);
+
+impl Drop for FinishedOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
 impl TaskHandle {
-    pub(crate) fn new(relay_id: u64) -> (oneshot::Sender<Result<(), RelayError>>, Self) {
+    /// A handle for a task of relay `relay_id` that `abort` (from `AbortHandle::new_pair`)
+    /// stops, and the task's side of it.
+    pub(crate) fn new(relay_id: u64, abort: (AbortHandle, AbortRegistration)) -> (TaskEnd, Self) {
         let (tx, done) = oneshot::channel();
-        (tx, TaskHandle { done, relay_id })
+        let finished = Arc::new(AtomicBool::new(false));
+        let (abort, registration) = abort;
+        let end = TaskEnd {
+            done: tx,
+            registration,
+            finished: FinishedOnDrop(finished.clone()),
+        };
+        let handle = TaskHandle {
+            done,
+            relay_id,
+            abort,
+            finished,
+        };
+        (end, handle)
+    }
+
+    /// Stops the task: it is dropped at its next `.await` (at once if it is waiting), and
+    /// this handle resolves to a [`RelayError`] whose error is
+    /// [`TaskAborted`](crate::TaskAborted). A task that already finished keeps its result.
+    /// An abort is not a failure: no `RelayError` event is published. For
+    /// `forward_detached`, the forward ends and lets go of its subscription.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::TaskAborted;
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// let handle = rx.within(|| std::future::pending::<()>());
+    /// handle.abort();
+    /// let e = handle.await.unwrap_err();
+    /// assert!(e.downcast_ref::<TaskAborted>().is_some());
+    /// # });
+    /// ```
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+
+    /// `true` once the task's future is gone: it finished, failed, was aborted, or its
+    /// executor dropped it. Its result may then be awaited without waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// let handle = rx.within(|| async {});
+    /// while !handle.is_finished() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert!(handle.await.is_ok());
+    /// # });
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Lets the task run on without anyone awaiting it (what dropping the handle does,
+    /// said explicitly). Its failure, if any, is still published as a `RelayError`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.within(|| async { /* runs on its own */ }).detach();
+    /// ```
+    pub fn detach(self) {}
+
+    /// The relay the task belongs to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let handle = rx.within(|| async {});
+    /// assert_eq!(handle.relay_id(), tx.id());
+    /// # handle.detach();
+    /// ```
+    pub fn relay_id(&self) -> u64 {
+        self.relay_id
+    }
+}
+
+/// The error of a task of relay `relay_id` (kind `Within`).
+pub(crate) fn task_error(relay_id: u64, error: SharedError) -> RelayError {
+    RelayError {
+        msg_id: 0,
+        relay_id,
+        kind: HandlerKind::Within,
+        type_name: "within",
+        error,
     }
 }
 
@@ -48,15 +167,14 @@ impl Future for TaskHandle {
         let this = self.project();
         let relay_id = *this.relay_id;
         this.done.poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(RelayError {
-                    msg_id: 0,
-                    relay_id,
-                    kind: HandlerKind::Within,
-                    type_name: "within",
-                    error: Arc::new(HandlerGone),
-                })
-            })
+            // The sender dropped without a result: the executor dropped the task.
+            r.unwrap_or_else(|_| Err(task_error(relay_id, Arc::new(HandlerGone))))
         })
+    }
+}
+
+impl futures::future::FusedFuture for TaskHandle {
+    fn is_terminated(&self) -> bool {
+        self.done.is_terminated()
     }
 }

@@ -18,12 +18,18 @@ use std::any::Any;
 use std::error::Error as StdError;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use futures::stream::FusedStream;
+use futures::Stream;
 
 use crate::core::inbox::{Completion, Inbox};
 use crate::core::Core;
 use crate::relay::envelope::Envelope;
 use crate::relay::error::{HandlerKind, SharedError};
+use crate::relay::recv::{Receive, RecvTracked};
 use crate::relay::subscription::TryRecvError;
 
 /// A tracked subscription to messages of type `T`.
@@ -48,6 +54,7 @@ use crate::relay::subscription::TryRecvError;
 /// assert!(sent.is_ok());
 /// # });
 /// ```
+#[must_use = "a tracked subscription is waited for by every send of its type: hold it and call recv()"]
 pub struct TrackedSubscription<T> {
     inbox: Inbox,
     _type: PhantomData<fn() -> T>,
@@ -82,12 +89,9 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
     /// assert!(sub.recv().await.is_none());
     /// # });
     /// ```
-    pub async fn recv(&mut self) -> Option<Tracked<T>> {
-        loop {
-            if let Some(msg) = Tracked::new(self.inbox.recv().await?) {
-                return Some(msg);
-            }
-        }
+    #[doc(alias = "next")]
+    pub fn recv(&mut self) -> RecvTracked<'_, T> {
+        RecvTracked::new(self)
     }
 
     /// The next message if one is queued now.
@@ -120,6 +124,78 @@ impl<T: Any + Send + Sync> TrackedSubscription<T> {
     /// ```
     pub fn id(&self) -> u64 {
         self.inbox.id()
+    }
+
+    /// `true` once the relay is closed (or gone); see
+    /// [`Subscription::is_closed`](crate::Subscription::is_closed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let jobs = rx.subscribe_tracked::<u8>();
+    /// drop(tx);
+    /// assert!(jobs.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.inbox.is_closed()
+    }
+}
+
+impl<T> TrackedSubscription<T> {
+    pub(crate) fn give_up(&mut self) {
+        self.inbox.abandon_wait();
+    }
+}
+
+impl<T: Any + Send + Sync> Receive for TrackedSubscription<T> {
+    type Item = Tracked<T>;
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Tracked<T>>> {
+        loop {
+            match self.inbox.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => {
+                    if let Some(msg) = Tracked::new(msg) {
+                        return Poll::Ready(Some(msg));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A tracked subscription is a `Stream` of the messages [`recv`](TrackedSubscription::recv)
+/// returns; each must still be completed or failed (or dropped, which fails it).
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use futures::StreamExt;
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let jobs = rx.subscribe_tracked::<u8>();
+/// let worker = jobs.for_each(|job| async move { job.complete() });
+/// let sends = async {
+///     tx.send(1u8).await.unwrap();
+///     drop(tx);
+/// };
+/// futures::join!(worker, sends);
+/// # });
+/// ```
+impl<T: Any + Send + Sync> Stream for TrackedSubscription<T> {
+    type Item = Tracked<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Tracked<T>>> {
+        self.poll_item(cx)
+    }
+}
+
+/// Terminated once the relay is closed and the queue drained.
+impl<T: Any + Send + Sync> FusedStream for TrackedSubscription<T> {
+    fn is_terminated(&self) -> bool {
+        self.inbox.is_drained()
     }
 }
 
@@ -154,6 +230,7 @@ impl<T> std::fmt::Debug for TrackedSubscription<T> {
 /// }
 /// # });
 /// ```
+#[must_use = "dropping a Tracked fails its message with HandlerGone: call complete() or fail()"]
 pub struct Tracked<T> {
     value: Arc<T>,
     completion: Completion,

@@ -92,6 +92,7 @@ impl RelayReceiver {
     /// assert!(!b_tx.is_closed());
     /// # });
     /// ```
+    #[must_use = "the forward does nothing until the returned future is awaited or spawned (see forward_detached)"]
     pub fn forward<S: ForwardTarget + ?Sized>(
         &self,
         target: &S,
@@ -121,9 +122,11 @@ impl RelayReceiver {
     pub fn forward_detached<S: ForwardTarget + ?Sized>(&self, target: &S) -> TaskHandle {
         let inbox = Inbox::new(&self.core, None, HandlerKind::Forwarder, false);
         // A task of the relay's own: reported as lost if it ends before this relay does.
-        let who = self.forwarder_identity(&inbox);
+        let abort = futures::future::AbortHandle::new_pair();
+        let mut who = self.forwarder_identity(&inbox);
+        who.abort = Some(abort.0.clone());
         let work = Guarded::new(who, forwarding(inbox, target.forward_target()));
-        self.within(move || work)
+        self.within_abortable(abort, move || work)
     }
 
     /// Merges this relay and `others` into a new relay (see [`Relay::merge`]).
@@ -142,6 +145,7 @@ impl RelayReceiver {
     /// assert_eq!(got, [1, 2]);
     /// # });
     /// ```
+    #[must_use = "the merged relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn merge(&self, others: impl IntoIterator<Item = RelayReceiver>) -> RelayReceiver {
         Relay::merge(std::iter::once(self.clone()).chain(others))
     }
@@ -169,6 +173,7 @@ impl Relay {
     /// assert!(sub.recv().await.is_none());
     /// # });
     /// ```
+    #[must_use = "the merged relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn merge(inputs: impl IntoIterator<Item = RelayReceiver>) -> RelayReceiver {
         let inputs: Vec<RelayReceiver> = inputs.into_iter().collect();
         let Some(first) = inputs.first() else {

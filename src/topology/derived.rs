@@ -62,6 +62,7 @@ impl RelayReceiver {
     /// assert!(sub.recv().await.is_none());
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn filter<T: Any + Send + Sync>(
         &self,
         mut pred: impl FnMut(&T) -> bool + Send + 'static,
@@ -95,6 +96,7 @@ impl RelayReceiver {
     /// assert!(all.recv().await.is_none());
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn only<T: Any + Send + Sync>(&self) -> RelayReceiver {
         let only: (TypeId, TypeName) = (TypeId::of::<T>(), std::any::type_name::<T>);
         self.tracked_forwarder(Some(only), Takes::Any, |_| Some(0))
@@ -118,6 +120,7 @@ impl RelayReceiver {
     /// assert!(all.recv().await.is_none());
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn exclude<T: Any + Send + Sync>(&self) -> RelayReceiver {
         let excluded = TypeId::of::<T>();
         self.tracked_forwarder(None, Takes::Except(excluded), move |env| {
@@ -141,6 +144,7 @@ impl RelayReceiver {
     /// assert_eq!(*r.recv().await.unwrap(), "four");
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn split<T: Any + Send + Sync>(&self) -> (RelayReceiver, RelayReceiver) {
         let (matched_tx, matched) = self.child();
         let (rest_tx, rest) = self.child();
@@ -182,6 +186,7 @@ impl RelayReceiver {
     /// assert_eq!(texts.recv().await.unwrap().as_str(), "42");
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn map<T: Any + Send + Sync, U: Any + Send + Sync>(
         &self,
         mut f: impl FnMut(&T) -> U + Send + 'static,
@@ -204,6 +209,7 @@ impl RelayReceiver {
     /// assert_eq!(*sub.recv().await.unwrap(), 12);
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn filter_map<T: Any + Send + Sync, U: Any + Send + Sync>(
         &self,
         mut f: impl FnMut(&T) -> Option<U> + Send + 'static,
@@ -258,6 +264,7 @@ impl RelayReceiver {
     /// assert!(batches.recv().await.is_none());
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn batch<T>(&self, size: usize) -> Result<RelayReceiver, BatchError>
     where
         T: Any + Send + Sync + Clone,
@@ -282,6 +289,7 @@ impl RelayReceiver {
     /// let (_tx, rx) = pipedream_rs::Relay::channel();
     /// let batches = rx.batch_of::<u32, 0>(); // error: batch size must be at least 1
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn batch_of<T, const N: usize>(&self) -> RelayReceiver
     where
         T: Any + Send + Sync + Clone,
@@ -309,6 +317,7 @@ impl RelayReceiver {
     /// assert_eq!(batches.recv().await.unwrap().iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
     /// # });
     /// ```
+    #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn batch_shared<T>(&self, size: usize) -> Result<RelayReceiver, BatchError>
     where
         T: Any + Send + Sync,

@@ -120,6 +120,7 @@ impl RelayReceiver {
             subscriber_id: inbox.id(),
             kind: HandlerKind::Forwarder,
             type_name: inbox.type_name(),
+            abort: None,
         }
     }
 
