@@ -11,7 +11,7 @@
 //! shared machine lands on every system alike. Raw samples go to a TSV file
 //! (`docs/performance-data.tsv` by default for a full run; `PIPEDREAM_BENCH_OUT` or
 //! `--out PATH` to choose; a quick run writes none unless asked) which
-//! `examples/bench_report.rs` turns into `docs/performance.md`.
+//! `tools/bench-report` turns into `docs/performance.md`.
 //!
 //! Runtimes: "smol" is smol's global executor with `SMOL_THREADS=2`; "tokio" is a
 //! multi-thread runtime with 2 workers. In both, the producer itself is a spawned task,

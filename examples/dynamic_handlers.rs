@@ -13,16 +13,19 @@ use std::sync::Arc;
 fn main() {
     smol::block_on(async {
         let (tx, rx) = Relay::channel();
+        // The sum of every value handled, over every handler, and how many handlings.
         let total = Arc::new(AtomicU32::new(0));
+        let handled = Arc::new(AtomicU32::new(0));
 
         // Plugins register their handlers from their own tasks, at their own pace.
         for plugin in 0..3u32 {
             let rx = rx.clone();
-            let total = total.clone();
+            let (total, handled) = (total.clone(), handled.clone());
             smol::spawn(async move {
                 rx.sink::<u32>(move |n| {
                     total.fetch_add(*n, Ordering::SeqCst);
-                    println!("plugin {plugin} handled {n}");
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    println!("plugin {plugin} got the value {n}");
                 });
             })
             .detach();
@@ -35,13 +38,22 @@ fn main() {
         assert_eq!(total.load(Ordering::SeqCst), 30); // send waited for all three
 
         // A handler added later joins from the next send on.
-        let late = total.clone();
+        let (late_total, late_handled) = (total.clone(), handled.clone());
         rx.tap::<u32>(move |n| {
-            late.fetch_add(*n, Ordering::SeqCst);
-            println!("late tap saw {n}");
+            late_total.fetch_add(*n, Ordering::SeqCst);
+            late_handled.fetch_add(1, Ordering::SeqCst);
+            println!("the late tap got the value {n}");
         });
-        tx.send(1u32).await.expect("handled");
-        println!("total: {}", total.load(Ordering::SeqCst)); // 30 + 3 * 1 + 1
+        let receipt = tx.send(1u32).await.expect("handled");
+        println!(
+            "the second send was handled by {} handlers",
+            receipt.handled
+        );
+        assert_eq!(receipt.handled, 4);
+        // 3 handlers saw 10, then 4 saw 1.
+        let (sum, count) = (total.load(Ordering::SeqCst), handled.load(Ordering::SeqCst));
+        println!("{count} messages handled in all, values summing to {sum}");
+        assert_eq!((count, sum), (7, 34));
         rx.ready().await; // every handler task has started
         println!("live tasks: {}", rx.stats().live_tasks);
     });

@@ -13,6 +13,7 @@ use super::{BoxFuture, Spawner};
 /// # drop((tx, rx));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-std")))]
 pub struct AsyncStdSpawner;
 
 impl Spawner for AsyncStdSpawner {

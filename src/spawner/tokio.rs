@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 /// futures::executor::block_on(tx.send(1u8)).unwrap();
 /// ```
 #[derive(Debug, Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct TokioSpawner {
     handle: Handle,
     /// The runtime is pipedream's own (see `own_runtime`).
