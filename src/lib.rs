@@ -83,7 +83,7 @@ pub use crate::relay::events::{Dropped, HandlerLost, LossReason, Unrouted};
 pub use crate::relay::handler::{AsyncHandler, Handler, HandlerResult};
 pub use crate::relay::receipt::Receipt;
 pub use crate::relay::receiver::RelayReceiver;
-pub use crate::relay::recv::{Recv, RecvEnvelope, RecvTracked};
+pub use crate::relay::recv::{Recv, RecvEnvelope, RecvMany, RecvTracked};
 pub use crate::relay::send_sink::SendSink;
 pub use crate::relay::sender::{RelaySender, WeakSender};
 pub use crate::relay::stats::{RelayStats, TypeStats};

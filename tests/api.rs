@@ -95,6 +95,7 @@ on_every_runtime! {
         assert!(sub.is_closed() && all.is_closed(), "closed, with a message still queued");
         assert!(!sub.is_terminated(), "a queued message is still to come");
         assert_eq!(within(WAIT, "the queued message", sub.next()).await.as_deref(), Some(&1));
+        assert!(!sub.is_terminated(), "drained, but its None is still to be returned");
         assert_eq!(within(WAIT, "the end", sub.next()).await, None);
         assert!(sub.is_terminated());
         assert!(within(WAIT, "the queued envelope", all.next()).await.is_some());
@@ -124,6 +125,84 @@ on_every_runtime! {
         })
         .await;
         assert_eq!(total, 45 + 4500);
+    }
+
+    /// A `select!` loop over `next()` sees each stream's `None` (a fused subscription is
+    /// terminated only after returning it), so its `None` arms, not `complete`, end it.
+    async fn a_select_loop_over_streams_sees_each_end() {
+        let (tx, rx) = Relay::channel();
+        let (mut a, mut b) = (rx.subscribe::<u8>(), rx.subscribe::<u16>());
+        tx.send(1u8).await.unwrap();
+        tx.send(2u16).await.unwrap();
+        drop(tx);
+        let (mut a_ended, mut b_ended, mut got) = (false, false, 0u32);
+        within(WAIT, "the select loop", async {
+            while !(a_ended && b_ended) {
+                select! {
+                    x = a.next() => match x {
+                        Some(x) => got += u32::from(*x),
+                        None => a_ended = true,
+                    },
+                    y = b.next() => match y {
+                        Some(y) => got += u32::from(*y),
+                        None => b_ended = true,
+                    },
+                    complete => panic!("reached complete before both None arms ran"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, 3);
+    }
+
+    /// `recv_many` takes what is queued, up to `max`, in order, waiting only when nothing
+    /// is; with concurrent sends every message is taken exactly once; `0` is the end.
+    async fn recv_many_takes_runs_in_order_and_reports_the_end() {
+        let (tx, rx) = lossless(16);
+        let mut sub = rx.subscribe::<u32>();
+        let producer = common::spawn(async move {
+            for n in 0..1_000u32 {
+                tx.send(n).await.unwrap();
+            }
+        });
+        let mut buf = Vec::new();
+        let mut runs = 0;
+        loop {
+            let before = buf.len();
+            let took = within(WAIT, "recv_many", sub.recv_many(&mut buf, 7)).await;
+            assert_eq!(took, buf.len() - before);
+            assert!(took <= 7, "took {took}, more than max");
+            if took == 0 {
+                break;
+            }
+            runs += 1;
+        }
+        within(WAIT, "the producer", producer).await;
+        let got: Vec<u32> = buf.iter().map(|n| **n).collect();
+        assert_eq!(got, (0..1_000).collect::<Vec<_>>());
+        assert!(runs >= 1_000 / 7, "{runs} runs for 1,000 messages with max 7");
+        let mut empty = Vec::new();
+        assert_eq!(sub.recv_many(&mut empty, 0).await, 0);
+    }
+
+    /// A `recv_many` dropped while it waits takes nothing; `try_recv_many` never waits.
+    async fn a_dropped_recv_many_loses_nothing() {
+        let (tx, rx) = Relay::channel();
+        let mut sub = rx.subscribe::<u8>();
+        let mut buf = Vec::new();
+        {
+            let mut waiting = sub.recv_many(&mut buf, 4);
+            assert!(futures::poll!(&mut waiting).is_pending());
+        }
+        assert!(buf.is_empty());
+        assert_eq!(sub.try_recv_many(&mut buf, 4), 0);
+        for n in 0..3u8 {
+            tx.send(n).await.unwrap();
+        }
+        assert_eq!(sub.try_recv_many(&mut buf, 2), 2);
+        assert_eq!(within(WAIT, "the third", sub.recv_many(&mut buf, 4)).await, 1);
+        let got: Vec<u8> = buf.iter().map(|n| **n).collect();
+        assert_eq!(got, [0, 1, 2]);
     }
 
     /// A `TrackedSubscription` is a stream of `Tracked<T>`: completing each item is what
@@ -374,6 +453,31 @@ on_every_runtime! {
         assert_eq!(a_rx.stats().handlers_lost, 0);
         drop(b_tx);
     }
+}
+
+/// A task its executor drops unfinished: its handle is not terminated until it has
+/// said so (`HandlerGone`), so `select!` still polls it, and `is_finished` holds once
+/// the task is gone. (Runtime-free: the spawner holds the task, then drops it.)
+#[test]
+fn a_handle_whose_task_was_dropped_says_so_before_it_terminates() {
+    use common::DroppingLater;
+    use pipedream_rs::HandlerGone;
+    let spawner = DroppingLater::default();
+    let (_tx, rx) = Relay::builder().spawner(spawner.clone()).build().unwrap();
+    let mut handle = rx.within(|| async {});
+    assert!(!handle.is_finished() && !handle.is_terminated());
+    spawner.drop_all();
+    assert!(handle.is_finished(), "the task's future is gone");
+    assert!(!handle.is_terminated(), "its outcome is not yet handed out");
+    let outcome = futures::executor::block_on(async {
+        select! {
+            outcome = handle => Some(outcome),
+            complete => None,
+        }
+    });
+    let e = outcome.expect("select! polled the handle").unwrap_err();
+    assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
+    assert!(handle.is_terminated());
 }
 
 /// What `futures::select!` needs of a `recv()` future, checked at compile time.

@@ -83,9 +83,9 @@ impl Inbox {
         self.attached.is_closed()
     }
 
-    /// The relay is closed and nothing is left in the queue.
-    pub(crate) fn is_drained(&self) -> bool {
-        self.attached.queue.is_drained()
+    /// A receive has returned the end (see `QueueRx::has_finished`).
+    pub(crate) fn has_finished(&self) -> bool {
+        self.attached.queue.has_finished()
     }
 
     pub(crate) fn try_recv(&mut self) -> Result<Completion, TryRecvError> {

@@ -60,6 +60,24 @@ pub(crate) struct Outgoing {
     tracker: Option<Arc<Tracker>>,
 }
 
+/// The slots a lossless `try_send` has taken and not yet used, one flag per target in
+/// `targets`' order: every slot still held when it is dropped is given back, so an early
+/// return or a panic part-way never strands room (the capacity property stays exact).
+struct Reservations {
+    targets: Arc<Targets>,
+    held: Vec<bool>,
+}
+
+impl Drop for Reservations {
+    fn drop(&mut self) {
+        for (slot, held) in self.targets.iter().zip(&self.held) {
+            if *held {
+                slot.unreserve();
+            }
+        }
+    }
+}
+
 /// What a tracked forwarder among a send's targets will pass the message on to: the
 /// derived relay's targets for the message's type, snapshotted when the send was called,
 /// with the plans of that relay's own tracked forwarders. So a handler registered on a
@@ -573,33 +591,35 @@ impl Core {
         value: T,
     ) -> Result<Receipt, TrySendError<T>> {
         let type_name = Some(std::any::type_name::<T> as TypeName);
-        let snapshot = match self.snapshot(TypeId::of::<T>(), type_name, From::User, false) {
+        let mut snapshot = match self.snapshot(TypeId::of::<T>(), type_name, From::User, false) {
             Ok(snapshot) => snapshot,
             Err(SendError::Unrouted { .. }) => return Err(TrySendError::Unrouted(value)),
             Err(_) => return Err(TrySendError::Closed(value)),
         };
+        // Opened before any room is taken: it runs the subscriber's code, and a panic
+        // there must not strand a reservation.
+        snapshot.trace = SendSpan::open(self.id, snapshot.msg_id, snapshot.type_name);
         let lossless = self.config.delivery_mode == DeliveryMode::Lossless;
-        // Lossless: which targets hold a slot for this message (`false`: receiver gone).
-        let mut slots = Vec::new();
+        // Lossless: a slot in every target queue first, or none at all.
+        let mut held = Reservations {
+            targets: snapshot.targets.clone(),
+            held: Vec::new(),
+        };
         if lossless {
             for slot in snapshot.targets.iter() {
                 match slot.reserve_slot() {
-                    Some(true) => slots.push(true),
-                    None => slots.push(false),
-                    Some(false) => {
-                        let taken = snapshot.targets.iter().zip(&slots).filter(|(_, &t)| t);
-                        taken.for_each(|(slot, _)| slot.unreserve());
-                        return Err(TrySendError::Full(value));
-                    }
+                    // `held` gives back the slots already taken.
+                    Some(false) => return Err(TrySendError::Full(value)),
+                    Some(true) => held.held.push(true),
+                    None => held.held.push(false), // its receiver is gone: nothing to queue
                 }
             }
         }
         let Outgoing {
-            mut envelope,
+            envelope,
             targets,
             tracker: _,
         } = snapshot.load(Arc::new(value));
-        envelope.trace = SendSpan::open(self.id, envelope.msg_id, envelope.type_name);
         let counters = &targets.counters;
         TypeCounters::add(&counters.sent, 1);
         let mut tally = Tally::default();
@@ -610,12 +630,16 @@ impl Core {
             return Ok(tally.receipt);
         }
         if lossless {
-            for (slot, reserved) in targets.iter().zip(slots) {
+            for (i, slot) in targets.iter().enumerate() {
+                if !std::mem::take(&mut held.held[i]) {
+                    continue;
+                }
                 let item = Queued {
                     envelope: envelope.clone(),
                     tracker: None,
                 };
-                if reserved && slot.push_reserved(item).is_ok() {
+                // On `Err` (the receiver just went) `push_reserved` gives the slot back.
+                if slot.push_reserved(item).is_ok() {
                     tally.receipt.queued += 1;
                 }
             }

@@ -130,7 +130,8 @@ impl Chan {
 pub(crate) struct QueueState {
     /// Bits 0..40: queued + reserved messages (senders add, the receiver subtracts).
     /// Bits 40..62: lossless senders registered as waiting. Bit 62: `PARKED`, the receiver
-    /// waits (or is about to) on `arrival`; cleared by the first sender that reserves.
+    /// waits (or is about to) on `arrival`; cleared by the first sender to push after it
+    /// was set (`arrived`), which then notifies.
     state: AtomicU64,
     capacity: u64,
     /// How many taken messages the receiver gathers before giving their room back.
@@ -514,6 +515,9 @@ pub(crate) struct QueueRx {
     release_idle: bool,
     /// It already yielded once since it last found a message (with `release_idle`).
     yielded: bool,
+    /// It has reported the end (`None`, or `try_recv`'s closed-and-drained): what
+    /// `FusedStream::is_terminated` says, so a stream is terminated only after its `None`.
+    finished: bool,
 }
 
 /// The future of [`QueueRx::recv`]. Dropped while it waits, it gives up the wait as an
@@ -601,6 +605,7 @@ fn make(
             listener: None,
             release_idle: false,
             yielded: false,
+            finished: false,
         },
     )
 }
@@ -676,6 +681,7 @@ impl QueueRx {
                 // Every push happened before the last handle went (AcqRel on `senders`).
                 let last = self.take();
                 self.listener = None;
+                self.finished = last.is_none();
                 return Poll::Ready(last);
             }
             if let Some(listener) = &mut self.listener {
@@ -736,7 +742,9 @@ impl QueueRx {
             return Ok(item);
         }
         if self.ended() {
-            return self.take().ok_or(true);
+            let last = self.take();
+            self.finished = last.is_none();
+            return last.ok_or(true);
         }
         self.state.reclaim();
         if self.state.len() == 0 {
@@ -745,11 +753,9 @@ impl QueueRx {
         Err(false)
     }
 
-    /// Nothing more will come out: no sender handle is left and nothing is queued.
-    pub(crate) fn is_drained(&self) -> bool {
-        // `ended` first: with no sender left, nothing is pushed after it, so the count
-        // read next is final.
-        self.ended() && self.len() == 0
+    /// It has said it is over: a receive returned the end (closed and drained).
+    pub(crate) fn has_finished(&self) -> bool {
+        self.finished
     }
 
     /// Messages queued now.

@@ -219,17 +219,15 @@ where
     let panic_mode = config.panic_mode;
     tasks.spawn(&*config.spawner.here(), async move {
         let TaskEnd {
-            done,
             registration,
-            finished,
+            outcome: handed,
         } = end;
         let work = AssertUnwindSafe(async move { f().await.into_result() }).catch_unwind();
         let outcome = match Abortable::new(work, registration).await {
             Ok(outcome) => outcome,
             Err(Aborted) => {
                 // Asked for: the handle's result, and nothing else.
-                let _ = done.send(Err(task_error(relay_id, Arc::new(TaskAborted))));
-                drop(finished);
+                handed.send(Err(task_error(relay_id, Arc::new(TaskAborted))));
                 return;
             }
         };
@@ -247,8 +245,7 @@ where
             }
             error
         });
-        let _ = done.send(result);
-        drop(finished);
+        handed.send(result);
         if let (Some(payload), PanicMode::Propagate) = (payload, panic_mode) {
             std::panic::resume_unwind(payload);
         }

@@ -147,3 +147,81 @@ recv_future! {
     /// ```
     RecvTracked<'a, T>: TrackedSubscription<T> => Tracked<T>
 }
+
+/// The future of [`Subscription::recv_many`]: how many messages it appended to the
+/// buffer (`0` at the end, or for `max == 0`). `Unpin`, fused and cancel safe, as [`Recv`].
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let mut sub = rx.subscribe::<u8>();
+/// tx.send(3u8).await.unwrap();
+/// let mut buf = Vec::new();
+/// let many: pipedream_rs::RecvMany<'_, u8> = sub.recv_many(&mut buf, 8);
+/// assert_eq!(many.await, 1);
+/// # });
+/// ```
+#[must_use = "futures do nothing unless polled: `.await` it or use it in `select!`"]
+pub struct RecvMany<'a, T> {
+    sub: &'a mut Subscription<T>,
+    buf: &'a mut Vec<Arc<T>>,
+    max: usize,
+    /// (the last poll returned `Pending`, it returned `Ready`)
+    state: (bool, bool),
+}
+
+impl<'a, T> RecvMany<'a, T> {
+    pub(crate) fn new(sub: &'a mut Subscription<T>, buf: &'a mut Vec<Arc<T>>, max: usize) -> Self {
+        RecvMany {
+            sub,
+            buf,
+            max,
+            state: (false, false),
+        }
+    }
+}
+
+impl<T: Any + Send + Sync> Future for RecvMany<'_, T> {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        let this = &mut *self;
+        if this.max == 0 {
+            this.state = (false, true);
+            return Poll::Ready(0);
+        }
+        match poll_recv(this.sub, &mut this.state, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(0),
+            Poll::Ready(Some(first)) => {
+                this.buf.push(first);
+                Poll::Ready(1 + this.sub.try_recv_many(this.buf, this.max - 1))
+            }
+        }
+    }
+}
+
+impl<T: Any + Send + Sync> FusedFuture for RecvMany<'_, T> {
+    fn is_terminated(&self) -> bool {
+        self.state.1
+    }
+}
+
+impl<T> Drop for RecvMany<'_, T> {
+    fn drop(&mut self) {
+        if self.state.0 {
+            self.sub.give_up();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for RecvMany<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvMany")
+            .field("max", &self.max)
+            .field("terminated", &self.state.1)
+            .finish_non_exhaustive()
+    }
+}

@@ -32,7 +32,7 @@ use crate::core::queue::QueueRx;
 use crate::core::Core;
 use crate::relay::envelope::{Envelope, Queued};
 use crate::relay::error::{HandlerKind, PanicError, RelayError};
-use crate::relay::recv::{Receive, Recv, RecvEnvelope};
+use crate::relay::recv::{Receive, Recv, RecvEnvelope, RecvMany};
 
 /// Why [`Subscription::try_recv`] returned no message.
 ///
@@ -262,6 +262,67 @@ impl<T: Any + Send + Sync> Subscription<T> {
         }
     }
 
+    /// Waits for at least one message, then takes up to `max` that are queued, appending
+    /// them to `buf` in order; resolves to how many it took. `0` means the end (the relay
+    /// closed and the queue drained), or `max == 0`. The batched form of
+    /// [`recv`](Self::recv): one wait and one poll for a run of messages.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as `recv`: messages are taken only in the poll that returns them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u32>();
+    /// for n in 0..5u32 {
+    ///     tx.send(n).await.unwrap();
+    /// }
+    /// let mut buf = Vec::new();
+    /// assert_eq!(sub.recv_many(&mut buf, 3).await, 3);
+    /// assert_eq!(sub.recv_many(&mut buf, 3).await, 2);
+    /// let got: Vec<u32> = buf.iter().map(|n| **n).collect();
+    /// assert_eq!(got, [0, 1, 2, 3, 4]);
+    /// drop(tx);
+    /// assert_eq!(sub.recv_many(&mut buf, 3).await, 0); // the end
+    /// # });
+    /// ```
+    pub fn recv_many<'a>(&'a mut self, buf: &'a mut Vec<Arc<T>>, max: usize) -> RecvMany<'a, T> {
+        RecvMany::new(self, buf, max)
+    }
+
+    /// Takes up to `max` messages queued now, appending them to `buf`; how many it took
+    /// (`0` if none is queued). Never waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// tx.send(1u8).await.unwrap();
+    /// tx.send(2u8).await.unwrap();
+    /// let mut buf = Vec::new();
+    /// assert_eq!(sub.try_recv_many(&mut buf, 64), 2);
+    /// assert_eq!(sub.try_recv_many(&mut buf, 64), 0);
+    /// # });
+    /// ```
+    pub fn try_recv_many(&mut self, buf: &mut Vec<Arc<T>>, max: usize) -> usize {
+        let mut took = 0;
+        while took < max {
+            match self.try_recv() {
+                Ok(value) => {
+                    buf.push(value);
+                    took += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        took
+    }
+
     /// This subscriber's id, unique in the process (as in [`Dropped::subscriber_id`](crate::Dropped)).
     ///
     /// # Examples
@@ -371,10 +432,11 @@ impl<T: Any + Send + Sync> Stream for Subscription<T> {
     }
 }
 
-/// Terminated once it has nothing more to give: the relay is closed and the queue drained.
+/// Terminated once it has returned its end (`None`): the relay closed and the queue
+/// drained. So a `select!` loop sees the `None` before `complete`.
 impl<T: Any + Send + Sync> FusedStream for Subscription<T> {
     fn is_terminated(&self) -> bool {
-        self.attached.queue.is_drained()
+        self.attached.queue.has_finished()
     }
 }
 
@@ -519,10 +581,10 @@ impl Stream for EnvelopeSubscription {
     }
 }
 
-/// Terminated once the relay is closed and the queue drained.
+/// Terminated once it has returned its end (`None`), as [`Subscription`]'s.
 impl FusedStream for EnvelopeSubscription {
     fn is_terminated(&self) -> bool {
-        self.attached.queue.is_drained()
+        self.attached.queue.has_finished()
     }
 }
 

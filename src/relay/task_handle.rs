@@ -41,23 +41,40 @@ pin_project_lite::pin_project! {
         relay_id: u64,
         abort: AbortHandle,
         finished: Arc<AtomicBool>,
+        // `poll` returned `Ready` (the oneshot's own flag turns true when the task is
+        // dropped, before `poll` has turned that into `HandlerGone`).
+        terminated: bool,
     }
 }
 
-/// The task's side of a [`TaskHandle`]: where its result goes, how it learns it was
-/// aborted, and the mark it leaves when its future is dropped (finished or not).
+/// The task's side of a [`TaskHandle`]: how it learns it was aborted, and its
+/// [`Outcome`].
 pub(crate) struct TaskEnd {
-    pub(crate) done: oneshot::Sender<Result<(), RelayError>>,
     pub(crate) registration: AbortRegistration,
-    pub(crate) finished: FinishedOnDrop,
+    pub(crate) outcome: Outcome,
 }
 
-/// Sets the handle's `is_finished` flag when the task's future is dropped.
-pub(crate) struct FinishedOnDrop(Arc<AtomicBool>);
+/// Where the task's result goes. Dropped (the result sent or not) it marks the handle
+/// finished, in that order: a handle that reads `is_finished()` has its result ready, or
+/// the sender is gone and its poll says `HandlerGone` at once.
+pub(crate) struct Outcome {
+    done: Option<oneshot::Sender<Result<(), RelayError>>>,
+    finished: Arc<AtomicBool>,
+}
 
-impl Drop for FinishedOnDrop {
+impl Outcome {
+    /// Hands the task's result to its handle (if the handle is still there).
+    pub(crate) fn send(mut self, result: Result<(), RelayError>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(result);
+        }
+    }
+}
+
+impl Drop for Outcome {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
+        drop(self.done.take()); // the result, or the sender's end, first
+        self.finished.store(true, Ordering::Release);
     }
 }
 
@@ -69,15 +86,18 @@ impl TaskHandle {
         let finished = Arc::new(AtomicBool::new(false));
         let (abort, registration) = abort;
         let end = TaskEnd {
-            done: tx,
             registration,
-            finished: FinishedOnDrop(finished.clone()),
+            outcome: Outcome {
+                done: Some(tx),
+                finished: finished.clone(),
+            },
         };
         let handle = TaskHandle {
             done,
             relay_id,
             abort,
             finished,
+            terminated: false,
         };
         (end, handle)
     }
@@ -165,16 +185,20 @@ impl Future for TaskHandle {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if *this.terminated {
+            return Poll::Pending; // fused: resolved once, never again
+        }
         let relay_id = *this.relay_id;
-        this.done.poll(cx).map(|r| {
+        let result = std::task::ready!(this.done.poll(cx))
             // The sender dropped without a result: the executor dropped the task.
-            r.unwrap_or_else(|_| Err(task_error(relay_id, Arc::new(HandlerGone))))
-        })
+            .unwrap_or_else(|_| Err(task_error(relay_id, Arc::new(HandlerGone))));
+        *this.terminated = true;
+        Poll::Ready(result)
     }
 }
 
 impl futures::future::FusedFuture for TaskHandle {
     fn is_terminated(&self) -> bool {
-        self.done.is_terminated()
+        self.terminated
     }
 }

@@ -192,10 +192,10 @@ impl<T: Any + Send + Sync> Stream for TrackedSubscription<T> {
     }
 }
 
-/// Terminated once the relay is closed and the queue drained.
+/// Terminated once it has returned its end (`None`), as a [`Subscription`](crate::Subscription)'s.
 impl<T: Any + Send + Sync> FusedStream for TrackedSubscription<T> {
     fn is_terminated(&self) -> bool {
-        self.inbox.is_drained()
+        self.inbox.has_finished()
     }
 }
 

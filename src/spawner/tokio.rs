@@ -1,4 +1,6 @@
 use super::{BoxFuture, Spawner};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::runtime::Handle;
 
 /// Runs tasks on a tokio runtime, through a [`Handle`] it holds.
@@ -57,24 +59,47 @@ impl TokioSpawner {
     /// pipedream's own runtime, for tasks registered outside any runtime when the `tokio`
     /// feature is on (SEMANTICS.md §10): one current-thread runtime for the process, with
     /// every driver tokio was built with, on a thread named `pipedream-tokio`, started the
-    /// first time it is needed and never stopped. `None` if it could not be started.
+    /// first time it is needed and never stopped. Should that thread ever end (it only
+    /// could by a panic outside any task: tokio catches the tasks'), the next call starts
+    /// a new one instead of handing out a dead runtime. `None` if none could be started.
     pub(crate) fn own_runtime() -> Option<Self> {
-        static OWN: std::sync::OnceLock<Option<Handle>> = std::sync::OnceLock::new();
-        let handle = OWN.get_or_init(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            let handle = runtime.handle().clone();
-            std::thread::Builder::new()
-                .name("pipedream-tokio".into())
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
-                .ok()?;
-            Some(handle)
-        });
-        handle
-            .clone()
-            .map(|handle| TokioSpawner { handle, own: true })
+        /// The runtime's handle, and whether its thread still runs it.
+        static OWN: std::sync::Mutex<Option<(Handle, Arc<AtomicBool>)>> =
+            std::sync::Mutex::new(None);
+        let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((handle, alive)) = own.as_ref() {
+            if alive.load(Ordering::Acquire) {
+                return Some(TokioSpawner {
+                    handle: handle.clone(),
+                    own: true,
+                });
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let handle = runtime.handle().clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let gone = Gone(alive.clone());
+        std::thread::Builder::new()
+            .name("pipedream-tokio".into())
+            .spawn(move || {
+                let _gone = gone; // dropped when the thread ends, however it ends
+                runtime.block_on(std::future::pending::<()>())
+            })
+            .ok()?;
+        *own = Some((handle.clone(), alive));
+        Some(TokioSpawner { handle, own: true })
+    }
+}
+
+/// Marks pipedream's own runtime thread as ended when dropped.
+struct Gone(Arc<AtomicBool>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
