@@ -185,6 +185,27 @@ on_every_runtime! {
         assert_eq!(sub.recv_many(&mut empty, 0).await, 0);
     }
 
+    /// A batch that takes the last messages of a closed relay does not report the end for
+    /// them: the stream is terminated only once a receive has returned it.
+    async fn a_batch_that_drains_a_closed_relay_leaves_the_end_to_the_next_receive() {
+        let (tx, rx) = Relay::channel();
+        let (mut a, mut b) = (rx.subscribe::<u8>(), rx.subscribe::<u8>());
+        tx.send(1u8).await.unwrap();
+        tx.send(2u8).await.unwrap();
+        drop(tx);
+        let mut buf = Vec::new();
+        assert_eq!(within(WAIT, "recv_many", a.recv_many(&mut buf, 8)).await, 2);
+        assert!(!a.is_terminated(), "recv_many returned messages, not the end");
+        assert_eq!(within(WAIT, "the end", a.next()).await, None);
+        assert!(a.is_terminated());
+        assert_eq!(b.try_recv_many(&mut buf, 8), 2);
+        assert!(!b.is_terminated(), "try_recv_many returned messages, not the end");
+        assert_eq!(b.try_recv_many(&mut buf, 8), 0);
+        assert!(!b.is_terminated(), "try_recv_many never reports the end");
+        assert_eq!(within(WAIT, "the end", b.recv_many(&mut buf, 8)).await, 0);
+        assert!(b.is_terminated());
+    }
+
     /// A `recv_many` dropped while it waits takes nothing; `try_recv_many` never waits.
     async fn a_dropped_recv_many_loses_nothing() {
         let (tx, rx) = Relay::channel();

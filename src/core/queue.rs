@@ -753,6 +753,22 @@ impl QueueRx {
         Err(false)
     }
 
+    /// The next message if one is queued now, without reporting the end and without
+    /// letting go of the channel: the rest of a batch (`recv_many`), whose caller has not
+    /// asked for the end and will see it at its next receive.
+    pub(crate) fn take_queued(&mut self) -> Option<Queued> {
+        self.take()
+    }
+
+    /// A receiver that found nothing queued and is not waiting: give back the held-back
+    /// room and let go of the channel, as `try_recv` on an empty queue does.
+    pub(crate) fn settle_idle(&mut self) {
+        self.state.reclaim();
+        if self.state.len() == 0 {
+            self.retire();
+        }
+    }
+
     /// It has said it is over: a receive returned the end (closed and drained).
     pub(crate) fn has_finished(&self) -> bool {
         self.finished

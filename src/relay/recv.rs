@@ -197,7 +197,9 @@ impl<T: Any + Send + Sync> Future for RecvMany<'_, T> {
             Poll::Ready(None) => Poll::Ready(0),
             Poll::Ready(Some(first)) => {
                 this.buf.push(first);
-                Poll::Ready(1 + this.sub.try_recv_many(this.buf, this.max - 1))
+                // The rest of the run, without reporting the end (that is the next
+                // call's to return) and without letting go of the channel.
+                Poll::Ready(1 + this.sub.take_queued(this.buf, this.max - 1))
             }
         }
     }

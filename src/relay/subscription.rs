@@ -294,7 +294,8 @@ impl<T: Any + Send + Sync> Subscription<T> {
     }
 
     /// Takes up to `max` messages queued now, appending them to `buf`; how many it took
-    /// (`0` if none is queued). Never waits.
+    /// (`0` if none is queued, or at the end: [`recv_many`](Self::recv_many) or
+    /// [`try_recv`](Self::try_recv) tell the two apart). Never waits.
     ///
     /// # Examples
     ///
@@ -310,14 +311,25 @@ impl<T: Any + Send + Sync> Subscription<T> {
     /// # });
     /// ```
     pub fn try_recv_many(&mut self, buf: &mut Vec<Arc<T>>, max: usize) -> usize {
+        let took = self.take_queued(buf, max);
+        if took == 0 && max > 0 {
+            self.attached.queue.settle_idle();
+        }
+        took
+    }
+
+    /// Appends up to `max` messages queued now to `buf`. The end is not reported here
+    /// (the caller's next receive returns it, and only then is the stream terminated),
+    /// and the channel is kept.
+    pub(crate) fn take_queued(&mut self, buf: &mut Vec<Arc<T>>, max: usize) -> usize {
         let mut took = 0;
         while took < max {
-            match self.try_recv() {
-                Ok(value) => {
-                    buf.push(value);
-                    took += 1;
-                }
-                Err(_) => break,
+            let Some(item) = self.attached.queue.take_queued() else {
+                break;
+            };
+            if let Some(value) = downcast(item) {
+                buf.push(value);
+                took += 1;
             }
         }
         took

@@ -124,8 +124,10 @@ impl TaskHandle {
         self.abort.abort();
     }
 
-    /// `true` once the task's future is gone: it finished, failed, was aborted, or its
-    /// executor dropped it. Its result may then be awaited without waiting.
+    /// `true` once the task is over: it finished, failed, was aborted, or its executor
+    /// dropped it. The result is then ready, so awaiting the handle does not wait, and a
+    /// handle that has resolved always reads `true`. (With `PanicMode::Propagate` the
+    /// task may still be unwinding its panic when this turns true.)
     ///
     /// # Examples
     ///
@@ -193,6 +195,8 @@ impl Future for TaskHandle {
             // The sender dropped without a result: the executor dropped the task.
             .unwrap_or_else(|_| Err(task_error(relay_id, Arc::new(HandlerGone))));
         *this.terminated = true;
+        // A handle that resolved reads finished, whichever side got there first.
+        this.finished.store(true, Ordering::Release);
         Poll::Ready(result)
     }
 }

@@ -85,7 +85,10 @@ impl TokioSpawner {
         std::thread::Builder::new()
             .name("pipedream-tokio".into())
             .spawn(move || {
-                let _gone = gone; // dropped when the thread ends, however it ends
+                // Declared first, so dropped last: after the runtime has shut down, when
+                // the thread ends, however it ends.
+                let _gone = gone;
+                let runtime = runtime;
                 runtime.block_on(std::future::pending::<()>())
             })
             .ok()?;
@@ -105,7 +108,16 @@ impl Drop for Gone {
 
 impl Spawner for TokioSpawner {
     fn spawn(&self, task: BoxFuture) {
-        drop(self.handle.spawn(task));
+        if self.own {
+            // pipedream's own runtime is looked up at each spawn, so a relay built before
+            // its thread ever ended spawns onto the replacement, not a dead handle.
+            match Self::own_runtime() {
+                Some(own) => drop(own.handle.spawn(task)),
+                None => drop(task), // reported as lost, like any refused task
+            }
+        } else {
+            drop(self.handle.spawn(task));
+        }
     }
 
     fn name(&self) -> &'static str {
