@@ -221,6 +221,7 @@ on_every_runtime! {
             tx.send(n).await.unwrap();
         }
         assert_eq!(sub.try_recv_many(&mut buf, 2), 2);
+        assert_eq!(sub.len(), 1, "a run of max leaves the rest queued");
         assert_eq!(within(WAIT, "the third", sub.recv_many(&mut buf, 4)).await, 1);
         let got: Vec<u8> = buf.iter().map(|n| **n).collect();
         assert_eq!(got, [0, 1, 2]);

@@ -312,7 +312,9 @@ impl<T: Any + Send + Sync> Subscription<T> {
     /// ```
     pub fn try_recv_many(&mut self, buf: &mut Vec<Arc<T>>, max: usize) -> usize {
         let took = self.take_queued(buf, max);
-        if took == 0 && max > 0 {
+        if took < max {
+            // It emptied the queue: give back the held-back room and let go of the
+            // channel, as `try_recv` finding nothing does (an idle subscriber holds none).
             self.attached.queue.settle_idle();
         }
         took

@@ -62,6 +62,8 @@ impl TokioSpawner {
     /// first time it is needed and never stopped. Should that thread ever end (it only
     /// could by a panic outside any task: tokio catches the tasks'), the next call starts
     /// a new one instead of handing out a dead runtime. `None` if none could be started.
+    /// (A task spawned while a dying runtime shuts down, before its thread is marked
+    /// ended, is dropped by tokio and reported lost, like any task a spawner refuses.)
     pub(crate) fn own_runtime() -> Option<Self> {
         /// The runtime's handle, and whether its thread still runs it.
         static OWN: std::sync::Mutex<Option<(Handle, Arc<AtomicBool>)>> =
