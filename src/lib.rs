@@ -76,12 +76,12 @@ pub use crate::core::deadlock::WouldDeadlock;
 pub use crate::relay::config::{DeliveryMode, ErrorMode, PanicMode};
 pub use crate::relay::envelope::Envelope;
 pub use crate::relay::error::{
-    BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendError,
-    SharedError, TaskAborted, TrySendError, Unsent,
+    BuildError, HandlerGone, HandlerKind, PanicError, QueueFull, RelayError, SendAllError,
+    SendError, SharedError, TaskAborted, TrySendError, Unsent,
 };
 pub use crate::relay::events::{Dropped, HandlerLost, LossReason, Unrouted};
 pub use crate::relay::handler::{AsyncHandler, Handler, HandlerResult};
-pub use crate::relay::receipt::Receipt;
+pub use crate::relay::receipt::{BatchReceipt, Receipt};
 pub use crate::relay::receiver::RelayReceiver;
 pub use crate::relay::recv::{Recv, RecvEnvelope, RecvMany, RecvTracked};
 pub use crate::relay::send_sink::SendSink;

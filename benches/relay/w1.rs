@@ -53,6 +53,45 @@ pub(crate) async fn w1_pd(rt: Rt, n: usize, m: usize) -> Duration {
     t.elapsed()
 }
 
+pub(crate) const PD_BATCH: &str = "pipedream send_all / recv_many (batches of 64)";
+pub(crate) const BATCH: usize = 64;
+
+/// This crate in batches: `send_all` of 64 messages, each consumer `recv_many` of up to
+/// 64; lossless, queues big enough never to wait (as `w1_pd`).
+pub(crate) async fn w1_pd_batch(rt: Rt, n: usize, m: usize) -> Duration {
+    let (tx, rx) = lossless(&rt, m);
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let mut sub = rx.subscribe::<Msg32>();
+            rt.spawn(async move {
+                let (mut got, mut acc) = (0, 0);
+                let mut buf = Vec::with_capacity(BATCH);
+                while got < m {
+                    if sub.recv_many(&mut buf, BATCH).await == 0 {
+                        break;
+                    }
+                    for v in buf.drain(..) {
+                        acc = work(acc, &v);
+                        got += 1;
+                    }
+                }
+                (got, acc)
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let mut next = 0;
+    while next < m {
+        let end = (next + BATCH).min(m);
+        tx.send_all((next..end).map(|i| Msg32::new(i as u64)))
+            .await
+            .expect("send_all");
+        next = end;
+    }
+    join_all(handles, m).await;
+    t.elapsed()
+}
+
 pub(crate) fn pd_sinks(rx: &RelayReceiver, n: usize) -> Vec<Arc<AtomicU64>> {
     (0..n)
         .map(|_| {
@@ -135,8 +174,12 @@ pub(crate) fn run_w1(b: &mut Bench, r: &Runtime, m: usize) {
         for &n in &[1usize, 4, 16] {
             let p = format!("N={n}");
             let d = n * m;
-            let cases: [Case; 9] = [
+            let cases: [Case; 10] = [
                 (PD_SUB, Box::new(|| r.run(w1_pd(r.rt.clone(), n, m)))),
+                (
+                    PD_BATCH,
+                    Box::new(|| r.run(w1_pd_batch(r.rt.clone(), n, m))),
+                ),
                 (
                     PD_SINK,
                     Box::new(|| r.run(w1_pd_sink(r.rt.clone(), n, m, 1))),

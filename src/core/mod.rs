@@ -15,6 +15,7 @@
 //!    the delivery to `Core::deliver_rest`, a boxed future that waits for room;
 //! 5. yield once if a queue is more than half full, then wait on the tracker, if any.
 
+pub(crate) mod batch;
 pub(crate) mod deadlock;
 pub(crate) mod delivery;
 pub(crate) mod inbox;

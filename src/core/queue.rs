@@ -95,7 +95,7 @@ use event_listener::{Event, EventListener};
 
 use crate::core::deadlock::{On, Waiting as DeadlockWait};
 use crate::core::sync::{fence, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, Slot};
-use crate::relay::envelope::Queued;
+use crate::relay::envelope::{Envelope, Queued};
 use crate::relay::error::HandlerKind;
 
 /// One channel of a queue's busy period: both ends, so the queue can close it, drain it
@@ -197,6 +197,27 @@ impl QueueState {
         self.try_reserve() || {
             self.reclaim();
             self.try_reserve()
+        }
+    }
+
+    /// Reserves as many of `n` slots as there is room for, in one step: how many.
+    fn try_reserve_up_to(&self, n: u64) -> u64 {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let room = self.capacity.saturating_sub(state & LEN_MASK);
+            let take = room.min(n);
+            if take == 0 {
+                return 0;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state + take,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return take,
+                Err(now) => state = now,
+            }
         }
     }
 
@@ -438,10 +459,61 @@ impl QueueTx {
         self.state.release(1);
     }
 
+    /// Takes up to `n` slots at once, without waiting (a batch send's one reservation
+    /// for this queue): how many it took, `0` if the queue is full; `None` if its
+    /// receiver is gone. Every slot taken is used by `push_reserved_many` in the same
+    /// synchronous call.
+    pub(crate) fn reserve_up_to(&self, n: u64) -> Option<u64> {
+        if self.state.gone.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(match self.state.try_reserve_up_to(n) {
+            0 => {
+                self.state.reclaim();
+                self.state.try_reserve_up_to(n)
+            }
+            taken => taken,
+        })
+    }
+
+    /// Pushes a copy of each envelope, each into a slot taken by `reserve_up_to`, then
+    /// wakes the receiver once (if it parked): how many were pushed. If the receiver goes
+    /// away part-way, the slots not used are given back and the rest is not pushed.
+    pub(crate) fn push_reserved_many(&self, envelopes: &[Envelope]) -> usize {
+        let mut pushed = 0;
+        for envelope in envelopes {
+            let item = Queued {
+                envelope: envelope.clone(),
+                tracker: None,
+            };
+            if self.push_quietly(item).is_err() {
+                // That slot was given back; so are those of the envelopes after it.
+                let left = envelopes.len() - pushed - 1;
+                if left > 0 {
+                    self.state.release(left as u64);
+                }
+                break;
+            }
+            pushed += 1;
+        }
+        if pushed > 0 {
+            self.state.arrived();
+        }
+        pushed
+    }
+
     /// Pushes `item` into the current channel, with a slot already reserved for it (by
     /// `reserve_slot` or a push), and wakes the receiver if it parked. `Err` (with the slot
     /// given back) if the receiver is gone.
-    pub(crate) fn push_reserved(&self, mut item: Queued) -> Result<(), Queued> {
+    pub(crate) fn push_reserved(&self, item: Queued) -> Result<(), Queued> {
+        self.push_quietly(item)?;
+        self.state.arrived();
+        Ok(())
+    }
+
+    /// `push_reserved` without the wake-up: the caller wakes the receiver (`arrived`)
+    /// once it has pushed what it had.
+    fn push_quietly(&self, mut item: Queued) -> Result<(), Queued> {
         let state = &self.state;
         loop {
             let attempt = state.chan.with(|chan| match chan {
@@ -462,7 +534,6 @@ impl QueueTx {
                 }
             }
         }
-        state.arrived();
         Ok(())
     }
 

@@ -282,6 +282,49 @@ impl<T> fmt::Debug for TrySendError<T> {
     }
 }
 
+/// Why a [`send_all`](crate::RelaySender::send_all) stopped, and how far it got: the
+/// messages before `sent` were sent as single sends would have been (their receipts
+/// summed in `receipt`); the message at `sent` failed with `error`; those after it were
+/// not sent. A batch refused at the call (closed relay, `reject_unrouted`) has `sent == 0`.
+///
+/// `Display` says where the batch stopped; [`source`](std::error::Error::source) is the
+/// [`SendError`].
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use pipedream_rs::SendError;
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// rx.sink::<u32>(|n| if *n == 3 { Err("three") } else { Ok(()) });
+/// let stopped = tx.send_all(1..=5u32).await.unwrap_err();
+/// assert_eq!(stopped.sent, 2); // 1 and 2 were handled; 3 failed; 4 and 5 never sent
+/// assert!(matches!(stopped.error, SendError::Downstream(_)));
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("a batch send stopped after {sent} message(s)")]
+#[non_exhaustive]
+pub struct SendAllError {
+    /// Messages sent before the one that failed.
+    pub sent: usize,
+    /// What those messages did.
+    pub receipt: crate::BatchReceipt,
+    /// Why the next one failed.
+    #[source]
+    pub error: SendError,
+}
+
+impl SendAllError {
+    pub(crate) fn new(sent: usize, receipt: crate::BatchReceipt, error: SendError) -> Self {
+        SendAllError {
+            sent,
+            receipt,
+            error,
+        }
+    }
+}
+
 /// The task was stopped with [`TaskHandle::abort`](crate::TaskHandle::abort): the error
 /// its handle resolves to. An abort is asked for, so it is not a failure of the relay's:
 /// no `RelayError` event is published and no counter moves.

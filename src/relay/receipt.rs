@@ -1,5 +1,5 @@
 //! [`Receipt`]: what a successful send did, so `Ok` never hides a message that reached
-//! nobody.
+//! nobody; [`BatchReceipt`], the same for a batch (`send_all`).
 
 /// What one successful [`send`](crate::RelaySender::send) did with its message.
 ///
@@ -72,4 +72,33 @@ impl Receipt {
     pub fn is_unrouted(&self) -> bool {
         self.queued == 0 && self.missed == 0
     }
+}
+
+/// What a [`send_all`](crate::RelaySender::send_all) did with its messages: the sums of
+/// what each message's [`Receipt`] would say.
+///
+/// # Examples
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let (_a, _b) = (rx.subscribe::<u32>(), rx.subscribe::<u32>());
+/// let receipt = tx.send_all([1u32, 2, 3]).await.unwrap();
+/// assert_eq!((receipt.messages, receipt.queued, receipt.missed), (3, 6, 0));
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BatchReceipt {
+    /// The id of the batch's first message. On the fast path (no tracked handler of the
+    /// type) the batch's ids are consecutive from it; sent one by one they are increasing.
+    pub first_msg_id: u64,
+    /// Messages sent.
+    pub messages: usize,
+    /// Deliveries: for each message, the subscribers it was queued for, summed.
+    pub queued: usize,
+    /// Tracked handlers that processed a message without error, summed over messages.
+    pub handled: usize,
+    /// Untracked subscribers that missed a message for a full queue, summed.
+    pub missed: usize,
 }

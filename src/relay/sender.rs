@@ -124,6 +124,43 @@ impl RelaySender {
         self.core.try_send_value(value)
     }
 
+    /// Sends every value of `values`, in order, as one batch: one snapshot (taken at the
+    /// call, as for [`send`](Self::send)) for all of them, and for each subscriber's queue
+    /// one reservation and one wake-up for the whole run that fits. Each message keeps the
+    /// semantics of a single send: its own id, every subscriber of the snapshot gets it
+    /// in batch order, lossless queues wait for room, broadcast ones miss and report.
+    ///
+    /// When the type has tracked handlers, the batch is sent one message at a time (each
+    /// a `send`, with its own snapshot, awaited before the next) and stops at the first
+    /// failure. See SEMANTICS.md §2, "Sending in batches".
+    ///
+    /// # Errors
+    ///
+    /// [`SendAllError`](crate::SendAllError): how many messages were sent, what they did,
+    /// and the [`SendError`] of the one that failed. Refused at the call (closed,
+    /// `reject_unrouted`): `sent == 0`, and nothing was delivered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u32>();
+    /// let receipt = tx.send_all(0..64u32).await.unwrap();
+    /// assert_eq!(receipt.messages, 64);
+    /// let mut got = Vec::new();
+    /// assert_eq!(sub.try_recv_many(&mut got, 100), 64);
+    /// # });
+    /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
+    pub fn send_all<T: Any + Send + Sync>(
+        &self,
+        values: impl IntoIterator<Item = T>,
+    ) -> impl Future<Output = Result<crate::BatchReceipt, crate::SendAllError>> + Send + 'static
+    {
+        crate::core::batch::send_all(self.core.clone(), values.into_iter().collect())
+    }
+
     /// A [`futures::Sink`] of `T` into this relay: `stream.forward(tx.as_sink())` sends a
     /// stream's items one after the other. See [`SendSink`] for its flushing and
     /// back-pressure rules.
@@ -381,6 +418,42 @@ impl WeakSender {
         match self.core.upgrade() {
             Some(core) => core.try_send_value(value),
             None => Err(TrySendError::Closed(value)),
+        }
+    }
+
+    /// As [`RelaySender::send_all`]; refused with `Closed` if the relay is gone.
+    ///
+    /// # Errors
+    ///
+    /// As [`RelaySender::send_all`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let _sub = rx.subscribe::<u8>();
+    /// let receipt = tx.weak().send_all([1u8, 2]).await.unwrap();
+    /// assert_eq!(receipt.queued, 2);
+    /// # });
+    /// ```
+    #[must_use = "a send delivers nothing until it is awaited (or polled)"]
+    pub fn send_all<T: Any + Send + Sync>(
+        &self,
+        values: impl IntoIterator<Item = T>,
+    ) -> impl Future<Output = Result<crate::BatchReceipt, crate::SendAllError>> + Send + 'static
+    {
+        let values: Vec<T> = values.into_iter().collect();
+        let core = self.core.upgrade();
+        async move {
+            match core {
+                Some(core) => crate::core::batch::send_all(core, values).await,
+                None => Err(crate::SendAllError::new(
+                    0,
+                    crate::BatchReceipt::default(),
+                    SendError::Closed,
+                )),
+            }
         }
     }
 

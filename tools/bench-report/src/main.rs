@@ -144,6 +144,7 @@ const PD_SINK_WIN: &str = "pipedream sink (64 sends in flight)";
 const ASYNC_CH: &str = "async-channel (channel per subscriber)";
 const ASYNC_CH_ARC: &str = "async-channel per subscriber, one Arc per message (floor, not a peer)";
 const PD_W2: &str = "pipedream (typed subscribe)";
+const PD_BATCH: &str = "pipedream send_all / recv_many (batches of 64)";
 const W2_ROUTED: &str = "async-channel, routed by hand (floor, not a peer)";
 const W2_ROUTED_ARC: &str = "async-channel per type, one Arc per message (floor, not a peer)";
 const RUNTIMES: [&str; 2] = ["smol", "tokio"];
@@ -262,6 +263,22 @@ fn targets(d: &Data) -> String {
             },
             r.map(|r| r < 1.0),
         );
+    }
+    for rt in RUNTIMES {
+        for n in ["N=1", "N=4", "N=16"] {
+            let batch = d.med("W1", rt, PD_BATCH, n);
+            let vs_single = ratio(batch, d.med("W1", rt, PD_SUB, n));
+            let vs_tokio = ratio(batch, d.med("W1", rt, "tokio::sync::broadcast", n));
+            t.row(
+                &format!("W1 batches of 64 ≤ 0.5× single sends, and below tokio broadcast, {n}"),
+                rt,
+                match (vs_single, vs_tokio) {
+                    (Some(s), Some(b)) => format!("{s:.2}× single sends, {b:.2}× tokio broadcast"),
+                    _ => "—".into(),
+                },
+                vs_single.zip(vs_tokio).map(|(s, b)| s <= 0.5 && b < 1.0),
+            );
+        }
     }
     for rt in RUNTIMES {
         let r = ratio(

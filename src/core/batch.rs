@@ -1,0 +1,230 @@
+//! Batch sends (`send_all`): many messages of one type with one snapshot, and per target
+//! queue one reservation and one wake-up for the whole batch, while each message keeps
+//! the semantics of a single send (SEMANTICS.md §2, "Sending in batches").
+//!
+//! The fast path covers batches whose snapshot holds no tracked handler: nobody waits for
+//! a handler, so the batch is pushed queue by queue. A type with tracked handlers is sent
+//! one message at a time (each its own `send`), which keeps every tracking rule as it is.
+
+use std::any::{Any, TypeId};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::core::delivery::Delivery;
+use crate::core::queue::PushError;
+use crate::core::registry::{Targets, TypeCounters};
+use crate::core::trace::SendSpan;
+use crate::core::{Core, From};
+use crate::relay::config::DeliveryMode;
+use crate::relay::envelope::{erased_name, Envelope, Queued, TypeName};
+use crate::relay::error::{SendAllError, SendError};
+use crate::relay::receipt::{BatchReceipt, Receipt};
+
+/// A batch prepared at the call.
+pub(crate) enum Prepared<T> {
+    /// No tracked handler in the snapshot: the messages, numbered, with their targets.
+    Fast {
+        targets: Arc<Targets>,
+        envelopes: Vec<Envelope>,
+    },
+    /// Tracked handlers: sent one by one, each with its own send.
+    OneByOne(Vec<T>),
+}
+
+impl Core {
+    /// The synchronous half of `send_all`: the snapshot, and the message ids, taken at
+    /// the call (as for a single send, section 3).
+    pub(crate) fn prepare_batch<T: Any + Send + Sync>(
+        &self,
+        values: Vec<T>,
+    ) -> Result<Prepared<T>, SendError> {
+        let type_id = TypeId::of::<T>();
+        let given: Option<TypeName> = Some(std::any::type_name::<T>);
+        let targets = self
+            .registry
+            .targets(type_id, given)
+            .map_err(|_| SendError::Closed)?;
+        if targets.tracked > 0 {
+            return Ok(Prepared::OneByOne(values));
+        }
+        let type_name = given.or(targets.type_name).unwrap_or(erased_name);
+        let count = values.len() as u64;
+        let first = self.next_msg_id.fetch_add(count, Ordering::Relaxed);
+        if targets.is_empty() && count > 0 && self.config.reject_unrouted {
+            // Refused at the call, as a single send is; still counted and reported.
+            TypeCounters::add(&targets.counters.sent, count);
+            for msg_id in first..first + count {
+                self.unrouted(&targets.counters, msg_id, type_id, type_name);
+            }
+            return Err(SendError::Unrouted {
+                type_name: type_name(),
+            });
+        }
+        let envelopes = values
+            .into_iter()
+            .zip(first..)
+            .map(|(value, msg_id)| Envelope {
+                value: Arc::new(value),
+                type_name,
+                msg_id,
+                origin: self.id,
+                trace: SendSpan::default(),
+            })
+            .collect();
+        Ok(Prepared::Fast { targets, envelopes })
+    }
+
+    /// Delivers a fast-path batch: queue by queue, every message in batch order. Where a
+    /// queue has room for the whole batch, one reservation and one wake-up do it; the
+    /// rest waits for room (lossless) or is missed and reported (broadcast), message by
+    /// message, as single sends do.
+    pub(crate) async fn deliver_batch(
+        &self,
+        targets: Arc<Targets>,
+        mut envelopes: Vec<Envelope>,
+    ) -> BatchReceipt {
+        for envelope in &mut envelopes {
+            envelope.trace = SendSpan::open(self.id, envelope.msg_id, envelope.type_name);
+        }
+        let count = envelopes.len();
+        let mut receipt = BatchReceipt {
+            first_msg_id: envelopes.first().map_or(0, |e| e.msg_id),
+            messages: count,
+            ..BatchReceipt::default()
+        };
+        if count == 0 {
+            return receipt;
+        }
+        let counters = &targets.counters;
+        TypeCounters::add(&counters.sent, count as u64);
+        if targets.is_empty() {
+            for envelope in &envelopes {
+                let (msg_id, type_id) = (envelope.msg_id, envelope.type_id());
+                self.unrouted(counters, msg_id, type_id, envelope.type_name);
+            }
+            return receipt;
+        }
+        // Counted as they are queued, and on a cancellation part-way too.
+        let mut added = CountOnDrop(&counters.delivered, 0);
+        let mut crowded = false;
+        for slot in targets.iter() {
+            let Some(room) = slot.reserve_up_to(count as u64) else {
+                continue; // the subscriber is gone: nothing to deliver, nobody waits
+            };
+            let room = room as usize;
+            let pushed = slot.push_reserved_many(&envelopes[..room]);
+            receipt.queued += pushed;
+            added.1 += pushed as u64;
+            if pushed < room {
+                continue; // its receiver went away part-way
+            }
+            for envelope in &envelopes[room..] {
+                let item = Queued {
+                    envelope: envelope.clone(),
+                    tracker: None,
+                };
+                let queued = match self.config.delivery_mode {
+                    DeliveryMode::Lossless => match slot.push(item).await {
+                        Ok(over) => {
+                            if over {
+                                self.deadlock_broken();
+                            }
+                            true
+                        }
+                        Err(_) => false, // gone while it waited
+                    },
+                    DeliveryMode::Broadcast => match slot.try_push(item) {
+                        Ok(()) => true,
+                        // A forwarder ending for lack of observers: not a miss.
+                        Err(PushError::Full(_)) if slot.state.ended_quietly() => false,
+                        Err(PushError::Full(item)) => {
+                            receipt.missed += 1;
+                            self.missed(slot, item, counters);
+                            false
+                        }
+                        Err(PushError::Closed(_)) => false,
+                    },
+                };
+                if queued {
+                    receipt.queued += 1;
+                    added.1 += 1;
+                }
+            }
+            crowded |= slot.is_crowded();
+        }
+        drop(added);
+        if crowded {
+            // As a single send does: give a consumer on this worker one turn.
+            YieldOnce(false).await;
+        }
+        receipt
+    }
+}
+
+/// Sends `values` on `core` (what `RelaySender::send_all` and `WeakSender::send_all`
+/// return): prepared now, delivered when polled.
+pub(crate) fn send_all<T: Any + Send + Sync>(
+    core: Arc<Core>,
+    values: Vec<T>,
+) -> impl Future<Output = Result<BatchReceipt, SendAllError>> + Send + 'static {
+    let prepared = core.prepare_batch(values);
+    async move {
+        match prepared {
+            Err(error) => Err(SendAllError::new(0, BatchReceipt::default(), error)),
+            Ok(Prepared::Fast { targets, envelopes }) => {
+                Ok(core.deliver_batch(targets, envelopes).await)
+            }
+            Ok(Prepared::OneByOne(values)) => {
+                let mut receipt = BatchReceipt::default();
+                for (sent, value) in values.into_iter().enumerate() {
+                    match Delivery::value(&core, value, From::User).await {
+                        Ok(one) => receipt.add(one),
+                        Err(error) => return Err(SendAllError::new(sent, receipt, error)),
+                    }
+                }
+                Ok(receipt)
+            }
+        }
+    }
+}
+
+impl BatchReceipt {
+    /// Adds what one message's send did.
+    fn add(&mut self, one: Receipt) {
+        if self.messages == 0 {
+            self.first_msg_id = one.msg_id;
+        }
+        self.messages += 1;
+        self.queued += one.queued;
+        self.handled += one.handled;
+        self.missed += one.missed;
+    }
+}
+
+/// Adds to a counter when dropped (a batch cancelled part-way counts what it queued).
+struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64, u64);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        TypeCounters::add(self.0, self.1);
+    }
+}
+
+/// Returns `Pending` once (asking to be polled again at once), then `Ready`.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
