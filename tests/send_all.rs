@@ -169,6 +169,40 @@ on_every_runtime! {
         assert!(tx.try_send(12u32).is_err());
     }
 
+    /// A reader that takes from two of the batch's lossless queues in lockstep (one from
+    /// `a`, then one from `b`) is never starved: what does not fit goes message by
+    /// message to every queue, as single sends would, not queue by queue.
+    async fn a_reader_of_two_queues_in_lockstep_is_not_starved_by_a_batch() {
+        let (tx, rx) = lossless(4);
+        let (mut a, mut b) = (rx.subscribe::<u32>(), rx.subscribe::<u32>());
+        let reader = common::spawn(async move {
+            let mut pairs = Vec::new();
+            for _ in 0..50 {
+                let x = a.recv().await.map(|n| *n);
+                let y = b.recv().await.map(|n| *n);
+                pairs.push((x, y));
+            }
+            pairs
+        });
+        let receipt = within(WAIT, "the batch", tx.send_all(0..50u32)).await.unwrap();
+        assert_eq!(receipt.queued, 100);
+        let pairs = within(WAIT, "the lockstep reader", reader).await;
+        let want: Vec<_> = (0..50).map(|n| (Some(n), Some(n))).collect();
+        assert_eq!(pairs, want);
+    }
+
+    /// With tracked handlers, the first message's snapshot is taken at the call: a
+    /// subscriber made after the call, before the first poll, does not get it.
+    async fn a_tracked_batch_takes_its_first_snapshot_at_the_call() {
+        let (tx, rx) = Relay::channel();
+        rx.sink::<u32>(|_| ());
+        let batch = tx.send_all([7u32]);
+        let mut late = rx.subscribe::<u32>();
+        let receipt = within(WAIT, "send_all", batch).await.unwrap();
+        assert_eq!((receipt.messages, receipt.handled), (1, 1));
+        assert!(late.try_recv().is_err(), "registered after the call");
+    }
+
     /// Two batches sent at once into one lossless queue, read as they come: every message
     /// arrives once, and each batch's messages keep their order.
     async fn concurrent_batches_each_keep_their_order() {

@@ -110,18 +110,33 @@ impl Core {
         // Counted as they are queued, and on a cancellation part-way too.
         let mut added = CountOnDrop(&counters.delivered, 0);
         let mut crowded = false;
+        // Phase 1, per queue: one reservation for the run that fits, its pushes, one
+        // wake-up. `next[i]`: the first message queue `i` still lacks (`count` once it has
+        // them all, or if it is gone).
+        let mut next = Vec::with_capacity(targets.len());
         for slot in targets.iter() {
             let Some(room) = slot.reserve_up_to(count as u64) else {
-                continue; // the subscriber is gone: nothing to deliver, nobody waits
+                next.push(count); // the subscriber is gone: nothing to deliver, nobody waits
+                continue;
             };
             let room = room as usize;
             let pushed = slot.push_reserved_many(&envelopes[..room]);
             receipt.queued += pushed;
             added.1 += pushed as u64;
-            if pushed < room {
-                continue; // its receiver went away part-way
-            }
-            for envelope in &envelopes[room..] {
+            // Short of the run: its receiver went away part-way.
+            next.push(if pushed < room { count } else { room });
+        }
+        // Phase 2, message by message as single sends go: message k reaches every queue
+        // that lacks it before message k + 1 goes anywhere, so a reader that takes from
+        // several of these queues in turn is never starved (each queue still gets the
+        // batch in order).
+        let from = next.iter().copied().min().unwrap_or(count);
+        for (k, envelope) in envelopes.iter().enumerate().skip(from) {
+            for (slot, lacks) in targets.iter().zip(next.iter_mut()) {
+                if *lacks != k {
+                    continue;
+                }
+                *lacks = k + 1;
                 let item = Queued {
                     envelope: envelope.clone(),
                     tracker: None,
@@ -134,7 +149,10 @@ impl Core {
                             }
                             true
                         }
-                        Err(_) => false, // gone while it waited
+                        Err(_) => {
+                            *lacks = count; // gone while it waited
+                            false
+                        }
                     },
                     DeliveryMode::Broadcast => match slot.try_push(item) {
                         Ok(()) => true,
@@ -145,7 +163,10 @@ impl Core {
                             self.missed(slot, item, counters);
                             false
                         }
-                        Err(PushError::Closed(_)) => false,
+                        Err(PushError::Closed(_)) => {
+                            *lacks = count;
+                            false
+                        }
                     },
                 };
                 if queued {
@@ -153,6 +174,8 @@ impl Core {
                     added.1 += 1;
                 }
             }
+        }
+        for slot in targets.iter() {
             crowded |= slot.is_crowded();
         }
         drop(added);
@@ -170,19 +193,44 @@ pub(crate) fn send_all<T: Any + Send + Sync>(
     core: Arc<Core>,
     values: Vec<T>,
 ) -> impl Future<Output = Result<BatchReceipt, SendAllError>> + Send + 'static {
-    let prepared = core.prepare_batch(values);
-    async move {
-        match prepared {
-            Err(error) => Err(SendAllError::new(0, BatchReceipt::default(), error)),
-            Ok(Prepared::Fast { targets, envelopes }) => {
-                Ok(core.deliver_batch(targets, envelopes).await)
+    /// What the call decided.
+    enum Start<T> {
+        Refused(SendError),
+        Fast(Arc<Targets>, Vec<Envelope>),
+        /// One by one: the first message's send, prepared at the call (so its snapshot
+        /// is taken there too), and the rest, each prepared once the one before returned.
+        OneByOne(Delivery<'static, Arc<Core>>, Vec<T>),
+        Empty,
+    }
+    let start = match core.prepare_batch(values) {
+        Err(error) => Start::Refused(error),
+        Ok(Prepared::Fast { targets, envelopes }) => Start::Fast(targets, envelopes),
+        Ok(Prepared::OneByOne(values)) => {
+            let mut values = values.into_iter();
+            match values.next() {
+                None => Start::Empty,
+                Some(head) => Start::OneByOne(
+                    Delivery::new(core.clone(), core.prepare_value(head, From::User)),
+                    values.collect(),
+                ),
             }
-            Ok(Prepared::OneByOne(values)) => {
+        }
+    };
+    async move {
+        match start {
+            Start::Refused(error) => Err(SendAllError::new(0, BatchReceipt::default(), error)),
+            Start::Fast(targets, envelopes) => Ok(core.deliver_batch(targets, envelopes).await),
+            Start::Empty => Ok(BatchReceipt::default()),
+            Start::OneByOne(head, rest) => {
                 let mut receipt = BatchReceipt::default();
-                for (sent, value) in values.into_iter().enumerate() {
+                match head.await {
+                    Ok(one) => receipt.add(one),
+                    Err(error) => return Err(SendAllError::new(0, receipt, error)),
+                }
+                for (i, value) in rest.into_iter().enumerate() {
                     match Delivery::value(&core, value, From::User).await {
                         Ok(one) => receipt.add(one),
-                        Err(error) => return Err(SendAllError::new(sent, receipt, error)),
+                        Err(error) => return Err(SendAllError::new(i + 1, receipt, error)),
                     }
                 }
                 Ok(receipt)

@@ -2,7 +2,8 @@
 //! completion tracker, the readiness barrier, the lossless capacity wait (per message,
 //! batched, a waiter let in by one take, a cancelled waiting push), and the receiver's own
 //! wait with the channel it lets go of when idle (a push waking a parked receiver, a
-//! channel retired while a sender holds it, the end of the queue, a close racing a push). Run with
+//! channel retired while a sender holds it, the end of the queue, a close racing a push, a
+//! batch's run of pushes with one wake-up). Run with
 //! `RUSTFLAGS="--cfg loom" cargo test --lib --release --no-default-features loom_`
 //! (see docs/testing.md). Each model keeps to ≤ 3 threads and a few operations.
 
@@ -181,6 +182,26 @@ fn loom_a_push_wakes_a_parked_receiver() {
             tx
         });
         assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, 7);
+        check_and_drop(producer.join().unwrap(), rx);
+    });
+}
+
+/// A batch's run: two slots reserved at once, two pushes, one wake-up at the end, while
+/// the receiver parks: in every interleaving it is woken and gets both, in order, and the
+/// counts end exact.
+#[test]
+fn loom_a_batch_run_with_one_wake_up_wakes_a_parked_receiver() {
+    model("batch run wakes a parked receiver", || {
+        let (tx, mut rx) = crate::core::queue::queue(4, 1, None, Box::default());
+        rx.release_when_idle();
+        let producer = thread::spawn(move || {
+            assert_eq!(tx.reserve_up_to(2), Some(2));
+            let run = [item(0).envelope, item(1).envelope];
+            assert_eq!(tx.push_reserved_many(&run), 2);
+            tx
+        });
+        assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, 0);
+        assert_eq!(block_on(rx.recv()).unwrap().envelope.msg_id, 1);
         check_and_drop(producer.join().unwrap(), rx);
     });
 }

@@ -69,7 +69,8 @@
 //!    releases it, and makes a SeqCst fence;
 //! 3. it looks at its queue again, and waits only if it is still empty.
 //!
-//! A sender, after each push, makes a SeqCst fence and reads `PARKED`; if it is raised,
+//! A sender, after each push (after the last push of a batch's run, for `send_all`),
+//! makes a SeqCst fence and reads `PARKED`; if it is raised,
 //! it takes it down (one sender wins) and notifies `arrival`. The two fences make a
 //! store-buffering pair: either the sender sees the flag, or the receiver's second look
 //! sees the message. Listening *before* raising the flag matters: a sender's wake-up for
@@ -118,7 +119,8 @@ impl Chan {
 /// Invariants:
 /// - `len(state) <= capacity` at all times, but for the messages let in over it by a
 ///   broken cycle of waits (one per broken wait, `core/deadlock.rs`) still counted. `len` is the messages in the channels, plus
-///   the reservations in flight (each lives for one synchronous push), plus the taken
+///   the reservations in flight (each lives for one synchronous push, or for the
+///   synchronous run of pushes of a batch), plus the taken
 ///   messages whose room is held back (counted in `owed`, or just swapped out of it and
 ///   about to be released). `waiters(state)` counts the live `WaiterGuard`s.
 /// - `chan` is empty, or holds the one channel senders push to. Only a sender that finds
@@ -467,13 +469,13 @@ impl QueueTx {
         if self.state.gone.load(Ordering::Acquire) {
             return None;
         }
-        Some(match self.state.try_reserve_up_to(n) {
-            0 => {
-                self.state.reclaim();
-                self.state.try_reserve_up_to(n)
-            }
-            taken => taken,
-        })
+        let taken = self.state.try_reserve_up_to(n);
+        if taken == n {
+            return Some(taken);
+        }
+        // Short: take back the room held back by the receiver, and try for the rest.
+        self.state.reclaim();
+        Some(taken + self.state.try_reserve_up_to(n - taken))
     }
 
     /// Pushes a copy of each envelope, each into a slot taken by `reserve_up_to`, then
