@@ -3,7 +3,8 @@
 //! the semantics of a single send (SEMANTICS.md §2, "Sending in batches").
 //!
 //! The fast path covers batches whose snapshot holds no tracked handler: nobody waits for
-//! a handler, so the batch is pushed queue by queue. A type with tracked handlers is sent
+//! a handler, so each queue first takes the run of the batch that fits, in one go, and
+//! what does not fit then goes message by message. A type with tracked handlers is sent
 //! one message at a time (each its own `send`), which keeps every tracking rule as it is.
 
 use std::any::{Any, TypeId};
@@ -77,10 +78,10 @@ impl Core {
         Ok(Prepared::Fast { targets, envelopes })
     }
 
-    /// Delivers a fast-path batch: queue by queue, every message in batch order. Where a
-    /// queue has room for the whole batch, one reservation and one wake-up do it; the
-    /// rest waits for room (lossless) or is missed and reported (broadcast), message by
-    /// message, as single sends do.
+    /// Delivers a fast-path batch, every queue getting the messages in batch order: first
+    /// each queue the run that fits (one reservation, one wake-up), then the rest message
+    /// by message to every queue that lacks it, waiting for room (lossless) or missing and
+    /// reporting (broadcast) as single sends do.
     pub(crate) async fn deliver_batch(
         &self,
         targets: Arc<Targets>,
@@ -142,15 +143,28 @@ impl Core {
                     tracker: None,
                 };
                 let queued = match self.config.delivery_mode {
-                    DeliveryMode::Lossless => match slot.push(item).await {
-                        Ok(over) => {
-                            if over {
-                                self.deadlock_broken();
-                            }
-                            true
+                    DeliveryMode::Lossless => match slot.try_push(item) {
+                        Ok(()) => true,
+                        // A forwarder ending for lack of observers: not waited for, as a
+                        // single send does not wait for it.
+                        Err(PushError::Full(_)) if slot.state.ended_quietly() => {
+                            *lacks = count;
+                            false
                         }
-                        Err(_) => {
-                            *lacks = count; // gone while it waited
+                        Err(PushError::Full(item)) => match slot.push(item).await {
+                            Ok(over) => {
+                                if over {
+                                    self.deadlock_broken();
+                                }
+                                true
+                            }
+                            Err(_) => {
+                                *lacks = count; // gone while it waited
+                                false
+                            }
+                        },
+                        Err(PushError::Closed(_)) => {
+                            *lacks = count;
                             false
                         }
                     },

@@ -140,7 +140,8 @@ pub(crate) struct QueueState {
     credit_batch: u64,
     /// Low 40 bits: messages taken whose room is not yet given back. Added to by the
     /// receiver, moved out (`reclaim`) by the receiver at a full batch, before it waits, or
-    /// at once while a sender waits, and by any sender that finds the queue full.
+    /// at once while a sender waits, and by any sender that finds the queue full (or too
+    /// short for a batch's run).
     /// High bits: lossless senders registered as waiting (the same count as in `state`).
     /// On its own cache line: the receiver writes it per message.
     owed: CachePadded,

@@ -177,6 +177,8 @@ impl RelaySender {
     /// # });
     /// ```
     #[must_use = "a sink sends nothing until items are fed into it"]
+    #[doc(alias = "sink")]
+    #[doc(alias = "into_sink")]
     pub fn as_sink<T: Any + Send + Sync>(&self) -> SendSink<T> {
         SendSink::new(self.weak())
     }
