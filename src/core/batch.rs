@@ -15,12 +15,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::core::delivery::Delivery;
-use crate::core::queue::PushError;
 use crate::core::registry::{Targets, TypeCounters};
 use crate::core::trace::SendSpan;
-use crate::core::{Core, From};
-use crate::relay::config::DeliveryMode;
-use crate::relay::envelope::{erased_name, Envelope, Queued, TypeName};
+use crate::core::{Core, CountOnDrop, From, Tally};
+use crate::relay::envelope::{erased_name, Envelope, TypeName};
 use crate::relay::error::{SendAllError, SendError};
 use crate::relay::receipt::{BatchReceipt, Receipt};
 
@@ -110,7 +108,6 @@ impl Core {
         }
         // Counted as they are queued, and on a cancellation part-way too.
         let mut added = CountOnDrop(&counters.delivered, 0);
-        let mut crowded = false;
         // Phase 1, per queue: one reservation for the run that fits, its pushes, one
         // wake-up. `next[i]`: the first message queue `i` still lacks (`count` once it has
         // them all, or if it is gone).
@@ -132,68 +129,28 @@ impl Core {
         // several of these queues in turn is never starved (each queue still gets the
         // batch in order).
         let from = next.iter().copied().min().unwrap_or(count);
+        // Each message as a single send pushes it (`push_one`: queued, missed and reported,
+        // or skipped for a quietly ending forwarder), waiting where a lossless queue is full.
+        let mut tally = Tally::default();
         for (k, envelope) in envelopes.iter().enumerate().skip(from) {
             for (slot, lacks) in targets.iter().zip(next.iter_mut()) {
                 if *lacks != k {
                     continue;
                 }
                 *lacks = k + 1;
-                let item = Queued {
-                    envelope: envelope.clone(),
-                    tracker: None,
-                };
-                let queued = match self.config.delivery_mode {
-                    DeliveryMode::Lossless => match slot.try_push(item) {
-                        Ok(()) => true,
-                        // A forwarder ending for lack of observers: not waited for, as a
-                        // single send does not wait for it.
-                        Err(PushError::Full(_)) if slot.state.ended_quietly() => {
-                            *lacks = count;
-                            false
-                        }
-                        Err(PushError::Full(item)) => match slot.push(item).await {
-                            Ok(over) => {
-                                if over {
-                                    self.deadlock_broken();
-                                }
-                                true
-                            }
-                            Err(_) => {
-                                *lacks = count; // gone while it waited
-                                false
-                            }
-                        },
-                        Err(PushError::Closed(_)) => {
-                            *lacks = count;
-                            false
-                        }
-                    },
-                    DeliveryMode::Broadcast => match slot.try_push(item) {
-                        Ok(()) => true,
-                        // A forwarder ending for lack of observers: not a miss.
-                        Err(PushError::Full(_)) if slot.state.ended_quietly() => false,
-                        Err(PushError::Full(item)) => {
-                            receipt.missed += 1;
-                            self.missed(slot, item, counters);
-                            false
-                        }
-                        Err(PushError::Closed(_)) => {
-                            *lacks = count;
-                            false
-                        }
-                    },
-                };
-                if queued {
-                    receipt.queued += 1;
-                    added.1 += 1;
+                let before = tally.receipt.queued;
+                if let Some(item) = self.push_one(envelope, slot, None, &mut tally, counters) {
+                    if self.push_waiting(slot, item).await {
+                        tally.receipt.queued += 1;
+                    }
                 }
+                added.1 += (tally.receipt.queued - before) as u64;
             }
         }
-        for slot in targets.iter() {
-            crowded |= slot.is_crowded();
-        }
+        receipt.queued += tally.receipt.queued;
+        receipt.missed += tally.receipt.missed;
         drop(added);
-        if crowded {
+        if targets.iter().any(|slot| slot.is_crowded()) {
             // As a single send does: give a consumer on this worker one turn.
             YieldOnce(false).await;
         }
@@ -263,15 +220,6 @@ impl BatchReceipt {
         self.queued += one.queued;
         self.handled += one.handled;
         self.missed += one.missed;
-    }
-}
-
-/// Adds to a counter when dropped (a batch cancelled part-way counts what it queued).
-struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64, u64);
-
-impl Drop for CountOnDrop<'_> {
-    fn drop(&mut self) {
-        TypeCounters::add(self.0, self.1);
     }
 }
 

@@ -673,19 +673,11 @@ impl Core {
         while let Some(item) = waiting.take() {
             let slot = &targets.run_from(next)[0];
             let tracked = item.tracker.is_some();
-            // Inside one of the relay's own tasks, a wait for room is a wait of that task:
-            // the deadlock check may let it in over the capacity (core/deadlock.rs).
-            match slot.push(item).await {
-                Ok(over) => {
-                    if over {
-                        self.deadlock_broken();
-                    }
-                    tally.receipt.queued += 1;
-                    tally.receipt.handled += usize::from(tracked);
-                    tally.crowded |= slot.is_crowded();
-                    added.1 += 1;
-                }
-                Err(item) => self.fail_gone(item, &slot.state),
+            if self.push_waiting(slot, item).await {
+                tally.receipt.queued += 1;
+                tally.receipt.handled += usize::from(tracked);
+                tally.crowded |= slot.is_crowded();
+                added.1 += 1;
             }
             let before = tally.receipt.queued;
             let blocked =
@@ -697,6 +689,25 @@ impl Core {
             }
         }
         (tally, tracker)
+    }
+
+    /// Pushes `item` into `slot`, waiting for room (lossless): `true` once queued, `false`
+    /// if its receiver went away (the item then fails as gone). Inside one of the relay's
+    /// own tasks, a wait for room is a wait of that task: the deadlock check may let it in
+    /// over the capacity (core/deadlock.rs), which is counted.
+    pub(crate) async fn push_waiting(&self, slot: &QueueTx, item: Queued) -> bool {
+        match slot.push(item).await {
+            Ok(over) => {
+                if over {
+                    self.deadlock_broken();
+                }
+                true
+            }
+            Err(item) => {
+                self.fail_gone(item, &slot.state);
+                false
+            }
+        }
     }
 
     /// Pushes the message to each target from index `start` on that has room, in order,
@@ -728,7 +739,7 @@ impl Core {
 
     /// Pushes the message to one target without waiting; the item back if the queue is
     /// full in lossless mode.
-    fn push_one(
+    pub(crate) fn push_one(
         &self,
         envelope: &Envelope,
         slot: &QueueTx,
@@ -907,7 +918,7 @@ fn is_internal_type_name(name: &str) -> bool {
 
 /// Adds its count to a type's counter when dropped (the counters are std atomics: they
 /// order nothing, so loom need not see them).
-struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64, u64);
+pub(crate) struct CountOnDrop<'a>(pub(crate) &'a std::sync::atomic::AtomicU64, pub(crate) u64);
 
 impl Drop for CountOnDrop<'_> {
     fn drop(&mut self) {

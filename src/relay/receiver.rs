@@ -261,23 +261,7 @@ impl RelayReceiver {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerResult,
     {
-        self.within_abortable(futures::future::AbortHandle::new_pair(), f)
-    }
-
-    /// As `within`, stopped by `abort`.
-    pub(crate) fn within_abortable<F, Fut>(
-        &self,
-        abort: (
-            futures::future::AbortHandle,
-            futures::future::AbortRegistration,
-        ),
-        f: F,
-    ) -> TaskHandle
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerResult,
-    {
+        let abort = futures::future::AbortHandle::new_pair();
         start_within(&self.core, self.id, &self.config, &self.tasks, abort, f)
     }
 

@@ -31,6 +31,7 @@ use crate::core::lost::Guarded;
 use crate::core::trace::Work;
 use crate::relay::config::Config;
 use crate::relay::error::HandlerKind;
+use crate::relay::handler::start_within;
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::{RelaySender, WeakSender};
 use crate::relay::task_handle::TaskHandle;
@@ -126,7 +127,14 @@ impl RelayReceiver {
         let mut who = self.forwarder_identity(&inbox);
         who.abort = Some(abort.0.clone());
         let work = Guarded::new(who, forwarding(inbox, target.forward_target()));
-        self.within_abortable(abort, move || work)
+        start_within(
+            &self.core,
+            self.id,
+            &self.config,
+            &self.tasks,
+            abort,
+            move || work,
+        )
     }
 
     /// Merges this relay and `others` into a new relay (see [`Relay::merge`]).
