@@ -491,12 +491,12 @@ fn a_handle_whose_task_was_dropped_says_so_before_it_terminates() {
     spawner.drop_all();
     assert!(handle.is_finished(), "the task's future is gone");
     assert!(!handle.is_terminated(), "its outcome is not yet handed out");
-    let outcome = futures::executor::block_on(async {
+    let outcome = futures::executor::block_on(within(WAIT, "the dropped task's handle", async {
         select! {
             outcome = handle => Some(outcome),
             complete => None,
         }
-    });
+    }));
     let e = outcome.expect("select! polled the handle").unwrap_err();
     assert!(e.downcast_ref::<HandlerGone>().is_some(), "{e}");
     assert!(handle.is_terminated());
