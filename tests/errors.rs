@@ -52,6 +52,17 @@ fn counter() -> Arc<AtomicUsize> {
 /// The panic a message's `Drop` raises on purpose (kept out of the test output).
 const INTENDED_DROP: &str = "intended panic in a message's Drop (errors test)";
 
+/// Panics when its last copy is dropped, if asked to.
+struct Fragile(bool);
+
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        if self.0 {
+            panic!("{INTENDED_DROP}");
+        }
+    }
+}
+
 on_every_runtime! {
     async fn a_handler_gone_after_a_propagated_panic_is_reported_lost_and_leaves() {
         quiet_intended_panics(INTENDED_DROP);
@@ -72,15 +83,6 @@ on_every_runtime! {
 
     async fn a_panic_in_the_drop_of_the_last_copy_does_not_end_the_handler() {
         quiet_intended_panics(INTENDED_DROP);
-        /// Panics when its last copy is dropped, if asked to.
-        struct Fragile(bool);
-        impl Drop for Fragile {
-            fn drop(&mut self) {
-                if self.0 {
-                    panic!("{INTENDED_DROP}");
-                }
-            }
-        }
         let (tx, rx) = Relay::channel();
         let mut events = rx.subscribe::<RelayError>();
         let seen = Arc::new(AtomicUsize::new(0));
@@ -88,18 +90,76 @@ on_every_runtime! {
         rx.sink::<Fragile>(move |_| {
             s.fetch_add(1, Ordering::SeqCst);
         });
-        // The send's own copy goes first (the sink holds the last), then the sink drops it.
-        let receipt = tx.send(Fragile(true)).await.unwrap();
-        assert_eq!(receipt.handled, 1);
+        // Many times over: the sink runs on another worker and may finish before the send
+        // returns. Once the message is queued the send holds no copy of it, so the sink's
+        // copy is always the last, whatever the timing: its drop panics inside the
+        // relay's guard, never in this task.
+        const ROUNDS: usize = 200;
+        for round in 1..=ROUNDS {
+            let receipt = tx.send(Fragile(true)).await.unwrap();
+            assert_eq!(receipt.handled, 1);
+            assert_eq!(seen.load(Ordering::SeqCst), round);
+            let e = within(WAIT, "the event of the panicking drop", events.recv()).await.unwrap();
+            assert!(e.is_panic() && e.error.to_string().contains("while dropping"), "{e}");
+            assert_eq!(e.kind, HandlerKind::Sink);
+        }
         // The handler is still there: the next message is processed.
         tx.send(Fragile(false)).await.unwrap();
-        assert_eq!(seen.load(Ordering::SeqCst), 2);
-        // The send let go of its copy at its first poll, so the sink's was the last: its
-        // drop panicked, and that was caught and published.
+        assert_eq!(seen.load(Ordering::SeqCst), ROUNDS + 1);
+        assert_eq!(rx.stats().tracked_handlers, 1);
+    }
+
+    async fn a_panic_in_the_drop_of_a_value_a_forwarder_made_and_nobody_took_is_reported() {
+        quiet_intended_panics(INTENDED_DROP);
+        let (tx, rx) = Relay::channel();
+        let mut events = rx.subscribe::<RelayError>();
+        let child = rx.filter_map::<u8, Fragile>(|n| Some(Fragile(*n == 1)));
+        // Observed (so fed), but nobody there takes a `Fragile`: the forwarder's send lets
+        // go of the only copy.
+        let _observer = child.subscribe::<u16>();
+        tx.send(1u8).await.unwrap();
         let e = within(WAIT, "the event of the panicking drop", events.recv()).await.unwrap();
         assert!(e.is_panic() && e.error.to_string().contains("while dropping"), "{e}");
-        assert_eq!(e.kind, HandlerKind::Sink);
-        assert_eq!(rx.stats().tracked_handlers, 1);
+        assert_eq!(e.kind, HandlerKind::Forwarder);
+        // The forwarder goes on: the next value reaches the child (unrouted there too).
+        tx.send(2u8).await.unwrap();
+        within(WAIT, "the second value on the child", async {
+            while child.stats().unrouted < 2 {
+                common::yield_now().await;
+            }
+        })
+        .await;
+        assert_eq!(child.stats().panics, 0);
+        assert!(!child.is_closed());
+    }
+
+    async fn a_panic_in_the_drop_of_a_copy_a_forward_held_last_does_not_end_the_forward() {
+        quiet_intended_panics(INTENDED_DROP);
+        let (a_tx, a) = Relay::channel();
+        let (b_tx, b) = Relay::channel();
+        let mut events = a.subscribe::<RelayError>();
+        let seen = counter();
+        let s = seen.clone();
+        b.sink::<Fragile>(move |_| {
+            s.fetch_add(1, Ordering::SeqCst);
+        });
+        let forwarding = a.forward_detached(&b_tx.weak());
+        // The forward holds its copy until `b`'s sink is done: then it is the last.
+        a_tx.send(Fragile(true)).await.unwrap();
+        let e = within(WAIT, "the event of the panicking drop", events.recv()).await.unwrap();
+        assert!(e.is_panic() && e.error.to_string().contains("while dropping"), "{e}");
+        assert_eq!(e.kind, HandlerKind::Forwarder);
+        // The forward goes on.
+        a_tx.send(Fragile(false)).await.unwrap();
+        within(WAIT, "the second message on b", async {
+            while seen.load(Ordering::SeqCst) < 2 {
+                common::yield_now().await;
+            }
+        })
+        .await;
+        assert!(!forwarding.is_finished());
+        drop(a_tx);
+        within(WAIT, "the forward's end", forwarding).await.unwrap();
     }
 
     // ----- handler errors --------------------------------------------------------------

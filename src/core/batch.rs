@@ -139,7 +139,9 @@ impl Core {
                 }
                 *lacks = k + 1;
                 let before = tally.receipt.queued;
-                if let Some(item) = self.push_one(envelope, slot, None, &mut tally, counters) {
+                if let Some(item) =
+                    self.push_one(envelope.clone(), slot, None, &mut tally, counters)
+                {
                     if self.push_waiting(slot, item).await {
                         tally.receipt.queued += 1;
                     }

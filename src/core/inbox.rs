@@ -209,7 +209,10 @@ impl Completion {
     pub(crate) fn reporter(&self) -> Reporter {
         Reporter {
             core: self.core.clone(),
-            error: self.relay_error(Arc::new(HandlerGone)),
+            msg_id: self.msg_id,
+            relay_id: self.relay_id,
+            kind: self.kind,
+            type_name: self.type_name,
         }
     }
 
@@ -242,20 +245,43 @@ impl Completion {
 
 /// Publishes a failure about a message that has already been settled: no sender waits
 /// for it any more, so the failure only takes the event path (`RelayError`).
+///
+/// It holds only the message's identity (no error is made until one is reported), so a
+/// handler can keep one for every message it runs without allocating.
 pub(crate) struct Reporter {
     core: Weak<Core>,
-    /// The message's identity; its `error` is replaced by the one reported.
-    error: RelayError,
+    msg_id: u64,
+    relay_id: u64,
+    kind: HandlerKind,
+    type_name: &'static str,
 }
 
 impl Reporter {
+    /// A panic in the `Drop` of a message a forwarder let go of: published ("while
+    /// dropping the message"), then, under `PanicMode::Propagate`, raised again in the
+    /// forwarder's task (which then ends, as after any propagated panic).
+    pub(crate) fn report_drop_panic(self, payload: Box<dyn Any + Send>) {
+        let propagate = self.core.upgrade().is_some_and(|core| {
+            core.config.panic_mode == crate::relay::config::PanicMode::Propagate
+        });
+        self.report(Arc::new(crate::relay::error::PanicError::dropping(
+            &*payload,
+        )));
+        if propagate {
+            std::panic::resume_unwind(payload);
+        }
+    }
+
     pub(crate) fn report(self, error: SharedError) {
         if let Some(core) = self.core.upgrade() {
             core.report(
                 None,
                 RelayError {
+                    msg_id: self.msg_id,
+                    relay_id: self.relay_id,
+                    kind: self.kind,
+                    type_name: self.type_name,
                     error,
-                    ..self.error
                 },
             );
         }

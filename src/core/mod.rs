@@ -169,7 +169,9 @@ pub(crate) enum Pushed {
 /// A lossless send stopped at a full queue: `item` is for `targets.slots[next]`, the
 /// slots after it are still to do.
 pub(crate) struct Blocked {
-    envelope: Envelope,
+    /// The send's own copy, for the slots after `next` (`None` once the last slot's push
+    /// took it: see `push_from`).
+    envelope: Option<Envelope>,
     targets: Arc<Targets>,
     tracker: Option<Arc<Tracker>>,
     next: usize,
@@ -569,8 +571,8 @@ impl Core {
                 );
             }
         }
-        let blocked = self.push_from(&envelope, &targets, 0, tracker.as_ref(), &mut tally);
-        TypeCounters::add(&counters.delivered, tally.receipt.queued as u64);
+        let mut envelope = Some(envelope);
+        let blocked = self.push_from(&mut envelope, &targets, 0, tracker.as_ref(), &mut tally);
         match blocked {
             None => Pushed::Done { tally, tracker },
             Some((next, item)) => Pushed::Blocked(Blocked {
@@ -630,26 +632,38 @@ impl Core {
             self.unrouted(counters, msg_id, type_id, envelope.type_name);
             return Ok(tally.receipt);
         }
-        if lossless {
-            for (i, slot) in targets.iter().enumerate() {
-                if !std::mem::take(&mut held.held[i]) {
-                    continue;
-                }
-                let item = Queued {
-                    envelope: envelope.clone(),
-                    tracker: None,
-                };
-                // On `Err` (the receiver just went) `push_reserved` gives the slot back.
-                if slot.push_reserved(item).is_ok() {
-                    tally.receipt.queued += 1;
-                }
+        let mut envelope = Some(envelope);
+        if !lossless {
+            // Never waits in broadcast mode: a full queue misses the message.
+            self.push_from(&mut envelope, &targets, 0, None, &mut tally);
+            return Ok(tally.receipt);
+        }
+        // As in `push_from`, the last queue that takes it gets the send's own copy.
+        let Some(last) = held.held.iter().rposition(|&taken| taken) else {
+            return Ok(tally.receipt); // every receiver is gone
+        };
+        let mut counted = CountOnDrop(&counters.delivered, 0);
+        for (i, slot) in targets.iter().enumerate().take(last + 1) {
+            if !held.held[i] {
+                continue;
             }
-        } else {
-            for slot in targets.iter() {
-                self.push_one(&envelope, slot, None, &mut tally, counters);
+            let copy = if i == last {
+                envelope.take()
+            } else {
+                envelope.clone()
+            };
+            let Some(copy) = copy else { break }; // not reached: taken only at `last`
+            held.held[i] = false; // used now: `held` no longer gives it back
+            let item = Queued {
+                envelope: copy,
+                tracker: None,
+            };
+            // On `Err` (the receiver just went) `push_reserved` gives the slot back.
+            if slot.push_reserved(item).is_ok() {
+                tally.receipt.queued += 1;
+                counted.1 += 1;
             }
         }
-        TypeCounters::add(&counters.delivered, tally.receipt.queued as u64);
         Ok(tally.receipt)
     }
 
@@ -658,16 +672,16 @@ impl Core {
     /// have: the tally, and the tracker to wait on.
     pub(crate) async fn deliver_rest(&self, blocked: Blocked) -> (Tally, Option<Arc<Tracker>>) {
         let Blocked {
-            envelope,
+            mut envelope,
             targets,
             tracker,
             mut next,
             item,
             mut tally,
         } = blocked;
-        // The first poll counted its own pushes. Those made here are added to the type's
-        // counter when delivery ends *or is cancelled* part-way, so copies already queued
-        // by a dropped send are counted.
+        // `push_from` counts its own pushes. Those made here, after a wait, are added to
+        // the type's counter when delivery ends *or is cancelled* part-way, so copies
+        // already queued by a dropped send are counted.
         let mut added = CountOnDrop(&targets.counters.delivered, 0);
         let mut waiting = Some(item);
         while let Some(item) = waiting.take() {
@@ -679,10 +693,13 @@ impl Core {
                 tally.crowded |= slot.is_crowded();
                 added.1 += 1;
             }
-            let before = tally.receipt.queued;
-            let blocked =
-                self.push_from(&envelope, &targets, next + 1, tracker.as_ref(), &mut tally);
-            added.1 += (tally.receipt.queued - before) as u64;
+            let blocked = self.push_from(
+                &mut envelope,
+                &targets,
+                next + 1,
+                tracker.as_ref(),
+                &mut tally,
+            );
             if let Some((at, item)) = blocked {
                 next = at;
                 waiting = Some(item);
@@ -712,43 +729,64 @@ impl Core {
 
     /// Pushes the message to each target from index `start` on that has room, in order,
     /// without waiting. Returns the first full queue (its index) and its item in lossless
-    /// mode, where the caller must wait for room and then continue after it.
+    /// mode, where the caller must wait for room and then continue after it. What it
+    /// queues is added to the type's `delivered` counter here.
+    ///
+    /// The last target gets the send's own copy (`envelope` is `None` after it), not a
+    /// clone: once a message is queued everywhere, the sender holds no copy of it, so the
+    /// last copy is always let go of by a receiver — where a panicking `Drop` is caught
+    /// (SEMANTICS.md §6) — and never, by a race with the handlers, by the sender.
     fn push_from(
         &self,
-        envelope: &Envelope,
+        envelope: &mut Option<Envelope>,
         targets: &Targets,
         start: usize,
         tracker: Option<&Arc<Tracker>>,
         tally: &mut Tally,
     ) -> Option<(usize, Queued)> {
+        let last = targets.len().checked_sub(1)?;
+        if start > last {
+            return None; // the last target is done: the send holds no copy any more
+        }
+        let counters = &targets.counters;
+        let before = tally.receipt.queued;
+        // Counted even if the last push unwinds: a refused last copy is dropped there, and
+        // its `Drop` may panic (a forwarder catches that, see `send_made`).
+        let mut counted = CountOnDrop(&counters.delivered, 0);
         let mut at = start;
-        loop {
-            let run = targets.run_from(at);
-            if run.is_empty() {
-                return None;
-            }
-            for slot in run {
-                if let Some(item) = self.push_one(envelope, slot, tracker, tally, &targets.counters)
-                {
-                    return Some((at, item));
+        if let Some(own) = envelope.as_ref() {
+            while at < last {
+                let run = targets.run_from(at);
+                for slot in &run[..run.len().min(last - at)] {
+                    if let Some(item) = self.push_one(own.clone(), slot, tracker, tally, counters) {
+                        counted.1 = (tally.receipt.queued - before) as u64;
+                        return Some((at, item));
+                    }
+                    at += 1;
                 }
-                at += 1;
             }
         }
+        counted.1 = (tally.receipt.queued - before) as u64;
+        let (Some(own), Some(slot)) = (envelope.take(), targets.run_from(last).first()) else {
+            return None; // not reached: `envelope` is only `None` once `start > last`
+        };
+        let blocked = self.push_one(own, slot, tracker, tally, counters);
+        counted.1 = (tally.receipt.queued - before) as u64;
+        blocked.map(|item| (last, item))
     }
 
     /// Pushes the message to one target without waiting; the item back if the queue is
     /// full in lossless mode.
     pub(crate) fn push_one(
         &self,
-        envelope: &Envelope,
+        envelope: Envelope,
         slot: &QueueTx,
         tracker: Option<&Arc<Tracker>>,
         tally: &mut Tally,
         counters: &TypeCounters,
     ) -> Option<Queued> {
         let item = Queued {
-            envelope: envelope.clone(),
+            envelope,
             tracker: slot.state.tracked.and(tracker.cloned()),
         };
         let tracked = item.tracker.is_some();

@@ -38,6 +38,7 @@ use crate::relay::task_handle::TaskHandle;
 use crate::relay::Relay;
 use crate::spawner::choice::Choice;
 use crate::spawner::BoxFuture;
+use crate::topology::settle_quietly;
 
 /// Something [`RelayReceiver::forward`] can send into: a [`RelaySender`] or a
 /// [`WeakSender`]. The forward holds it weakly either way, so it never keeps the target
@@ -234,15 +235,19 @@ async fn forwarding_loop(mut inbox: Inbox, target: WeakSender) {
         let Some(msg) = next else { return };
         let envelope = msg.envelope();
         if envelope.origin == target_id || is_internal_event(envelope.type_id()) {
-            continue; // echo, or an event of the source relay
+            settle_quietly(msg, drop); // echo, or an event of the source relay
+            continue;
         }
         let Some(core) = target.upgrade_core() else {
-            return;
+            return settle_quietly(msg, drop);
         };
         // Tracked by the target's own rules; its handler errors stay on the target.
         let work = Work::of(HandlerKind::Forwarder, relay_id, me, envelope);
         let send = work.enter(|| Delivery::forwarded(&core, envelope, true));
-        if let Err(crate::SendError::Closed) = work.run(send).await {
+        let outcome = work.run(send).await;
+        // The target's handlers may be done with it: this copy may be the last.
+        settle_quietly(msg, drop);
+        if let Err(crate::SendError::Closed) = outcome {
             return;
         }
     }

@@ -21,7 +21,7 @@ use crate::relay::envelope::TypeName;
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
-use crate::topology::{forwarder_panicked, guarded, next_for, settle_quietly};
+use crate::topology::{forwarder_panicked, guarded, next_for, send_made, settle_quietly};
 
 /// Why [`RelayReceiver::batch`] refused a batch size.
 ///
@@ -226,13 +226,19 @@ impl RelayReceiver {
                 match work.enter(|| guarded(|| f(value))) {
                     Ok(Some(out)) => {
                         let origin = msg.envelope().origin;
+                        let reporter = msg.reporter();
                         settle_quietly(msg, drop);
                         // The child's handler errors were published on the child.
                         let core = &child_tx.core;
-                        let send = work.enter(|| Delivery::value(core, out, From::Relay(origin)));
-                        let _ = work.run(send).await;
+                        let send = async {
+                            let send =
+                                work.enter(|| Delivery::value(core, out, From::Relay(origin)));
+                            let _ = work.run(send).await;
+                        };
+                        send_made(send, reporter).await;
                     }
-                    Ok(None) => {}
+                    // This copy may be the last (the parent's other handlers are done).
+                    Ok(None) => settle_quietly(msg, drop),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
                 }
             }
@@ -340,6 +346,7 @@ impl RelayReceiver {
             // follow what is batched, not the size asked for.
             let first = size.min(PREALLOCATED_BATCH);
             let mut batch: Vec<Item> = Vec::with_capacity(first);
+            let mut last = None;
             let (relay_id, me) = (inbox.relay_id(), inbox.id());
             while let Some(mut msg) = next_for(&mut inbox, std::slice::from_ref(&child_tx)).await {
                 let work = Work::of(HandlerKind::Forwarder, relay_id, me, msg.envelope());
@@ -354,17 +361,27 @@ impl RelayReceiver {
                     Ok(item) => batch.push(item),
                     Err(payload) => return forwarder_panicked(msg, payload, mode),
                 }
+                // A panicking drop of the batch is reported about its last message.
+                let reporter = msg.reporter();
                 settle_quietly(msg, drop);
                 if batch.len() == size {
                     // The batch's send hangs below the span of the message that filled it.
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(first));
                     let core = &child_tx.core;
-                    let send = work.enter(|| Delivery::value(core, full, From::Here));
-                    let _ = work.run(send).await;
+                    let send = async {
+                        let send = work.enter(|| Delivery::value(core, full, From::Here));
+                        let _ = work.run(send).await;
+                    };
+                    send_made(send, reporter).await;
+                } else {
+                    last = Some(reporter);
                 }
             }
-            if !batch.is_empty() {
-                let _ = Delivery::value(&child_tx.core, batch, From::Here).await;
+            if let (false, Some(reporter)) = (batch.is_empty(), last) {
+                let send = async {
+                    let _ = Delivery::value(&child_tx.core, batch, From::Here).await;
+                };
+                send_made(send, reporter).await;
             }
         })
     }

@@ -25,8 +25,8 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::core::inbox::Completion;
 use crate::core::inbox::Inbox;
+use crate::core::inbox::{Completion, Reporter};
 use crate::core::lost::{Guarded, Identity};
 use crate::relay::config::{Config, PanicMode};
 use crate::relay::error::HandlerKind;
@@ -34,6 +34,7 @@ use crate::relay::error::{PanicError, SharedError};
 use crate::relay::receiver::RelayReceiver;
 use crate::relay::sender::RelaySender;
 use crate::relay::Relay;
+use futures::FutureExt;
 
 /// The next message for the forwarder of derived relays `children`, or `None` once its
 /// source is closed and drained, or once none of `children` can be observed any more (no
@@ -71,11 +72,26 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>
 
 /// Settles (or just drops) a forwarder's copy of a message with `settle`, catching a panic
 /// in the value's `Drop` if this copy was the last: the forwarder goes on, and the panic
-/// is published as a `RelayError` (its sender, if any, already has its verdict).
+/// is published as a `RelayError` (its sender, if any, already has its verdict); under
+/// `PanicMode::Propagate` it is raised again after that.
 pub(crate) fn settle_quietly(msg: Completion, settle: impl FnOnce(Completion)) {
     let reporter = msg.reporter();
     if let Err(payload) = guarded(|| settle(msg)) {
-        reporter.report(Arc::new(PanicError::dropping(&*payload)));
+        reporter.report_drop_panic(payload);
+    }
+}
+
+/// Sends a value the forwarder made (`filter_map`'s output, a batch) into its child.
+/// Where no subscriber takes it (unrouted, missed, gone), the send lets go of the only
+/// copy: a panic in the value's `Drop` is caught there and published on the parent as a
+/// `RelayError` about `reporter`'s message ("while dropping the message"), as
+/// [`settle_quietly`] does, and the forwarder goes on (under `PanicMode::Propagate` the
+/// panic is raised again after that). Pass the send as an `async` block that makes it,
+/// so a value refused at once (a closed child) is dropped inside the guard too. (Once
+/// the value is queued anywhere the send holds no copy of it: see `Core::push_from`.)
+pub(crate) async fn send_made<F: Future>(send: F, reporter: Reporter) {
+    if let Err(payload) = AssertUnwindSafe(send).catch_unwind().await {
+        reporter.report_drop_panic(payload);
     }
 }
 
