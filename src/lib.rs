@@ -81,6 +81,8 @@ pub use crate::relay::error::{
 };
 pub use crate::relay::events::{Dropped, HandlerLost, LossReason, Unrouted};
 pub use crate::relay::handler::{AsyncHandler, Handler, HandlerResult};
+pub use crate::relay::options::SubscribeOptions;
+pub use crate::relay::permit::Permit;
 pub use crate::relay::receipt::{BatchReceipt, Receipt};
 pub use crate::relay::receiver::RelayReceiver;
 pub use crate::relay::recv::{Recv, RecvEnvelope, RecvMany, RecvTracked};

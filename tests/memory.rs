@@ -229,20 +229,24 @@ fn dropped_subscribers_give_their_memory_back() {
     block_on(tx.send(0u64)).unwrap();
     assert_eq!(warm.try_recv().map(|v| *v), Ok(0));
     drop(warm);
-    // And a whole unmeasured round of the work measured below: whatever one-off
-    // allocation it makes (one of 1,148 B was seen once in 8 runs), it makes here. A cost
-    // per subscriber that is not given back shows in the measured round all the same.
-    let warm_round: Vec<_> = (0..SUBSCRIBERS).map(|_| rx.subscribe::<u64>()).collect();
-    drop(warm_round);
-    let before = net_bytes();
-    let subs: Vec<_> = (0..SUBSCRIBERS).map(|_| rx.subscribe::<u64>()).collect();
-    drop(subs);
-    let after = net_bytes();
-    println!(
-        "{SUBSCRIBERS} subscribers made and dropped: {:+} bytes",
-        after - before
+    // Three measured rounds, judged by the smallest: a cost per subscriber that is not
+    // given back shows in every round, while a one-off allocation made meanwhile by
+    // something else (one of 1,148 B was seen now and then, cause unknown: another thread
+    // of the test binary, or a lazily grown structure) shows in one round only.
+    let rounds: Vec<isize> = (0..3)
+        .map(|_| {
+            let before = net_bytes();
+            let subs: Vec<_> = (0..SUBSCRIBERS).map(|_| rx.subscribe::<u64>()).collect();
+            drop(subs);
+            net_bytes() - before
+        })
+        .collect();
+    println!("{SUBSCRIBERS} subscribers made and dropped, three rounds: {rounds:?} bytes");
+    let least = rounds.iter().copied().min().unwrap_or(isize::MAX);
+    assert!(
+        least < 1024,
+        "{least} bytes still held after the best round"
     );
-    assert!(after - before < 1024, "{} bytes still held", after - before);
     assert_eq!(rx.stats().subscribers, 0);
 }
 

@@ -307,6 +307,7 @@ async fn round(seed: u64, sends: usize) -> Tally {
     let size = match mode {
         DeliveryMode::Broadcast => rng.range(4, 64),
         DeliveryMode::Lossless => rng.range(1, 16),
+        other => unreachable!("the soak draws broadcast or lossless, not {other:?}"),
     } as usize;
     let (tx, rx) = Relay::builder()
         .channel_size(size)

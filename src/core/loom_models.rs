@@ -3,7 +3,8 @@
 //! batched, a waiter let in by one take, a cancelled waiting push), and the receiver's own
 //! wait with the channel it lets go of when idle (a push waking a parked receiver, a
 //! channel retired while a sender holds it, the end of the queue, a close racing a push, a
-//! batch's run of pushes with one wake-up). Run with
+//! batch's run of pushes with one wake-up), and a drop-oldest eviction racing the
+//! receiver (a take, and a parking receiver that lets go of its channel). Run with
 //! `RUSTFLAGS="--cfg loom" cargo test --lib --release --no-default-features loom_`
 //! (see docs/testing.md). Each model keeps to ≤ 3 threads and a few operations.
 
@@ -306,6 +307,85 @@ fn one_take_from_a_full_queue(send: fn(&QueueTx)) {
     let tx = producer.join().unwrap();
     assert_eq!(rx.len(), 2);
     check_and_drop(tx, rx);
+}
+
+/// Drop-oldest on a full queue of one: a sender evicts to push message 1 while the
+/// receiver takes message 0. Each message is taken by exactly one side (received, or
+/// evicted and handed back), message 1 is never lost, and the room counts stay exact.
+#[test]
+fn loom_an_eviction_racing_the_receiver_hands_each_message_to_one_side() {
+    model("evict against a take", || {
+        let (tx, mut rx) =
+            crate::core::queue::queue_for(crate::DeliveryMode::Latest, 1, 1, None, Box::default());
+        tx.try_push(item(0)).ok().expect("room");
+        let producer = thread::spawn(move || {
+            let evicted = match tx.try_push(item(1)) {
+                Ok(()) => None,
+                Err(crate::core::queue::PushError::Full(one)) => {
+                    let (pushed, evicted) = tx.evict_for(one);
+                    assert!(pushed.is_ok(), "the receiver is here");
+                    evicted.map(|old| old.envelope.msg_id)
+                }
+                Err(_) => panic!("the receiver is here"),
+            };
+            (tx, evicted)
+        });
+        let first = rx.try_recv().ok().map(|item| item.envelope.msg_id);
+        let (tx, evicted) = producer.join().unwrap();
+        let mut received: Vec<u64> = first.into_iter().collect();
+        while let Ok(item) = rx.try_recv() {
+            received.push(item.envelope.msg_id);
+        }
+        let mut all = received.clone();
+        all.extend(evicted);
+        all.sort_unstable();
+        assert_eq!(all, [0, 1], "received {received:?}, evicted {evicted:?}");
+        assert_eq!(
+            received.last(),
+            Some(&1),
+            "the newest message is never lost"
+        );
+        check_and_drop(tx, rx);
+    });
+}
+
+/// Drop-oldest against a subscription that lets go of its channel when idle and parks:
+/// a sender evicts to push message 1, then goes away; the receiver reads to the end.
+/// Whatever the interleaving (a retire between the eviction and the push included), each
+/// message is received or evicted, exactly once, message 1 is received, and the parked
+/// receiver is woken for it.
+#[test]
+fn loom_an_eviction_against_a_parking_receiver_loses_no_wake_up() {
+    model("evict against a parking receiver", || {
+        let (tx, mut rx) =
+            crate::core::queue::queue_for(crate::DeliveryMode::Latest, 1, 1, None, Box::default());
+        rx.release_when_idle();
+        tx.try_push(item(0)).ok().expect("room");
+        let producer = thread::spawn(move || {
+            let evicted = match tx.try_push(item(1)) {
+                Ok(()) => None,
+                Err(crate::core::queue::PushError::Full(one)) => {
+                    let (pushed, evicted) = tx.evict_for(one);
+                    assert!(pushed.is_ok(), "the receiver is here");
+                    evicted.map(|old| old.envelope.msg_id)
+                }
+                Err(_) => panic!("the receiver is here"),
+            };
+            drop(tx);
+            evicted
+        });
+        let mut received = Vec::new();
+        while let Some(item) = block_on(rx.recv()) {
+            received.push(item.envelope.msg_id);
+        }
+        let evicted = producer.join().unwrap();
+        let mut all = received.clone();
+        all.extend(evicted);
+        all.sort_unstable();
+        assert_eq!(all, [0, 1], "received {received:?}, evicted {evicted:?}");
+        assert_eq!(received.last(), Some(&1));
+        drop(rx);
+    });
 }
 
 /// After the join: checks the counts ([`assert_accounting`]), then drops both halves here,

@@ -26,6 +26,7 @@ pub(crate) mod observers;
 pub(crate) mod pvec;
 pub(crate) mod queue;
 pub(crate) mod registry;
+pub(crate) mod reserve;
 pub(crate) mod sync;
 pub(crate) mod tasks;
 pub(crate) mod trace;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 use event_listener::Event;
 
-use crate::core::queue::{queue, PushError, QueueRx, QueueState, QueueTx};
+use crate::core::queue::{queue_for, PushError, QueueRx, QueueState, QueueTx};
 use crate::core::registry::{next_subscriber_id, Registry, Targets, TypeCounters};
 use crate::core::sync::{AtomicU64, Ordering};
 use crate::core::tasks::Tasks;
@@ -50,6 +51,7 @@ use crate::relay::error::{
     HandlerGone, HandlerKind, QueueFull, RelayError, SendError, SharedError, TrySendError,
 };
 use crate::relay::events::{Dropped, HandlerLost, Unrouted};
+use crate::relay::options::SubscribeOptions;
 use crate::relay::receipt::Receipt;
 use crate::relay::stats::{RelayStats, TypeStats};
 
@@ -61,9 +63,10 @@ pub(crate) struct Outgoing {
     tracker: Option<Arc<Tracker>>,
 }
 
-/// The slots a lossless `try_send` has taken and not yet used, one flag per target in
+/// The slots a `try_send` or a permit has taken and not yet used, one flag per target in
 /// `targets`' order: every slot still held when it is dropped is given back, so an early
-/// return or a panic part-way never strands room (the capacity property stays exact).
+/// return, a cancelled wait or a panic part-way never strands room (the capacity
+/// property stays exact).
 struct Reservations {
     targets: Arc<Targets>,
     held: Vec<bool>,
@@ -249,18 +252,21 @@ impl Core {
     /// returns: every send that starts afterwards includes it. On a closed relay the queue
     /// is born closed. `links` are the derived relays a tracked forwarder passes messages
     /// on to (empty for everything else).
+    ///
+    /// The queue's delivery mode and capacity are `options`' where set, else its type's
+    /// mode (`RelayBuilder::mode_for`) and the relay's.
     pub(crate) fn register(
         self: &Arc<Self>,
         ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         tracked: Option<HandlerKind>,
         links: Box<[Link]>,
+        options: SubscribeOptions,
     ) -> QueueRx {
-        let (tx, rx) = queue(
-            self.config.channel_size,
-            next_subscriber_id(),
-            tracked,
-            links,
-        );
+        let mode = options
+            .mode
+            .unwrap_or_else(|| self.config.mode_of(ty.map(|(id, _)| id)));
+        let capacity = options.capacity.unwrap_or(self.config.channel_size);
+        let (tx, rx) = queue_for(mode, capacity, next_subscriber_id(), tracked, links);
         match self.registry.add(ty, tx) {
             Ok(0) => {}
             Ok(_) => {
@@ -587,84 +593,21 @@ impl Core {
     }
 
     /// A send that never waits (`try_send`): untracked (nobody waits for the handlers),
-    /// and in lossless mode all or nothing — a slot is taken in every target queue first,
-    /// and if one is full they are all given back and the value returned.
+    /// and in lossless mode all or nothing — a slot is taken in every lossless target
+    /// queue first, and if one is full they are all given back and the value returned.
     pub(crate) fn try_send_value<T: Any + Send + Sync>(
         &self,
         value: T,
     ) -> Result<Receipt, TrySendError<T>> {
-        let type_name = Some(std::any::type_name::<T> as TypeName);
-        let mut snapshot = match self.snapshot(TypeId::of::<T>(), type_name, From::User, false) {
-            Ok(snapshot) => snapshot,
+        let mut reserved = match self.reservation::<T>() {
+            Ok(reserved) => reserved,
             Err(SendError::Unrouted { .. }) => return Err(TrySendError::Unrouted(value)),
             Err(_) => return Err(TrySendError::Closed(value)),
         };
-        // Opened before any room is taken: it runs the subscriber's code, and a panic
-        // there must not strand a reservation.
-        snapshot.trace = SendSpan::open(self.id, snapshot.msg_id, snapshot.type_name);
-        let lossless = self.config.delivery_mode == DeliveryMode::Lossless;
-        // Lossless: a slot in every target queue first, or none at all.
-        let mut held = Reservations {
-            targets: snapshot.targets.clone(),
-            held: Vec::new(),
-        };
-        if lossless {
-            for slot in snapshot.targets.iter() {
-                match slot.reserve_slot() {
-                    // `held` gives back the slots already taken.
-                    Some(false) => return Err(TrySendError::Full(value)),
-                    Some(true) => held.held.push(true),
-                    None => held.held.push(false), // its receiver is gone: nothing to queue
-                }
-            }
+        if !reserved.take_room_now() {
+            return Err(TrySendError::Full(value)); // what was taken is given back
         }
-        let Outgoing {
-            envelope,
-            targets,
-            tracker: _,
-        } = snapshot.load(Arc::new(value));
-        let counters = &targets.counters;
-        TypeCounters::add(&counters.sent, 1);
-        let mut tally = Tally::default();
-        tally.receipt.msg_id = envelope.msg_id;
-        if targets.is_empty() {
-            let (msg_id, type_id) = (envelope.msg_id, envelope.type_id());
-            self.unrouted(counters, msg_id, type_id, envelope.type_name);
-            return Ok(tally.receipt);
-        }
-        let mut envelope = Some(envelope);
-        if !lossless {
-            // Never waits in broadcast mode: a full queue misses the message.
-            self.push_from(&mut envelope, &targets, 0, None, &mut tally);
-            return Ok(tally.receipt);
-        }
-        // As in `push_from`, the last queue that takes it gets the send's own copy.
-        let Some(last) = held.held.iter().rposition(|&taken| taken) else {
-            return Ok(tally.receipt); // every receiver is gone
-        };
-        let mut counted = CountOnDrop(&counters.delivered, 0);
-        for (i, slot) in targets.iter().enumerate().take(last + 1) {
-            if !held.held[i] {
-                continue;
-            }
-            let copy = if i == last {
-                envelope.take()
-            } else {
-                envelope.clone()
-            };
-            let Some(copy) = copy else { break }; // not reached: taken only at `last`
-            held.held[i] = false; // used now: `held` no longer gives it back
-            let item = Queued {
-                envelope: copy,
-                tracker: None,
-            };
-            // On `Err` (the receiver just went) `push_reserved` gives the slot back.
-            if slot.push_reserved(item).is_ok() {
-                tally.receipt.queued += 1;
-                counted.1 += 1;
-            }
-        }
-        Ok(tally.receipt)
+        Ok(self.send_reserved(reserved, Arc::new(value)))
     }
 
     /// The cold path of a lossless send that met a full queue: wait for room there, then
@@ -799,11 +742,26 @@ impl Core {
             Err(PushError::Full(item)) if slot.state.ended_quietly() => {
                 self.fail_gone(item, &slot.state)
             }
-            Err(PushError::Full(item)) => match self.config.delivery_mode {
+            Err(PushError::Full(item)) => match slot.state.mode {
                 DeliveryMode::Lossless => return Some(item),
-                DeliveryMode::Broadcast => {
+                DeliveryMode::DropOldest | DeliveryMode::Latest => {
+                    let sent = item.envelope.type_id();
+                    let (pushed, evicted) = slot.evict_for(item);
+                    if let Some(old) = evicted {
+                        self.evicted(slot, old, Some((sent, counters)), true);
+                    }
+                    match pushed {
+                        Ok(()) => {
+                            tally.receipt.queued += 1;
+                            tally.receipt.handled += usize::from(tracked);
+                            tally.crowded |= slot.is_crowded();
+                        }
+                        Err(item) => self.fail_gone(item, &slot.state),
+                    }
+                }
+                _ => {
                     tally.receipt.missed += usize::from(!tracked);
-                    self.missed(slot, item, counters)
+                    self.missed(slot, &item, counters, true)
                 }
             },
             Err(PushError::Closed(item)) => self.fail_gone(item, &slot.state),
@@ -811,12 +769,57 @@ impl Core {
         None
     }
 
-    /// A subscriber's queue was full (broadcast mode): count it, report it.
-    fn missed(&self, slot: &QueueTx, item: Queued, counters: &TypeCounters) {
+    /// A drop-oldest queue evicted `old` to make room: counted and reported as that
+    /// message missed, on its own type's counters (`sending`: the type being sent and its
+    /// counters, used when `old` is of that type; a queue of every type may evict another
+    /// type's message). `publish`: whether a `Dropped` event is published (not when the
+    /// eviction made room for an event, which would evict again).
+    ///
+    /// Then `old` is let go of: its copy may be the last, and a panic in its `Drop` is
+    /// caught wherever the eviction ran (a user's send, a forwarder, an event), published
+    /// as a `RelayError` of the queue's kind ("while dropping the message"), and raised
+    /// again after that under `PanicMode::Propagate`.
+    fn evicted(
+        &self,
+        slot: &QueueTx,
+        old: Queued,
+        sending: Option<(TypeId, &TypeCounters)>,
+        publish: bool,
+    ) {
+        let type_id = old.envelope.type_id();
+        match sending {
+            Some((sent, counters)) if sent == type_id => self.missed(slot, &old, counters, publish),
+            // A message that was queued was routed: its type has counters.
+            _ => match self.registry.counters_of(type_id) {
+                Some(counters) => self.missed(slot, &old, &counters, publish),
+                None => slot.state.count_drop(), // not reached
+            },
+        }
+        let (msg_id, type_name) = (old.envelope.msg_id, old.envelope.type_name());
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(old)));
+        if let Err(payload) = dropped {
+            let error = RelayError {
+                msg_id,
+                relay_id: self.id,
+                kind: slot.state.tracked.unwrap_or(HandlerKind::Subscription),
+                type_name,
+                error: Arc::new(crate::relay::error::PanicError::dropping(&*payload)),
+            };
+            self.report(None, error);
+            if self.config.panic_mode == crate::PanicMode::Propagate {
+                std::panic::resume_unwind(payload);
+            }
+        }
+    }
+
+    /// A subscriber's queue had no room for `item` (broadcast mode, or an eviction):
+    /// count it, report it (the `Dropped` event only if `publish`), and fail its tracked
+    /// send, if one waits.
+    fn missed(&self, slot: &QueueTx, item: &Queued, counters: &TypeCounters, publish: bool) {
         TypeCounters::add(&counters.dropped, 1);
         slot.state.count_drop();
         let env = &item.envelope;
-        if !is_internal_event(env.type_id()) {
+        if publish && !is_internal_event(env.type_id()) {
             let dropped = Dropped {
                 relay_id: self.id,
                 msg_id: env.msg_id,
@@ -927,6 +930,20 @@ impl Core {
             };
             match slot.try_push(item) {
                 Ok(()) => delivered += 1,
+                // An event never waits, but a drop-oldest queue still makes room for it.
+                Err(PushError::Full(item))
+                    if matches!(
+                        slot.state.mode,
+                        DeliveryMode::DropOldest | DeliveryMode::Latest
+                    ) =>
+                {
+                    let (pushed, evicted) = slot.evict_for(item);
+                    delivered += u64::from(pushed.is_ok());
+                    if let Some(old) = evicted {
+                        // Counted, with no `Dropped` event: that would evict again.
+                        self.evicted(slot, old, Some((TypeId::of::<T>(), counters)), false);
+                    }
+                }
                 Err(PushError::Full(_)) => {
                     TypeCounters::add(&counters.dropped, 1);
                     slot.state.count_drop();

@@ -118,9 +118,11 @@ impl Chan {
 ///
 /// Invariants:
 /// - `len(state) <= capacity` at all times, but for the messages let in over it by a
-///   broken cycle of waits (one per broken wait, `core/deadlock.rs`) still counted. `len` is the messages in the channels, plus
-///   the reservations in flight (each lives for one synchronous push, or for the
-///   synchronous run of pushes of a batch), plus the taken
+///   broken cycle of waits (one per broken wait, `core/deadlock.rs`) or by a drop-oldest
+///   push that found nothing to evict (`evict_for`), still counted. `len` is the messages
+///   in the channels, plus the reservations in flight (each lives for one synchronous
+///   push, or for the synchronous run of pushes of a batch, or for as long as a permit,
+///   `core/reserve.rs`, holds it: a permit gives its slots back when dropped), plus the taken
 ///   messages whose room is held back (counted in `owed`, or just swapped out of it and
 ///   about to be released). `waiters(state)` counts the live `WaiterGuard`s.
 /// - `chan` is empty, or holds the one channel senders push to. Only a sender that finds
@@ -166,6 +168,9 @@ pub(crate) struct QueueState {
     quiet: AtomicBool,
     /// Messages this subscriber missed because its queue was full.
     dropped: AtomicU64,
+    /// What a push does when the queue is full (chosen at registration: the
+    /// subscription's own mode, else its type's, else the relay's).
+    pub(crate) mode: crate::DeliveryMode,
     /// Registry id of this subscriber.
     pub(crate) id: u64,
     /// `Some` for a tracked subscriber: which kind of handler it is.
@@ -397,6 +402,34 @@ impl QueueTx {
         self.push_reserved(item).map_err(PushError::Closed)
     }
 
+    /// Drop-oldest, once `try_push` found the queue full: takes the oldest message out of
+    /// the current channel and queues `item` in the room it held (so `len` does not move:
+    /// the room passes from one message to the other, and the receiver, which never took
+    /// the evicted one, gives nothing back for it). Returns the push's result and the
+    /// evicted message, to be reported as missed. `Err` hands `item` back only if the
+    /// receiver is gone: the newest message is never the one refused for room.
+    ///
+    /// The receiver may take messages from the same channel meanwhile: async-channel is
+    /// multi-consumer, so each message goes to exactly one of them, and what this takes is
+    /// the oldest message still queued in that channel. If it finds nothing to take, the
+    /// room is held by something transient: a receiver between taking a message and
+    /// giving its room back, a push in flight, or messages in a channel the receiver
+    /// retired and still drains. The room may be back already (`reserve`); if not, the
+    /// message goes in over the capacity, by one, as a broken wait's does, and the next
+    /// push evicts again. So a drop-oldest queue can hold a message or two more than its
+    /// capacity for an instant, never more than one per push racing in that window.
+    pub(crate) fn evict_for(&self, item: Queued) -> (Result<(), Queued>, Option<Queued>) {
+        let evicted = self
+            .state
+            .chan
+            .with(|chan| chan.and_then(|chan| chan.rx.try_recv().ok()));
+        // The evicted message's room is this one's reservation.
+        if evicted.is_none() && !self.state.reserve() {
+            self.state.state.fetch_add(1, Ordering::AcqRel);
+        }
+        (self.push_reserved(item), evicted)
+    }
+
     /// Queue `item`, waiting for room; `Err` gives it back if the receiver went away.
     ///
     /// While it waits, the wait is registered with the relay task polling it (if any), so
@@ -407,9 +440,21 @@ impl QueueTx {
     /// Cancel safety: a reservation is taken and used in the same poll, so dropping this
     /// future loses nothing and leaves the count exact.
     pub(crate) async fn push(&self, item: Queued) -> Result<bool, Queued> {
+        match self.reserve_waiting().await {
+            // Taken in the same poll as the push: no reservation outlives this future.
+            Ok(over) => self.push_reserved(item).map(|()| over),
+            Err(()) => Err(item),
+        }
+    }
+
+    /// Waits for room and takes one slot: `Ok(over)` once it is taken (`over` if the
+    /// deadlock check let it in over the capacity), `Err(())` if the receiver is gone. The
+    /// slot is the caller's, to use with `push_reserved` or give back with `unreserve`.
+    /// Cancelled while it waits, it has taken nothing.
+    pub(crate) async fn reserve_waiting(&self) -> Result<bool, ()> {
         let state = &self.state;
         if state.gone.load(Ordering::Acquire) {
-            return Err(item);
+            return Err(());
         }
         if !state.reserve() {
             // Slow path: register as a waiter for as long as this future waits (the guard
@@ -421,7 +466,7 @@ impl QueueTx {
                 // missed. `space` wakes it: room given back, or the receiver gone.
                 let listener = state.space.listen();
                 if state.gone.load(Ordering::Acquire) {
-                    return Err(item);
+                    return Err(());
                 }
                 if state.reserve() {
                     break;
@@ -432,7 +477,7 @@ impl QueueTx {
                 {
                     // Over the capacity, by one, to break a cycle of waits.
                     state.state.fetch_add(1, Ordering::AcqRel);
-                    return self.push_reserved(item).map(|()| true);
+                    return Ok(true);
                 }
                 // `space` wakes it, or the deadlock check, which breaks the wait.
                 BreakableWait {
@@ -443,7 +488,7 @@ impl QueueTx {
                 .await;
             }
         }
-        self.push_reserved(item).map(|()| false)
+        Ok(false)
     }
 
     /// Takes a slot for a push that follows at once, without waiting (`try_send`'s first
@@ -628,8 +673,24 @@ pub(crate) fn queue(
     tracked: Option<HandlerKind>,
     links: Box<[crate::core::Link]>,
 ) -> (QueueTx, QueueRx) {
-    let capacity = (capacity as u64).min(LEN_MASK);
-    make(capacity, (capacity / 64).clamp(1, 32), id, tracked, links)
+    queue_for(crate::DeliveryMode::default(), capacity, id, tracked, links)
+}
+
+/// A queue under `mode`: of one message for [`DeliveryMode::Latest`](crate::DeliveryMode::Latest),
+/// else of `capacity`.
+pub(crate) fn queue_for(
+    mode: crate::DeliveryMode,
+    capacity: usize,
+    id: u64,
+    tracked: Option<HandlerKind>,
+    links: Box<[crate::core::Link]>,
+) -> (QueueTx, QueueRx) {
+    let capacity = match mode {
+        crate::DeliveryMode::Latest => 1,
+        _ => (capacity as u64).min(LEN_MASK),
+    };
+    let credit_batch = (capacity / 64).clamp(1, 32);
+    make(mode, capacity, credit_batch, id, tracked, links)
 }
 
 /// [`queue`] with an explicit `credit_batch` (the loom models use small ones).
@@ -640,10 +701,12 @@ pub(crate) fn queue_with_credit_batch(
     id: u64,
     tracked: Option<HandlerKind>,
 ) -> (QueueTx, QueueRx) {
-    make(capacity, credit_batch, id, tracked, Box::default())
+    let mode = crate::DeliveryMode::default();
+    make(mode, capacity, credit_batch, id, tracked, Box::default())
 }
 
 fn make(
+    mode: crate::DeliveryMode,
     capacity: u64,
     credit_batch: u64,
     id: u64,
@@ -664,6 +727,7 @@ fn make(
         gone: AtomicBool::new(false),
         quiet: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
+        mode,
         id,
         tracked,
         links,

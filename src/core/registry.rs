@@ -211,6 +211,15 @@ impl Registry {
         Ok(targets)
     }
 
+    /// The counters of a type already routed (even once the relay is closed).
+    pub(crate) fn counters_of(&self, type_id: TypeId) -> Option<Arc<TypeCounters>> {
+        let published = lock(&self.published);
+        published
+            .routes
+            .get(&type_id)
+            .map(|targets| targets.counters.clone())
+    }
+
     /// Adds a subscriber: of one type, or of every type when `ty` is `None`. Hands the
     /// queue back if the relay is closed (to be dropped outside the lock).
     pub(crate) fn add(

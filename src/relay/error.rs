@@ -54,6 +54,9 @@ pub enum HandlerKind {
     Tracked,
     /// The forwarder of a derived relay or a `forward` connection.
     Forwarder,
+    /// A plain subscription's queue: a message evicted from it (drop-oldest) whose
+    /// `Drop` panicked.
+    Subscription,
 }
 
 impl fmt::Display for HandlerKind {
@@ -64,6 +67,7 @@ impl fmt::Display for HandlerKind {
             HandlerKind::Within => "within",
             HandlerKind::Tracked => "tracked subscription",
             HandlerKind::Forwarder => "forwarder",
+            HandlerKind::Subscription => "subscription",
         })
     }
 }

@@ -5,6 +5,8 @@ pub(crate) mod envelope;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod handler;
+pub(crate) mod options;
+pub(crate) mod permit;
 pub(crate) mod receipt;
 pub(crate) mod receiver;
 pub(crate) mod recv;
@@ -136,6 +138,7 @@ impl Relay {
 pub struct RelayBuilder {
     channel_size: usize,
     delivery_mode: DeliveryMode,
+    type_modes: Vec<(std::any::TypeId, DeliveryMode)>,
     error_mode: ErrorMode,
     panic_mode: PanicMode,
     reject_unrouted: bool,
@@ -147,6 +150,7 @@ impl Default for RelayBuilder {
         RelayBuilder {
             channel_size: DEFAULT_CHANNEL_SIZE,
             delivery_mode: DeliveryMode::default(),
+            type_modes: Vec::new(),
             error_mode: ErrorMode::default(),
             panic_mode: PanicMode::default(),
             reject_unrouted: false,
@@ -181,6 +185,38 @@ impl RelayBuilder {
     /// ```
     pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
         self.delivery_mode = mode;
+        self
+    }
+
+    /// The delivery mode of every queue for messages of `T` (its subscriptions, handlers
+    /// and forwarders), in place of the relay's [`delivery_mode`](Self::delivery_mode).
+    /// A subscription can still choose its own ([`SubscribeOptions`](crate::SubscribeOptions)).
+    /// Set twice, the last one counts. Derived relays inherit it. Queues that take every
+    /// type (`subscribe_all`, wildcard forwarders) follow the relay's mode.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::{DeliveryMode, Relay};
+    /// // Commands are lossless; readings are conflated: a slow reader sees the latest.
+    /// let (tx, rx) = Relay::builder()
+    ///     .delivery_mode(DeliveryMode::Lossless)
+    ///     .mode_for::<f64>(DeliveryMode::Latest)
+    ///     .build()
+    ///     .unwrap();
+    /// let mut readings = rx.subscribe::<f64>();
+    /// for r in [20.5, 20.7, 21.0] {
+    ///     tx.send(r).await.unwrap(); // never waits for the slow reader
+    /// }
+    /// assert_eq!(*readings.recv().await.unwrap(), 21.0);
+    /// assert_eq!(readings.dropped(), 2);
+    /// # });
+    /// ```
+    pub fn mode_for<T: std::any::Any>(mut self, mode: DeliveryMode) -> Self {
+        let ty = std::any::TypeId::of::<T>();
+        self.type_modes.retain(|(id, _)| *id != ty);
+        self.type_modes.push((ty, mode));
         self
     }
 
@@ -286,6 +322,7 @@ impl RelayBuilder {
         Ok(Relay::from_config(Config {
             channel_size: self.channel_size,
             delivery_mode: self.delivery_mode,
+            type_modes: self.type_modes.into(),
             error_mode: self.error_mode,
             panic_mode: self.panic_mode,
             reject_unrouted: self.reject_unrouted,

@@ -101,6 +101,40 @@ impl RelayReceiver {
         Subscription::new(&self.core)
     }
 
+    /// As [`subscribe`](Self::subscribe), with this subscription's own queue capacity or
+    /// delivery mode (see [`SubscribeOptions`](crate::SubscribeOptions)): for example one
+    /// dashboard view that only wants the latest reading, on a lossless relay.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroChannelSize`](crate::BuildError::ZeroChannelSize) or
+    /// [`BuildError::ChannelSizeTooLarge`](crate::BuildError::ChannelSizeTooLarge) for a
+    /// capacity a relay's builder would refuse too.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::{BuildError, DeliveryMode, Relay, SubscribeOptions};
+    /// let (tx, rx) = Relay::builder().delivery_mode(DeliveryMode::Lossless).build().unwrap();
+    /// let mut latest = rx
+    ///     .subscribe_with::<u32>(SubscribeOptions::new().mode(DeliveryMode::Latest))
+    ///     .unwrap();
+    /// for n in 1..=3u32 {
+    ///     tx.send(n).await.unwrap(); // never waits for this subscriber
+    /// }
+    /// assert_eq!(*latest.recv().await.unwrap(), 3);
+    /// let refused = rx.subscribe_with::<u32>(SubscribeOptions::new().capacity(0));
+    /// assert_eq!(refused.unwrap_err(), BuildError::ZeroChannelSize);
+    /// # });
+    /// ```
+    pub fn subscribe_with<T: Any + Send + Sync>(
+        &self,
+        options: crate::SubscribeOptions,
+    ) -> Result<Subscription<T>, crate::BuildError> {
+        Ok(Subscription::with_options(&self.core, options.check()?))
+    }
+
     /// An untracked subscription to every message, as [`Envelope`](crate::Envelope)s.
     ///
     /// # Examples

@@ -95,6 +95,45 @@ impl RelaySender {
         Delivery::new(&*self.core, self.core.prepare_value(value, From::User))
     }
 
+    /// Reserves room for one message of `T` in every subscriber queue that would make a
+    /// `send` wait ([`Lossless`](crate::DeliveryMode::Lossless) ones), waiting for it as a
+    /// lossless send waits; then [`Permit::send`](crate::Permit::send) delivers
+    /// synchronously and infallibly. The cancel-safe send: the value is only made (and
+    /// given up) once the room is there, and dropping this future, or the permit, gives
+    /// all the room back. The snapshot of `T`'s subscribers is taken now, at the call.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the relay is closed; [`SendError::Unrouted`] when nobody
+    /// subscribes to `T` and the relay was built with
+    /// [`reject_unrouted`](crate::RelayBuilder::reject_unrouted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use futures::FutureExt;
+    /// use pipedream_rs::Relay;
+    /// let (tx, rx) = Relay::builder()
+    ///     .channel_size(1)
+    ///     .delivery_mode(pipedream_rs::DeliveryMode::Lossless)
+    ///     .build()
+    ///     .unwrap();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// tx.reserve::<u8>().await.unwrap().send(1); // the queue is full now
+    /// assert!(tx.reserve::<u8>().now_or_never().is_none()); // waits; dropped: nothing held
+    /// assert_eq!(*sub.recv().await.unwrap(), 1);
+    /// tx.reserve::<u8>().await.unwrap().send(2); // room again
+    /// assert_eq!(*sub.recv().await.unwrap(), 2);
+    /// # });
+    /// ```
+    #[must_use = "a reservation takes no room until it is awaited"]
+    pub fn reserve<T: Any + Send + Sync>(
+        &self,
+    ) -> impl Future<Output = Result<crate::Permit<T>, SendError>> + Send + 'static {
+        reserve(Some(self.core.clone()))
+    }
+
     /// Sends `value` now, without waiting for anything: not for room, not for handlers.
     ///
     /// The message is delivered at once to the subscribers of its type, as a `send` would,
@@ -370,6 +409,21 @@ pub struct WeakSender {
     id: u64,
 }
 
+/// `reserve` on `core` (`None`: the relay is gone): the snapshot now, the room when
+/// awaited.
+fn reserve<T: Any + Send + Sync>(
+    core: Option<Arc<Core>>,
+) -> impl Future<Output = Result<crate::Permit<T>, SendError>> + Send + 'static {
+    let start = core
+        .ok_or(SendError::Closed)
+        .and_then(|core| core.reservation::<T>().map(|reserved| (core, reserved)));
+    async move {
+        let (core, mut reserved) = start?;
+        reserved.take_room(&core).await;
+        Ok(crate::Permit::new(core, reserved))
+    }
+}
+
 impl WeakSender {
     /// As [`RelaySender::send`].
     ///
@@ -399,6 +453,32 @@ impl WeakSender {
             }
             None => Delivery::failed(SendError::Closed),
         }
+    }
+
+    /// As [`RelaySender::reserve`]; `Closed` also once the relay is gone.
+    ///
+    /// # Errors
+    ///
+    /// As [`RelaySender::reserve`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let mut sub = rx.subscribe::<u8>();
+    /// let weak = tx.weak();
+    /// weak.reserve::<u8>().await.unwrap().send(3);
+    /// assert_eq!(*sub.recv().await.unwrap(), 3);
+    /// drop(tx);
+    /// assert!(weak.reserve::<u8>().await.is_err());
+    /// # });
+    /// ```
+    #[must_use = "a reservation takes no room until it is awaited"]
+    pub fn reserve<T: Any + Send + Sync>(
+        &self,
+    ) -> impl Future<Output = Result<crate::Permit<T>, SendError>> + Send + 'static {
+        reserve(self.core.upgrade())
     }
 
     /// As [`RelaySender::try_send`]; `Closed` also once the relay is gone.

@@ -32,6 +32,7 @@ use crate::core::queue::QueueRx;
 use crate::core::Core;
 use crate::relay::envelope::{Envelope, Queued};
 use crate::relay::error::{HandlerKind, PanicError, RelayError};
+use crate::relay::options::SubscribeOptions;
 use crate::relay::recv::{Receive, Recv, RecvEnvelope, RecvMany};
 
 /// Why [`Subscription::try_recv`] returned no message.
@@ -84,8 +85,19 @@ impl Attached {
         tracked: Option<crate::HandlerKind>,
         links: Box<[crate::core::Link]>,
     ) -> Self {
+        Self::with_options(core, ty, tracked, links, SubscribeOptions::default())
+    }
+
+    /// As [`linked`](Self::linked), with the queue's own capacity and mode.
+    pub(crate) fn with_options(
+        core: &Weak<Core>,
+        ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
+        tracked: Option<crate::HandlerKind>,
+        links: Box<[crate::core::Link]>,
+        options: SubscribeOptions,
+    ) -> Self {
         let (queue, relay_id) = match core.upgrade() {
-            Some(c) => (c.register(ty, tracked, links), c.id),
+            Some(c) => (c.register(ty, tracked, links, options), c.id),
             None => {
                 // The relay is gone: a queue whose only sender is already dropped.
                 let (_, rx) = crate::core::queue::queue(1, 0, tracked, links);
@@ -202,10 +214,16 @@ pub struct Subscription<T> {
 
 impl<T: Any + Send + Sync> Subscription<T> {
     pub(crate) fn new(core: &Weak<Core>) -> Self {
-        let mut attached = Attached::new(
+        Self::with_options(core, SubscribeOptions::default())
+    }
+
+    pub(crate) fn with_options(core: &Weak<Core>, options: SubscribeOptions) -> Self {
+        let mut attached = Attached::with_options(
             core,
             Some((TypeId::of::<T>(), std::any::type_name::<T>)),
             None,
+            Box::default(),
+            options,
         );
         attached.queue.release_when_idle();
         Subscription {

@@ -265,6 +265,7 @@ impl Config {
         Config {
             channel_size: 1,
             delivery_mode: Default::default(),
+            type_modes: Arc::new([]),
             error_mode: Default::default(),
             panic_mode: Default::default(),
             reject_unrouted: false,
