@@ -340,3 +340,41 @@ fn deriving_and_dropping_children_leaves_memory_flat() {
     );
     drop(tx);
 }
+
+/// Retention is bounded by what it keeps: after the ring is full, sending more retained
+/// messages holds no more memory (each evicted value is freed), and what it holds is the
+/// kept messages and the ring, measured here.
+#[test]
+fn retention_memory_is_bounded_by_the_messages_it_keeps() {
+    const KEEP: usize = 100;
+    let spawner = |_task: BoxFuture| {};
+    let (tx, _rx) = Relay::builder()
+        .spawner(spawner)
+        .retain::<u64>(KEEP)
+        .build()
+        .unwrap();
+    let start = net_bytes();
+    for n in 0..KEEP as u64 {
+        block_on(tx.send(n)).unwrap();
+    }
+    let full = net_bytes();
+    for n in 0..10_000u64 {
+        block_on(tx.send(n)).unwrap();
+    }
+    let after = net_bytes();
+    println!(
+        "retaining {KEEP} u64: {} bytes held; 10,000 more sends: {:+} bytes",
+        full - start,
+        after - full
+    );
+    assert!(
+        after - full < 1024,
+        "retention grew by {} bytes",
+        after - full
+    );
+    assert!(
+        (full - start) < (KEEP as isize) * 128,
+        "{} bytes for {KEEP} retained u64",
+        full - start
+    );
+}

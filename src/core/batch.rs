@@ -52,7 +52,8 @@ impl Core {
         let type_name = given.or(targets.type_name).unwrap_or(erased_name);
         let count = values.len() as u64;
         let first = self.next_msg_id.fetch_add(count, Ordering::Relaxed);
-        if targets.is_empty() && count > 0 && self.config.reject_unrouted {
+        let retained = self.retention_of(type_id).is_some();
+        if targets.is_empty() && count > 0 && self.config.reject_unrouted && !retained {
             // Refused at the call, as a single send is; still counted and reported.
             TypeCounters::add(&targets.counters.sent, count);
             for msg_id in first..first + count {
@@ -99,6 +100,22 @@ impl Core {
         }
         let counters = &targets.counters;
         TypeCounters::add(&counters.sent, count as u64);
+        if let Some(retention) = envelopes
+            .first()
+            .and_then(|e| self.retention_of(e.type_id()))
+        {
+            // Each message commits as a single send's would (core/retention.rs); the
+            // late joiners' copies count in the batch's receipt.
+            let mut tally = Tally::default();
+            for envelope in &envelopes {
+                self.commit_retained(retention, envelope, &targets, &mut tally);
+            }
+            receipt.queued += tally.receipt.queued;
+            receipt.missed += tally.receipt.missed;
+            if targets.is_empty() {
+                return receipt;
+            }
+        }
         if targets.is_empty() {
             for envelope in &envelopes {
                 let (msg_id, type_id) = (envelope.msg_id, envelope.type_id());

@@ -27,6 +27,7 @@ pub(crate) mod pvec;
 pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod reserve;
+pub(crate) mod retention;
 pub(crate) mod sync;
 pub(crate) mod tasks;
 pub(crate) mod trace;
@@ -226,11 +227,20 @@ pub(crate) struct Core {
     /// Failures reported on the dual path (`report`), and how many of them were panics.
     failures: AtomicU64,
     panics: AtomicU64,
+    /// The rings of the retained types (`RelayBuilder::retain`), fixed at construction;
+    /// few, so a slice (see `core/retention.rs`).
+    retained: Box<[(TypeId, Arc<retention::Retention>)]>,
 }
 
 impl Core {
     pub(crate) fn new(config: Config) -> Arc<Core> {
+        let retained = config
+            .retain
+            .iter()
+            .map(|&(type_id, keep)| (type_id, retention::Retention::new(keep)))
+            .collect();
         Arc::new(Core {
+            retained,
             id: NEXT_RELAY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config,
             registry: Registry::default(),
@@ -267,7 +277,21 @@ impl Core {
             .unwrap_or_else(|| self.config.mode_of(ty.map(|(id, _)| id)));
         let capacity = options.capacity.unwrap_or(self.config.channel_size);
         let (tx, rx) = queue_for(mode, capacity, next_subscriber_id(), tracked, links);
-        match self.registry.add(ty, tx) {
+        // A retained type: the replay goes into the queue before anyone can push to it,
+        // under the ring's lock, which a commit takes too (core/retention.rs).
+        let retention = ty.and_then(|(type_id, _)| self.retention_of(type_id));
+        let ring = retention.map(|retention| retention.lock());
+        if let Some(ring) = &ring {
+            let room = if mode == DeliveryMode::Latest {
+                1
+            } else {
+                capacity
+            };
+            retention::Retention::replay_into(ring, &tx, room);
+        }
+        let added = self.registry.add(ty, tx);
+        drop(ring);
+        match added {
             Ok(0) => {}
             Ok(_) => {
                 self.handlers_event.notify(usize::MAX);
@@ -498,7 +522,11 @@ impl Core {
     ) -> Result<Snapshot, SendError> {
         let type_name = type_name.or(targets.type_name).unwrap_or(erased_name);
         let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
-        if targets.is_empty() && from == From::User && self.config.reject_unrouted {
+        if targets.is_empty()
+            && from == From::User
+            && self.config.reject_unrouted
+            && self.retention_of(type_id).is_none()
+        {
             // Refused at the call, so `send_or_return` can hand the value back; still
             // counted and reported, as every unrouted message is.
             TypeCounters::add(&targets.counters.sent, 1);
@@ -555,13 +583,19 @@ impl Core {
         TypeCounters::add(&counters.sent, 1);
         let mut tally = Tally::default();
         tally.receipt.msg_id = envelope.msg_id;
-        if targets.is_empty() {
+        if let Some(retention) = self.retention_of(envelope.type_id()) {
+            // Kept for late subscribers: never unrouted (core/retention.rs).
+            self.commit_retained(retention, &envelope, &targets, &mut tally);
+        } else if targets.is_empty() {
             self.unrouted(
                 counters,
                 envelope.msg_id,
                 envelope.type_id(),
                 envelope.type_name,
             );
+            return Pushed::Done { tally, tracker };
+        }
+        if targets.is_empty() {
             return Pushed::Done { tally, tracker };
         }
         if let Some(tracker) = &tracker {
@@ -772,13 +806,16 @@ impl Core {
     /// A drop-oldest queue evicted `old` to make room: counted and reported as that
     /// message missed, on its own type's counters (`sending`: the type being sent and its
     /// counters, used when `old` is of that type; a queue of every type may evict another
-    /// type's message). `publish`: whether a `Dropped` event is published (not when the
-    /// eviction made room for an event, which would evict again).
+    /// type's message). `publish`: whether events are published about it (not when the
+    /// eviction made room for an event: publishing would evict again, a cascade as deep
+    /// as the queue; the counters and the tracked sender still learn of it).
     ///
     /// Then `old` is let go of: its copy may be the last, and a panic in its `Drop` is
-    /// caught wherever the eviction ran (a user's send, a forwarder, an event), published
-    /// as a `RelayError` of the queue's kind ("while dropping the message"), and raised
-    /// again after that under `PanicMode::Propagate`.
+    /// caught wherever the eviction ran (a user's send, a forwarder, an event), reported
+    /// as a `RelayError` of the queue's kind ("while dropping the message": published if
+    /// `publish`, always counted), and raised again after that under
+    /// `PanicMode::Propagate` — except while an event is being published, where
+    /// unwinding would cut that publication short.
     fn evicted(
         &self,
         slot: &QueueTx,
@@ -805,16 +842,16 @@ impl Core {
                 type_name,
                 error: Arc::new(crate::relay::error::PanicError::dropping(&*payload)),
             };
-            self.report(None, error);
-            if self.config.panic_mode == crate::PanicMode::Propagate {
+            self.report_as(None, error, publish);
+            if publish && self.config.panic_mode == crate::PanicMode::Propagate {
                 std::panic::resume_unwind(payload);
             }
         }
     }
 
     /// A subscriber's queue had no room for `item` (broadcast mode, or an eviction):
-    /// count it, report it (the `Dropped` event only if `publish`), and fail its tracked
-    /// send, if one waits.
+    /// count it, report it (events, `Dropped` and the tracked send's `RelayError`, only if
+    /// `publish`), and fail its tracked send, if one waits.
     fn missed(&self, slot: &QueueTx, item: &Queued, counters: &TypeCounters, publish: bool) {
         TypeCounters::add(&counters.dropped, 1);
         slot.state.count_drop();
@@ -830,9 +867,10 @@ impl Core {
             self.emit(dropped);
         }
         if let (Some(kind), Some(tracker)) = (slot.state.tracked, item.tracker.as_deref()) {
-            self.report(
+            self.report_as(
                 Some((tracker, slot.state.id)),
                 self.error_for(&item.envelope, kind, Arc::new(QueueFull)),
+                publish,
             );
         }
     }
@@ -887,13 +925,21 @@ impl Core {
     /// not re-published (that could loop).
     /// `by` is the subscriber the failure is for (who settles the tracker).
     pub(crate) fn report(&self, tracker: Option<(&Tracker, u64)>, error: RelayError) {
+        self.report_as(tracker, error, true);
+    }
+
+    /// As [`report`](Self::report); `publish: false` counts the failure and settles the
+    /// tracker but publishes no event (a failure found while an event was being
+    /// published: publishing it would recurse). The event is published before the
+    /// tracker is settled, so a sender that gets the error finds the event already there
+    /// (publication never unwinds: an eviction it makes catches a panicking `Drop`).
+    fn report_as(&self, tracker: Option<(&Tracker, u64)>, error: RelayError, publish: bool) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         trace::failure(&error);
         if error.is_panic() {
             self.panics.fetch_add(1, Ordering::Relaxed);
         }
-        let publish = !is_internal_type_name(error.type_name);
-        if publish {
+        if publish && !is_internal_type_name(error.type_name) {
             self.emit(error.clone());
         }
         if let Some((tracker, by)) = tracker {

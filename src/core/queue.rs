@@ -502,6 +502,16 @@ impl QueueTx {
         Some(self.state.reserve())
     }
 
+    /// Takes a slot over the capacity, by one, for a reservation whose wait the deadlock
+    /// check broke (as `push` does for a broken wait): `false` if the receiver is gone.
+    pub(crate) fn reserve_over(&self) -> bool {
+        if self.state.gone.load(Ordering::Acquire) {
+            return false;
+        }
+        self.state.state.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
     /// Gives back a slot taken by `reserve_slot` and not used.
     pub(crate) fn unreserve(&self) {
         self.state.release(1);

@@ -94,6 +94,11 @@ impl Targets {
         }
     }
 
+    /// The targets subscribed to this type itself (not the wildcard ones).
+    pub(crate) fn own_iter(&self) -> impl Iterator<Item = &QueueTx> {
+        self.own.iter()
+    }
+
     /// Every target, in delivery order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &QueueTx> {
         self.own.iter().chain(self.wildcard.iter())

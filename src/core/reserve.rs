@@ -60,7 +60,13 @@ impl Core {
         TypeCounters::add(&counters.sent, 1);
         let mut tally = Tally::default();
         tally.receipt.msg_id = envelope.msg_id;
-        if targets.is_empty() {
+        if let Some(retention) = self.retention_of(envelope.type_id()) {
+            // Kept for late subscribers: never unrouted (core/retention.rs).
+            self.commit_retained(retention, &envelope, &targets, &mut tally);
+            if targets.is_empty() {
+                return tally.receipt;
+            }
+        } else if targets.is_empty() {
             let (msg_id, type_id) = (envelope.msg_id, envelope.type_id());
             self.unrouted(counters, msg_id, type_id, envelope.type_name);
             return tally.receipt;
@@ -121,41 +127,75 @@ impl Reserved {
     /// Takes a slot in every lossless target queue now, without waiting: `false` if one
     /// is full (the slots already taken are given back when `self` is dropped).
     pub(crate) fn take_room_now(&mut self) -> bool {
-        for slot in self.snapshot.targets.iter().skip(self.held.held.len()) {
+        self.try_take_all(None).is_ok()
+    }
+
+    /// All or nothing, without waiting: a slot in every lossless target queue, or, if
+    /// queue `i` is full, none at all (every slot taken is given back) and `Err(i)`.
+    /// `forced`: a queue whose wait the deadlock check broke, taken over its capacity if
+    /// full, as a broken wait's push is.
+    fn try_take_all(&mut self, forced: Option<usize>) -> Result<(), usize> {
+        self.give_back();
+        let targets = self.snapshot.targets.clone();
+        for (i, slot) in targets.iter().enumerate() {
             if !slot.state.mode.waits() {
                 self.held.held.push(false);
                 continue;
             }
             match slot.reserve_slot() {
-                Some(false) => return false,
                 Some(true) => self.held.held.push(true),
+                Some(false) if forced == Some(i) => {
+                    let taken = slot.reserve_over();
+                    self.held.held.push(taken);
+                }
+                Some(false) => {
+                    self.give_back();
+                    return Err(i);
+                }
                 None => self.held.held.push(false), // its receiver is gone: nothing to queue
             }
         }
-        true
+        Ok(())
     }
 
-    /// Takes a slot in every lossless target queue, waiting for room in each in turn, as
-    /// a lossless send waits. Cancel safe: dropped while it waits, the slots taken so far
-    /// are given back with `self` (or kept, if `self` lives on, and the wait resumes at
-    /// the queue it stopped at when called again).
+    /// Gives back every slot held, and forgets them.
+    fn give_back(&mut self) {
+        let held = &mut self.held;
+        for (slot, held) in held.targets.iter().zip(held.held.drain(..)) {
+            if held {
+                slot.unreserve();
+            }
+        }
+    }
+
+    /// Takes a slot in every lossless target queue, waiting for room as a lossless send
+    /// waits — but **holding nothing while it waits**: it takes all the slots at once or
+    /// none, and when a queue is full it gives back what it took and waits for room in
+    /// that queue alone, then tries again. A reservation waiting for one subscriber so
+    /// never holds room another subscriber's progress needs (a handler blocked on a queue
+    /// the reservation held would be a deadlock the check cannot see: a slot holder is not
+    /// a drainer). Under steady contention it can be overtaken by sends, as any waiter
+    /// can. A wait the deadlock check breaks (inside one of the relay's own tasks) lets
+    /// the reservation into that queue over its capacity, by one, as it lets a send.
+    ///
+    /// Cancel safe: dropped while it waits, it holds no slot (the one its wait takes is
+    /// given back at once).
     pub(crate) async fn take_room(&mut self, core: &Core) {
         let targets = self.snapshot.targets.clone();
-        for slot in targets.iter().skip(self.held.held.len()) {
-            if !slot.state.mode.waits() {
-                self.held.held.push(false);
-                continue;
-            }
-            let taken = match slot.reserve_waiting().await {
-                Ok(over) => {
-                    if over {
-                        core.deadlock_broken();
-                    }
-                    true
-                }
-                Err(()) => false, // its receiver is gone: nothing to queue
+        let mut forced = None;
+        while let Err(full) = self.try_take_all(forced) {
+            let Some(slot) = targets.iter().nth(full) else {
+                return; // not reached: `full` is one of the targets
             };
-            self.held.held.push(taken);
+            // Wait for room there (taking it, as a lossless push does), then let it go
+            // and try for all of them again. Gone: the next try skips it.
+            if let Ok(over) = slot.reserve_waiting().await {
+                slot.unreserve();
+                if over {
+                    core.deadlock_broken();
+                    forced = Some(full);
+                }
+            }
         }
     }
 

@@ -109,6 +109,8 @@ pub(crate) struct Config {
     pub(crate) delivery_mode: DeliveryMode,
     /// Per-type delivery modes (`RelayBuilder::mode_for`); few, so a slice.
     pub(crate) type_modes: std::sync::Arc<[(std::any::TypeId, DeliveryMode)]>,
+    /// Retained types and how many messages of each (`RelayBuilder::retain`).
+    pub(crate) retain: std::sync::Arc<[(std::any::TypeId, usize)]>,
     pub(crate) error_mode: ErrorMode,
     pub(crate) panic_mode: PanicMode,
     /// A send that would reach nobody fails with `SendError::Unrouted` instead of `Ok`.
@@ -123,6 +125,7 @@ impl std::fmt::Debug for Config {
             .field("channel_size", &self.channel_size)
             .field("delivery_mode", &self.delivery_mode)
             .field("type_modes", &self.type_modes.len())
+            .field("retain", &self.retain.len())
             .field("error_mode", &self.error_mode)
             .field("panic_mode", &self.panic_mode)
             .field("reject_unrouted", &self.reject_unrouted)

@@ -544,6 +544,16 @@ pub enum BuildError {
         /// The largest size a relay accepts.
         max: usize,
     },
+    /// A retention (`RelayBuilder::retain`) above [`MAX_CHANNEL_SIZE`](crate::MAX_CHANNEL_SIZE).
+    #[error("retention of {size} messages of `{type_name}` is above the largest, {max}")]
+    RetentionTooLarge {
+        /// The retained type.
+        type_name: &'static str,
+        /// The number of messages asked for.
+        size: usize,
+        /// The largest retention a relay accepts.
+        max: usize,
+    },
     /// No spawner was given and none could be chosen: the crate was built with no runtime
     /// feature.
     #[error(

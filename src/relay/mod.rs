@@ -139,6 +139,7 @@ pub struct RelayBuilder {
     channel_size: usize,
     delivery_mode: DeliveryMode,
     type_modes: Vec<(std::any::TypeId, DeliveryMode)>,
+    retain: Vec<(std::any::TypeId, usize, &'static str)>,
     error_mode: ErrorMode,
     panic_mode: PanicMode,
     reject_unrouted: bool,
@@ -151,6 +152,7 @@ impl Default for RelayBuilder {
             channel_size: DEFAULT_CHANNEL_SIZE,
             delivery_mode: DeliveryMode::default(),
             type_modes: Vec::new(),
+            retain: Vec::new(),
             error_mode: ErrorMode::default(),
             panic_mode: PanicMode::default(),
             reject_unrouted: false,
@@ -217,6 +219,47 @@ impl RelayBuilder {
         let ty = std::any::TypeId::of::<T>();
         self.type_modes.retain(|(id, _)| *id != ty);
         self.type_modes.push((ty, mode));
+        self
+    }
+
+    /// Keeps the last `messages` messages of `T` for late subscribers: every queue of `T`
+    /// registered later (subscriptions, handlers, the forwarders of relays derived later)
+    /// first receives them, in order, then the live ones, with nothing missed or doubled
+    /// at the seam. `retain::<T>(1)` gives a current value, like a watch channel, readable
+    /// without subscribing with [`RelayReceiver::latest`](crate::RelayReceiver::latest).
+    /// Zero keeps nothing (the default); set twice, the last one counts. Derived relays
+    /// inherit it. A message is retained when its delivery starts (a send dropped before
+    /// its first poll is not), and what the ring holds is bounded by `messages` values of
+    /// `T` plus about 48 bytes each. See SEMANTICS.md §2 "Replay".
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Self::build) refuses more than [`MAX_CHANNEL_SIZE`] messages with
+    /// [`BuildError::RetentionTooLarge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::Relay;
+    /// let (tx, rx) = Relay::builder().retain::<u32>(2).build().unwrap();
+    /// for n in 1..=3u32 {
+    ///     tx.send(n).await.unwrap(); // nobody subscribes yet
+    /// }
+    /// let mut late = rx.subscribe::<u32>();
+    /// assert_eq!(*late.recv().await.unwrap(), 2); // the last two, then the live ones
+    /// assert_eq!(*late.recv().await.unwrap(), 3);
+    /// tx.send(4u32).await.unwrap();
+    /// assert_eq!(*late.recv().await.unwrap(), 4);
+    /// assert_eq!(rx.latest::<u32>().as_deref(), Some(&4));
+    /// # });
+    /// ```
+    pub fn retain<T: std::any::Any>(mut self, messages: usize) -> Self {
+        let ty = std::any::TypeId::of::<T>();
+        self.retain.retain(|(id, _, _)| *id != ty);
+        if messages > 0 {
+            self.retain.push((ty, messages, std::any::type_name::<T>()));
+        }
         self
     }
 
@@ -315,6 +358,13 @@ impl RelayBuilder {
                 max: MAX_CHANNEL_SIZE,
             });
         }
+        if let Some(&(_, size, type_name)) = self.retain.iter().find(|r| r.1 > MAX_CHANNEL_SIZE) {
+            return Err(BuildError::RetentionTooLarge {
+                type_name,
+                size,
+                max: MAX_CHANNEL_SIZE,
+            });
+        }
         let spawner = match self.spawner {
             Some(s) => Choice::given(s),
             None => Choice::by_rule().ok_or(BuildError::NoSpawner)?,
@@ -323,6 +373,7 @@ impl RelayBuilder {
             channel_size: self.channel_size,
             delivery_mode: self.delivery_mode,
             type_modes: self.type_modes.into(),
+            retain: self.retain.iter().map(|&(id, n, _)| (id, n)).collect(),
             error_mode: self.error_mode,
             panic_mode: self.panic_mode,
             reject_unrouted: self.reject_unrouted,

@@ -18,8 +18,8 @@
 ///   reported as a [`Dropped`](crate::Dropped) event). A tracked handler that misses a
 ///   message fails the send instead.
 ///
-/// A message with `queued == 0` and `missed == 0` reached no subscriber at all: it was
-/// *unrouted* ([`is_unrouted`](Self::is_unrouted)). That is `Ok` by default, counted in
+/// A message with `queued == 0` and `missed == 0`, of a type not
+/// [`retained`](Self::retained), reached no subscriber at all: it was *unrouted* ([`is_unrouted`](Self::is_unrouted)). That is `Ok` by default, counted in
 /// [`RelayStats::unrouted`](crate::RelayStats::unrouted) and reported as an
 /// [`Unrouted`](crate::Unrouted) event; [`RelayBuilder::reject_unrouted`](crate::RelayBuilder::reject_unrouted)
 /// makes it an error instead.
@@ -56,6 +56,10 @@ pub struct Receipt {
     pub handled: usize,
     /// Untracked subscribers that missed the message because their queue was full.
     pub missed: usize,
+    /// The message's type is retained ([`RelayBuilder::retain`](crate::RelayBuilder::retain)):
+    /// it was kept for late subscribers, so even with nobody to deliver to it is not
+    /// unrouted.
+    pub retained: bool,
 }
 
 impl Receipt {
@@ -70,7 +74,7 @@ impl Receipt {
     /// # });
     /// ```
     pub fn is_unrouted(&self) -> bool {
-        self.queued == 0 && self.missed == 0
+        self.queued == 0 && self.missed == 0 && !self.retained
     }
 }
 

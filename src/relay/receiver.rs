@@ -135,6 +135,29 @@ impl RelayReceiver {
         Ok(Subscription::with_options(&self.core, options.check()?))
     }
 
+    /// The newest retained message of `T`, without subscribing: `None` if `T` is not
+    /// retained ([`RelayBuilder::retain`](crate::RelayBuilder::retain)) or none was sent
+    /// yet. With `retain::<T>(1)` this is a current value, like a watch channel's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::Relay;
+    /// let (tx, rx) = Relay::builder().retain::<String>(1).build().unwrap();
+    /// assert!(rx.latest::<String>().is_none());
+    /// tx.send(String::from("ready")).await.unwrap();
+    /// assert_eq!(rx.latest::<String>().as_deref().map(String::as_str), Some("ready"));
+    /// assert!(rx.latest::<u8>().is_none()); // not retained
+    /// # });
+    /// ```
+    pub fn latest<T: Any + Send + Sync>(&self) -> Option<std::sync::Arc<T>> {
+        let core = self.core.upgrade()?;
+        let retention = core.retention_of(std::any::TypeId::of::<T>())?;
+        let newest = retention.lock().back()?.value.clone();
+        newest.downcast::<T>().ok()
+    }
+
     /// An untracked subscription to every message, as [`Envelope`](crate::Envelope)s.
     ///
     /// # Examples

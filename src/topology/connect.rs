@@ -266,6 +266,7 @@ impl Config {
             channel_size: 1,
             delivery_mode: Default::default(),
             type_modes: Arc::new([]),
+            retain: Arc::new([]),
             error_mode: Default::default(),
             panic_mode: Default::default(),
             reject_unrouted: false,
