@@ -86,6 +86,7 @@ pub use crate::relay::permit::Permit;
 pub use crate::relay::receipt::{BatchReceipt, Receipt};
 pub use crate::relay::receiver::RelayReceiver;
 pub use crate::relay::recv::{Recv, RecvEnvelope, RecvMany, RecvTracked};
+pub use crate::relay::request::{Request, RequestError};
 pub use crate::relay::send_sink::SendSink;
 pub use crate::relay::sender::{RelaySender, WeakSender};
 pub use crate::relay::stats::{RelayStats, TypeStats};

@@ -10,6 +10,7 @@ pub(crate) mod permit;
 pub(crate) mod receipt;
 pub(crate) mod receiver;
 pub(crate) mod recv;
+pub(crate) mod request;
 pub(crate) mod send_sink;
 pub(crate) mod sender;
 pub(crate) mod stats;

@@ -135,6 +135,64 @@ impl RelayReceiver {
         Ok(Subscription::with_options(&self.core, options.check()?))
     }
 
+    /// Answers requests of `Q` with replies of `R` ([`RelaySender::request`](crate::RelaySender::request)):
+    /// a tracked handler, run on the relay's spawner one request at a time, in order,
+    /// like a [`sink`](Self::sink) (it is one, for [`Request<Q, R>`](crate::Request)).
+    /// A panic in `f` is caught and comes back to the requester as
+    /// [`RequestError::Failed`](crate::RequestError::Failed).
+    ///
+    /// With several responders for the same `Q` and `R`, every one of them runs for each
+    /// request; `request` gets the reply of the first to finish and `request_all` every
+    /// reply. A responder lives until the relay closes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.respond::<String, usize>(|s| s.len());
+    /// assert_eq!(tx.request::<String, usize>(String::from("four")).await, Ok(4));
+    /// # });
+    /// ```
+    pub fn respond<Q, R>(&self, mut f: impl FnMut(&Q) -> R + Send + 'static)
+    where
+        Q: Any + Send + Sync,
+        R: Any + Send,
+    {
+        self.sink::<crate::Request<Q, R>>(move |request| request.answer(f(request.query())));
+    }
+
+    /// As [`respond`](Self::respond), for a responder that can fail: its `Err` comes back
+    /// to the requester as [`RequestError::Failed`](crate::RequestError::Failed) (and is
+    /// published as a [`RelayError`](crate::RelayError)). `E` is any error a handler may
+    /// return (`String`, `&str`, a boxed error, `anyhow::Error`, …).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use pipedream_rs::RequestError;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.try_respond::<i32, f64, _>(|n| {
+    ///     if *n < 0 { Err("negative") } else { Ok(f64::from(*n).sqrt()) }
+    /// });
+    /// assert_eq!(tx.request::<i32, f64>(9).await, Ok(3.0));
+    /// let failed = tx.request::<i32, f64>(-1).await.unwrap_err();
+    /// let RequestError::Failed(e) = failed else { panic!("{failed:?}") };
+    /// assert_eq!(e.error.to_string(), "negative");
+    /// # });
+    /// ```
+    pub fn try_respond<Q, R, E>(&self, mut f: impl FnMut(&Q) -> Result<R, E> + Send + 'static)
+    where
+        Q: Any + Send + Sync,
+        R: Any + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        self.sink::<crate::Request<Q, R>>(move |request| {
+            f(request.query()).map(|reply| request.answer(reply))
+        });
+    }
+
     /// The newest retained message of `T`, without subscribing: `None` if `T` is not
     /// retained ([`RelayBuilder::retain`](crate::RelayBuilder::retain)) or none was sent
     /// yet. With `retain::<T>(1)` this is a current value, like a watch channel's.

@@ -134,6 +134,87 @@ impl RelaySender {
         reserve(Some(self.core.clone()))
     }
 
+    /// Asks the responders of `Q` ([`RelayReceiver::respond`](crate::RelayReceiver::respond))
+    /// and resolves to the reply of the first to finish. The request is a tracked send of
+    /// a [`Request<Q, R>`](crate::Request): its snapshot is taken at the call, and it
+    /// resolves once every responder has run. Only the message types are named:
+    /// `tx.request::<Query, Reply>(q)`.
+    ///
+    /// Cancel safe as a send is: dropped before it resolves, the request may still reach
+    /// responders, whose replies are then discarded.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::NoResponder`](crate::RequestError::NoResponder) if nobody responds
+    /// to `Q` with `R`; [`RequestError::Failed`](crate::RequestError::Failed) if every
+    /// responder failed or panicked; [`RequestError::Closed`](crate::RequestError::Closed);
+    /// [`RequestError::Send`](crate::RequestError::Send) for any other send error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.respond::<u64, bool>(|n| n % 2 == 0);
+    /// assert_eq!(tx.request::<u64, bool>(10).await, Ok(true));
+    /// # });
+    /// ```
+    #[must_use = "a request is sent only when awaited"]
+    pub fn request<Q, R>(
+        &self,
+        query: Q,
+    ) -> impl Future<Output = Result<R, crate::RequestError>> + Send + 'static
+    where
+        Q: Any + Send + Sync,
+        R: Any + Send,
+    {
+        // The snapshot is taken at the call, as for any send.
+        let (request, replies) = crate::Request::new(query);
+        let send = Delivery::new(
+            self.core.clone(),
+            self.core.prepare_value(request, From::User),
+        );
+        crate::relay::request::ask_first::<Q, R>(send, replies)
+    }
+
+    /// As [`request`](Self::request), collecting the reply of every responder, in the
+    /// order they finished.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request), except that
+    /// [`RequestError::Failed`](crate::RequestError::Failed) is returned if *any*
+    /// responder failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.respond::<u8, u8>(|n| n + 1);
+    /// rx.respond::<u8, u8>(|n| n + 2);
+    /// let mut replies = tx.request_all::<u8, u8>(1).await.unwrap();
+    /// replies.sort();
+    /// assert_eq!(replies, [2, 3]);
+    /// # });
+    /// ```
+    #[must_use = "a request is sent only when awaited"]
+    pub fn request_all<Q, R>(
+        &self,
+        query: Q,
+    ) -> impl Future<Output = Result<Vec<R>, crate::RequestError>> + Send + 'static
+    where
+        Q: Any + Send + Sync,
+        R: Any + Send,
+    {
+        let (request, replies) = crate::Request::new(query);
+        let send = Delivery::new(
+            self.core.clone(),
+            self.core.prepare_value(request, From::User),
+        );
+        crate::relay::request::ask::<Q, R>(send, replies, false)
+    }
+
     /// Sends `value` now, without waiting for anything: not for room, not for handlers.
     ///
     /// The message is delivered at once to the subscribers of its type, as a `send` would,
@@ -453,6 +534,45 @@ impl WeakSender {
             }
             None => Delivery::failed(SendError::Closed),
         }
+    }
+
+    /// As [`RelaySender::request`]; `Closed` also once the relay is gone. The way a
+    /// handler asks another responder (a handler holds a `WeakSender`).
+    ///
+    /// # Errors
+    ///
+    /// As [`RelaySender::request`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.respond::<u8, u16>(|n| u16::from(*n) * 100);
+    /// let weak = tx.weak();
+    /// assert_eq!(weak.request::<u8, u16>(3).await, Ok(300));
+    /// drop(tx);
+    /// assert_eq!(weak.request::<u8, u16>(3).await, Err(pipedream_rs::RequestError::Closed));
+    /// # });
+    /// ```
+    #[must_use = "a request is sent only when awaited"]
+    pub fn request<Q, R>(
+        &self,
+        query: Q,
+    ) -> impl Future<Output = Result<R, crate::RequestError>> + Send + 'static
+    where
+        Q: Any + Send + Sync,
+        R: Any + Send,
+    {
+        let (request, replies) = crate::Request::new(query);
+        let send = match self.core.upgrade() {
+            Some(core) => {
+                let prepared = core.prepare_value(request, From::User);
+                Delivery::new(core, prepared)
+            }
+            None => Delivery::failed(SendError::Closed),
+        };
+        crate::relay::request::ask_first::<Q, R>(send, replies)
     }
 
     /// As [`RelaySender::reserve`]; `Closed` also once the relay is gone.
