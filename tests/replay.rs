@@ -101,6 +101,30 @@ on_every_runtime! {
         assert!(checked.load(Ordering::SeqCst) > 0, "no subscriber saw anything");
     }
 
+    async fn a_lossless_late_joiner_full_of_its_replay_still_gets_the_message() {
+        const CAP: usize = 4;
+        let (tx, rx) = Relay::builder()
+            .channel_size(CAP)
+            .delivery_mode(pipedream_rs::DeliveryMode::Lossless)
+            .retain::<u32>(CAP)
+            .build()
+            .unwrap();
+        for n in 0..CAP as u32 {
+            tx.send(n).await.unwrap();
+        }
+        // The call takes the snapshot (without the subscriber below); the subscriber's
+        // replay fills its queue; the send's commit must still reach it.
+        let pending = tx.send(99u32);
+        let mut late = rx.subscribe::<u32>();
+        let receipt = within(WAIT, "the commit", pending).await.unwrap();
+        assert_eq!((receipt.queued, receipt.missed), (1, 0), "{receipt:?}");
+        let mut got = Vec::new();
+        while let Ok(n) = late.try_recv() {
+            got.push(*n);
+        }
+        assert_eq!(got, [0, 1, 2, 3, 99]);
+    }
+
     async fn a_retention_above_the_largest_is_refused() {
         let built = Relay::builder().retain::<u8>(MAX_CHANNEL_SIZE + 1).build();
         assert_eq!(

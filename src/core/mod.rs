@@ -281,7 +281,7 @@ impl Core {
         // under the ring's lock, which a commit takes too (core/retention.rs).
         let retention = ty.and_then(|(type_id, _)| self.retention_of(type_id));
         let ring = retention.map(|retention| retention.lock());
-        if let Some(ring) = &ring {
+        if let Some(ring) = ring.as_ref().filter(|_| !self.registry.is_closed()) {
             let room = if mode == DeliveryMode::Latest {
                 1
             } else {

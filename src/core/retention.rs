@@ -25,14 +25,18 @@
 //! replayed messages. Wildcard subscribers get no replay and are never late joiners: for
 //! them the exact-snapshot rule holds unchanged.
 //!
-//! Lock order: a ring's lock, then the registry's (`book`, then `published`).
+//! Lock order: a ring's lock, then the registry's (`book`, then `published`). No user
+//! code runs under a ring's lock: the pushes to late joiners never wait and never report,
+//! and what they refused or evicted, and the ring's own evicted entry, are reported and
+//! dropped after the lock is let go.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::core::queue::QueueTx;
+use crate::core::queue::{PushError, QueueTx};
 use crate::core::registry::Targets;
 use crate::core::{Core, Tally};
+use crate::relay::config::DeliveryMode;
 use crate::relay::envelope::{Envelope, Queued};
 
 /// The last `keep` committed messages of one type, oldest first.
@@ -99,38 +103,99 @@ impl Core {
     ) {
         tally.receipt.retained = true;
         let mut ring = retention.lock();
-        let mut kept = envelope.clone();
-        kept.trace = Default::default();
-        ring.push_back(kept);
+        ring.push_back(Envelope {
+            value: envelope.value.clone(),
+            type_name: envelope.type_name,
+            msg_id: envelope.msg_id,
+            origin: envelope.origin,
+            trace: Default::default(),
+        });
         let evicted = if ring.len() > retention.keep {
             ring.pop_front()
         } else {
             None
         };
+        // What must not be dropped or reported under the lock (user code may run there:
+        // a value's `Drop`, a panic re-raised): what the late joiners' queues refused or
+        // evicted, handled once the lock is let go.
+        let mut refused: Vec<(QueueTx, Queued, bool)> = Vec::new();
+        let mut late_queued = 0;
         let type_id = envelope.type_id();
         // The snapshot is the published list itself unless someone registered or left
         // since: then look for the late joiners.
-        if let Ok(now) = self.registry.targets(type_id, None) {
-            if !std::ptr::eq(targets, &*now) {
-                let mut queued = 0;
-                for slot in now.own_iter() {
-                    if targets.own_iter().any(|s| s.state.id == slot.state.id) {
-                        continue;
-                    }
-                    let before = tally.receipt.queued;
-                    if let Some(item) =
-                        self.push_one(envelope.clone(), slot, None, tally, &now.counters)
-                    {
-                        // A full lossless late joiner: it cannot be waited for here.
-                        tally.receipt.missed += 1;
-                        self.missed(slot, &item, &now.counters, true);
-                    }
-                    queued += (tally.receipt.queued - before) as u64;
+        let now = self.registry.targets(type_id, None).ok();
+        if let Some(now) = now.as_ref().filter(|now| !std::ptr::eq(targets, &***now)) {
+            for slot in now.own_iter() {
+                if targets.own_iter().any(|s| s.state.id == slot.state.id) {
+                    continue;
                 }
-                crate::core::registry::TypeCounters::add(&now.counters.delivered, queued);
+                let item = Queued {
+                    envelope: envelope.clone(),
+                    tracker: None,
+                };
+                match late_push(slot, item) {
+                    Late::Queued(evicted) => {
+                        tally.receipt.queued += 1;
+                        late_queued += 1;
+                        if let Some(old) = evicted {
+                            refused.push((slot.clone(), old, true));
+                        }
+                    }
+                    Late::Missed(item) => {
+                        tally.receipt.missed += 1;
+                        refused.push((slot.clone(), item, false));
+                    }
+                    Late::Gone => {}
+                }
             }
         }
         drop(ring);
         drop(evicted); // outside the lock: its `Drop` is user code
+        if let Some(now) = now {
+            crate::core::registry::TypeCounters::add(&now.counters.delivered, late_queued);
+            for (slot, item, was_evicted) in refused {
+                if was_evicted {
+                    self.evicted(&slot, item, Some((type_id, &now.counters)), true);
+                } else {
+                    self.missed(&slot, &item, &now.counters, true);
+                }
+            }
+        }
+    }
+}
+
+/// What a late joiner's queue did with the message.
+enum Late {
+    /// Queued (and, drop-oldest, the message it evicted to make room).
+    Queued(Option<Queued>),
+    /// Refused: a broadcast queue with no room.
+    Missed(Queued),
+    /// Its receiver is gone.
+    Gone,
+}
+
+/// Pushes to a late joiner without waiting (the ring's lock is held) and without
+/// running user code: a lossless queue takes the message over its capacity if it must
+/// (its new subscriber may be full of its replay; the message must not be lost, and the
+/// overshoot is one per send in flight with an older snapshot), a drop-oldest one evicts
+/// (the evicted message is handed back), a broadcast one misses it.
+fn late_push(slot: &QueueTx, item: Queued) -> Late {
+    match slot.try_push(item) {
+        Ok(()) => Late::Queued(None),
+        Err(PushError::Closed(_)) => Late::Gone,
+        Err(PushError::Full(item)) => match slot.state.mode {
+            DeliveryMode::Lossless => {
+                if slot.reserve_over() && slot.push_reserved(item).is_ok() {
+                    Late::Queued(None)
+                } else {
+                    Late::Gone
+                }
+            }
+            DeliveryMode::DropOldest | DeliveryMode::Latest => match slot.evict_for(item) {
+                (Ok(()), evicted) => Late::Queued(evicted),
+                (Err(_), _) => Late::Gone,
+            },
+            _ => Late::Missed(item),
+        },
     }
 }

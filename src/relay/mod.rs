@@ -224,14 +224,17 @@ impl RelayBuilder {
     }
 
     /// Keeps the last `messages` messages of `T` for late subscribers: every queue of `T`
-    /// registered later (subscriptions, handlers, the forwarders of relays derived later)
-    /// first receives them, in order, then the live ones, with nothing missed or doubled
+    /// registered later (subscriptions, handlers, the forwarders of `filter`, `only`,
+    /// `map`, `batch` and the like derived later; not wildcard ones: `subscribe_all`,
+    /// `exclude`, `split`) first receives them, in order, then the live ones, with nothing missed or doubled
     /// at the seam. `retain::<T>(1)` gives a current value, like a watch channel, readable
     /// without subscribing with [`RelayReceiver::latest`](crate::RelayReceiver::latest).
     /// Zero keeps nothing (the default); set twice, the last one counts. Derived relays
     /// inherit it. A message is retained when its delivery starts (a send dropped before
     /// its first poll is not), and what the ring holds is bounded by `messages` values of
-    /// `T` plus about 48 bytes each. See SEMANTICS.md §2 "Replay".
+    /// `T` plus about 60 bytes each. The relay's own event types (`Dropped`, `RelayError`,
+    /// `Unrouted`, `HandlerLost`) are published, not sent: retaining them keeps nothing.
+    /// See SEMANTICS.md §2 "Replay".
     ///
     /// # Errors
     ///
