@@ -27,8 +27,11 @@ impl Inbox {
         kind: HandlerKind,
         tracked: bool,
     ) -> Self {
+        let mut attached = Attached::new(core, ty, tracked.then_some(kind));
+        // A handler's or forwarder's task works on a message until it asks for the next.
+        attached.queue.count_until_next();
         Inbox {
-            attached: Attached::new(core, ty, tracked.then_some(kind)),
+            attached,
             kind,
             type_name: ty.map(|(_, name)| name),
         }
@@ -41,8 +44,10 @@ impl Inbox {
         ty: Option<(TypeId, crate::relay::envelope::TypeName)>,
         links: Box<[crate::core::Link]>,
     ) -> Self {
+        let mut attached = Attached::linked(core, ty, Some(HandlerKind::Forwarder), links);
+        attached.queue.count_until_next();
         Inbox {
-            attached: Attached::linked(core, ty, Some(HandlerKind::Forwarder), links),
+            attached,
             kind: HandlerKind::Forwarder,
             type_name: ty.map(|(_, name)| name),
         }
@@ -71,6 +76,12 @@ impl Inbox {
             .queue
             .poll_recv(cx)
             .map(|item| item.map(|item| self.wrap(item)))
+    }
+
+    /// A message taken is done with when it is taken, not when the next is asked for:
+    /// for a tracked subscription, whose owner holds its messages (see `core/flow.rs`).
+    pub(crate) fn count_on_take(&mut self) {
+        self.attached.queue.count_on_take();
     }
 
     /// A `recv` future was dropped while it waited (see `QueueRx::abandon_wait`).

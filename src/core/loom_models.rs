@@ -3,8 +3,9 @@
 //! batched, a waiter let in by one take, a cancelled waiting push), and the receiver's own
 //! wait with the channel it lets go of when idle (a push waking a parked receiver, a
 //! channel retired while a sender holds it, the end of the queue, a close racing a push, a
-//! batch's run of pushes with one wake-up), and a drop-oldest eviction racing the
-//! receiver (a take, and a parking receiver that lets go of its channel). Run with
+//! batch's run of pushes with one wake-up), a drop-oldest eviction racing the receiver
+//! (a take, and a parking receiver that lets go of its channel), and the idle barrier.
+//! Run with
 //! `RUSTFLAGS="--cfg loom" cargo test --lib --release --no-default-features loom_`
 //! (see docs/testing.md). Each model keeps to ≤ 3 threads and a few operations.
 
@@ -315,8 +316,14 @@ fn one_take_from_a_full_queue(send: fn(&QueueTx)) {
 #[test]
 fn loom_an_eviction_racing_the_receiver_hands_each_message_to_one_side() {
     model("evict against a take", || {
-        let (tx, mut rx) =
-            crate::core::queue::queue_for(crate::DeliveryMode::Latest, 1, 1, None, Box::default());
+        let (tx, mut rx) = crate::core::queue::queue_for(
+            crate::DeliveryMode::Latest,
+            1,
+            1,
+            None,
+            Box::default(),
+            Arc::default(),
+        );
         tx.try_push(item(0)).ok().expect("room");
         let producer = thread::spawn(move || {
             let evicted = match tx.try_push(item(1)) {
@@ -357,8 +364,14 @@ fn loom_an_eviction_racing_the_receiver_hands_each_message_to_one_side() {
 #[test]
 fn loom_an_eviction_against_a_parking_receiver_loses_no_wake_up() {
     model("evict against a parking receiver", || {
-        let (tx, mut rx) =
-            crate::core::queue::queue_for(crate::DeliveryMode::Latest, 1, 1, None, Box::default());
+        let (tx, mut rx) = crate::core::queue::queue_for(
+            crate::DeliveryMode::Latest,
+            1,
+            1,
+            None,
+            Box::default(),
+            Arc::default(),
+        );
         rx.release_when_idle();
         tx.try_push(item(0)).ok().expect("room");
         let producer = thread::spawn(move || {
@@ -385,6 +398,45 @@ fn loom_an_eviction_against_a_parking_receiver_loses_no_wake_up() {
         assert_eq!(all, [0, 1], "received {received:?}, evicted {evicted:?}");
         assert_eq!(received.last(), Some(&1));
         drop(rx);
+    });
+}
+
+/// The idle barrier (`core/flow.rs`): a message is pushed, then `wait_idle` is awaited,
+/// while a handler-like receiver (its message counted until it comes back for the next)
+/// takes it, works on it, and comes back. In every interleaving the wait returns only
+/// after the work is done, and it does return (the lowering to zero wakes it).
+#[test]
+fn loom_idle_resolves_only_after_the_work_and_always_wakes() {
+    model("idle barrier", || {
+        use crate::core::sync::{AtomicBool, Ordering};
+        let flow: Arc<crate::core::flow::Flow> = Arc::default();
+        let (tx, mut rx) = crate::core::queue::queue_for(
+            crate::DeliveryMode::Broadcast,
+            4,
+            1,
+            None,
+            Box::default(),
+            flow.clone(),
+        );
+        rx.count_until_next();
+        let worked = Arc::new(AtomicBool::new(false));
+        let w = worked.clone();
+        let handler = thread::spawn(move || {
+            let item = block_on(rx.recv()).expect("the message");
+            w.store(true, Ordering::SeqCst); // the work
+            drop(item);
+            assert!(rx.try_recv().is_err(), "one message only"); // comes back: done
+            rx
+        });
+        tx.try_push(item(0)).ok().expect("room");
+        block_on(flow.wait_idle());
+        assert!(
+            worked.load(Ordering::SeqCst),
+            "idle before the work was done"
+        );
+        let rx = handler.join().unwrap();
+        assert!(flow.is_idle(), "the count is exact after the join");
+        check_and_drop(tx, rx);
     });
 }
 

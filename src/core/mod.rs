@@ -18,6 +18,7 @@
 pub(crate) mod batch;
 pub(crate) mod deadlock;
 pub(crate) mod delivery;
+pub(crate) mod flow;
 pub(crate) mod inbox;
 #[cfg(all(test, loom))]
 mod loom_models;
@@ -230,10 +231,14 @@ pub(crate) struct Core {
     /// The rings of the retained types (`RelayBuilder::retain`), fixed at construction;
     /// few, so a slice (see `core/retention.rs`).
     retained: Box<[(TypeId, Arc<retention::Retention>)]>,
+    /// The idle count of this relay's family: its own, or the relay it was derived from's
+    /// (`core/flow.rs`).
+    pub(crate) flow: Arc<flow::Flow>,
 }
 
 impl Core {
-    pub(crate) fn new(config: Config) -> Arc<Core> {
+    /// A relay in the family whose idle count is `flow` (a derived relay: its parent's).
+    pub(crate) fn in_family(config: Config, flow: Arc<flow::Flow>) -> Arc<Core> {
         let retained = config
             .retain
             .iter()
@@ -241,6 +246,7 @@ impl Core {
             .collect();
         Arc::new(Core {
             retained,
+            flow,
             id: NEXT_RELAY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config,
             registry: Registry::default(),
@@ -276,7 +282,8 @@ impl Core {
             .mode
             .unwrap_or_else(|| self.config.mode_of(ty.map(|(id, _)| id)));
         let capacity = options.capacity.unwrap_or(self.config.channel_size);
-        let (tx, rx) = queue_for(mode, capacity, next_subscriber_id(), tracked, links);
+        let id = next_subscriber_id();
+        let (tx, rx) = queue_for(mode, capacity, id, tracked, links, self.flow.clone());
         // A retained type: the replay goes into the queue before anyone can push to it,
         // under the ring's lock, which a commit takes too (core/retention.rs).
         let retention = ty.and_then(|(type_id, _)| self.retention_of(type_id));

@@ -168,6 +168,9 @@ pub(crate) struct QueueState {
     quiet: AtomicBool,
     /// Messages this subscriber missed because its queue was full.
     dropped: AtomicU64,
+    /// The idle count of the queue's relay family (`core/flow.rs`): raised before a
+    /// message becomes visible here, lowered when it is done with.
+    pub(crate) flow: std::sync::Arc<crate::core::flow::Flow>,
     /// What a push does when the queue is full (chosen at registration: the
     /// subscription's own mode, else its type's, else the relay's).
     pub(crate) mode: crate::DeliveryMode,
@@ -427,7 +430,11 @@ impl QueueTx {
         if evicted.is_none() && !self.state.reserve() {
             self.state.state.fetch_add(1, Ordering::AcqRel);
         }
-        (self.push_reserved(item), evicted)
+        let pushed = self.push_reserved(item);
+        if evicted.is_some() {
+            self.state.flow.lower(1); // out of the channel (after the new one is in)
+        }
+        (pushed, evicted)
     }
 
     /// Queue `item`, waiting for room; `Err` gives it back if the receiver went away.
@@ -573,6 +580,8 @@ impl QueueTx {
     /// once it has pushed what it had.
     fn push_quietly(&self, mut item: Queued) -> Result<(), Queued> {
         let state = &self.state;
+        // Counted before it can be seen (and taken, and lowered): see `core/flow.rs`.
+        state.flow.raise();
         loop {
             let attempt = state.chan.with(|chan| match chan {
                 Some(chan) => chan.tx.try_send(item).map_err(|e| e.into_inner()),
@@ -587,6 +596,7 @@ impl QueueTx {
                     item = back;
                     if !state.ensure_channel() {
                         state.release(1);
+                        state.flow.lower(1);
                         return Err(item);
                     }
                 }
@@ -647,6 +657,11 @@ pub(crate) struct QueueRx {
     /// It has reported the end (`None`, or `try_recv`'s closed-and-drained): what
     /// `FusedStream::is_terminated` says, so a stream is terminated only after its `None`.
     finished: bool,
+    /// The relay's own handler or forwarder task reads it: a message it takes stays in
+    /// the idle count until the task comes back for the next one (`core/flow.rs`).
+    defer_done: bool,
+    /// With `defer_done`: the last message taken is still being worked on.
+    working: bool,
 }
 
 /// The future of [`QueueRx::recv`]. Dropped while it waits, it gives up the wait as an
@@ -683,7 +698,15 @@ pub(crate) fn queue(
     tracked: Option<HandlerKind>,
     links: Box<[crate::core::Link]>,
 ) -> (QueueTx, QueueRx) {
-    queue_for(crate::DeliveryMode::default(), capacity, id, tracked, links)
+    let flow = std::sync::Arc::default();
+    queue_for(
+        crate::DeliveryMode::default(),
+        capacity,
+        id,
+        tracked,
+        links,
+        flow,
+    )
 }
 
 /// A queue under `mode`: of one message for [`DeliveryMode::Latest`](crate::DeliveryMode::Latest),
@@ -694,13 +717,14 @@ pub(crate) fn queue_for(
     id: u64,
     tracked: Option<HandlerKind>,
     links: Box<[crate::core::Link]>,
+    flow: std::sync::Arc<crate::core::flow::Flow>,
 ) -> (QueueTx, QueueRx) {
     let capacity = match mode {
         crate::DeliveryMode::Latest => 1,
         _ => (capacity as u64).min(LEN_MASK),
     };
     let credit_batch = (capacity / 64).clamp(1, 32);
-    make(mode, capacity, credit_batch, id, tracked, links)
+    make(mode, capacity, credit_batch, id, tracked, links, flow)
 }
 
 /// [`queue`] with an explicit `credit_batch` (the loom models use small ones).
@@ -712,7 +736,15 @@ pub(crate) fn queue_with_credit_batch(
     tracked: Option<HandlerKind>,
 ) -> (QueueTx, QueueRx) {
     let mode = crate::DeliveryMode::default();
-    make(mode, capacity, credit_batch, id, tracked, Box::default())
+    make(
+        mode,
+        capacity,
+        credit_batch,
+        id,
+        tracked,
+        Box::default(),
+        Default::default(),
+    )
 }
 
 fn make(
@@ -722,6 +754,7 @@ fn make(
     id: u64,
     tracked: Option<HandlerKind>,
     links: Box<[crate::core::Link]>,
+    flow: std::sync::Arc<crate::core::flow::Flow>,
 ) -> (QueueTx, QueueRx) {
     debug_assert!((1..=capacity.max(1)).contains(&credit_batch));
     let state = Arc::new(QueueState {
@@ -737,6 +770,7 @@ fn make(
         gone: AtomicBool::new(false),
         quiet: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
+        flow,
         mode,
         id,
         tracked,
@@ -754,6 +788,8 @@ fn make(
             release_idle: false,
             yielded: false,
             finished: false,
+            defer_done: false,
+            working: false,
         },
     )
 }
@@ -769,6 +805,26 @@ impl QueueRx {
         self.release_idle = true;
     }
 
+    /// A message this receiver takes stays in the idle count until it comes back for the
+    /// next (a handler's or forwarder's inbox: the task works on it meanwhile).
+    pub(crate) fn count_until_next(&mut self) {
+        self.defer_done = true;
+    }
+
+    /// The opposite of `count_until_next` (the default): a message is done with when
+    /// taken.
+    pub(crate) fn count_on_take(&mut self) {
+        self.settle_working();
+        self.defer_done = false;
+    }
+
+    /// The task came back: the message it worked on is done with.
+    fn settle_working(&mut self) {
+        if std::mem::take(&mut self.working) {
+            self.state.flow.lower(1);
+        }
+    }
+
     /// Whether this is a subscription a user holds (see `release_when_idle`).
     pub(crate) fn releases_when_idle(&self) -> bool {
         self.release_idle
@@ -777,6 +833,21 @@ impl QueueRx {
     /// The next message queued now, if any: from the leftover of a retired channel first,
     /// then from the current channel (picking up one a sender made while we were idle).
     fn take(&mut self) -> Option<Queued> {
+        let item = self.take_from_channels()?;
+        // The message worked on before is done with once the next is taken, or once the
+        // receiver finds nothing and is about to wait or return empty (`settle_working`
+        // there). At the end it stays counted until the queue is drained at its drop: a
+        // task may still pass on what it holds (a batch's last, partial batch).
+        self.settle_working();
+        if self.defer_done {
+            self.working = true;
+        } else {
+            self.state.flow.lower(1);
+        }
+        Some(item)
+    }
+
+    fn take_from_channels(&mut self) -> Option<Queued> {
         if let Some(leftover) = &self.leftover {
             if let Ok(item) = leftover.rx.try_recv() {
                 self.state.taken();
@@ -842,6 +913,8 @@ impl QueueRx {
                     Poll::Pending => return Poll::Pending,
                 }
             }
+            // Nothing queued, not the end: the task is back and idle.
+            self.settle_working();
             if self.release_idle && !self.yielded && self.current.is_some() {
                 // One turn of the scheduler before letting go of the channel: a message
                 // arriving meanwhile is taken without making a channel again.
@@ -894,6 +967,7 @@ impl QueueRx {
             self.finished = last.is_none();
             return last.ok_or(true);
         }
+        self.settle_working();
         self.state.reclaim();
         if self.state.len() == 0 {
             self.retire();
@@ -905,6 +979,8 @@ impl QueueRx {
     /// letting go of the channel: the rest of a batch (`recv_many`), whose caller has not
     /// asked for the end and will see it at its next receive.
     pub(crate) fn take_queued(&mut self) -> Option<Queued> {
+        // A batched take would count a handler's earlier messages done too early.
+        debug_assert!(!self.defer_done, "batched takes are for subscriptions");
         self.take()
     }
 
@@ -968,6 +1044,10 @@ impl QueueRx {
         self.state.release(left.len() as u64);
         self.state.reclaim();
         self.listener = None;
+        // Out of the channels: done with, as far as the idle count goes (their tracked
+        // senders are failed by the caller).
+        self.settle_working();
+        self.state.flow.lower(left.len());
         left
     }
 }

@@ -127,7 +127,15 @@ impl Relay {
     }
 
     pub(crate) fn from_config(config: Config) -> (RelaySender, RelayReceiver) {
-        let core = Core::new(config);
+        Self::in_family(config, Default::default())
+    }
+
+    /// A relay whose idle count is `flow`'s (a derived relay shares its parent's).
+    pub(crate) fn in_family(
+        config: Config,
+        flow: Arc<crate::core::flow::Flow>,
+    ) -> (RelaySender, RelayReceiver) {
+        let core = Core::in_family(config, flow);
         let rx = RelayReceiver::new(&core);
         (RelaySender { core }, rx)
     }

@@ -47,6 +47,8 @@ pub struct RelayReceiver {
     pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) tasks: Arc<Tasks>,
+    /// The idle count of the relay's family (`idle()`).
+    pub(crate) flow: Arc<crate::core::flow::Flow>,
     /// Counts this handle: a derived relay with no handle and no subscriber left is fed
     /// no more (`core/observers.rs`).
     observers: Arc<Observers>,
@@ -60,6 +62,7 @@ impl Clone for RelayReceiver {
             id: self.id,
             config: self.config.clone(),
             tasks: self.tasks.clone(),
+            flow: self.flow.clone(),
             observers: self.observers.clone(),
         }
     }
@@ -79,6 +82,7 @@ impl RelayReceiver {
             id: core.id,
             config: core.config.clone(),
             tasks: core.tasks.clone(),
+            flow: core.flow.clone(),
             observers: core.observers.clone(),
         }
     }
@@ -481,6 +485,44 @@ impl RelayReceiver {
     pub fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
         let tasks = self.tasks.clone();
         async move { tasks.ready().await }
+    }
+
+    /// Resolves at a moment when every queue of this relay, and of every relay derived
+    /// from it (transitively: its family), is empty and none of their handlers or
+    /// forwarders is working on a message: everything sent so far has settled. For tests
+    /// ("wait until the pipeline has processed everything") and graceful shutdown. Any
+    /// number of waiters are released together.
+    ///
+    /// It resolves only at a real quiescent point, whatever sends run meanwhile: the
+    /// family keeps one count, raised before a message becomes visible in any of its
+    /// queues and lowered once it is done with (taken by a subscription, or processed by a
+    /// handler, or passed on by a forwarder into a derived relay, whose push raises the
+    /// count first). It does not wait for sends that have not pushed yet, messages a
+    /// subscription's owner took and still holds, a batch forwarder's partial batch, or
+    /// relays connected with `forward`/`merge` (their own families). A handler or
+    /// forwarder of the family that awaits it waits for itself (its own message keeps the
+    /// count up): it never resolves there. See SEMANTICS.md §8.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// let (tx, rx) = pipedream_rs::Relay::channel();
+    /// let total = Arc::new(AtomicU32::new(0));
+    /// let t = total.clone();
+    /// rx.map::<u32, u32>(|n| n * 10).sink::<u32>(move |n| { t.fetch_add(*n, Ordering::SeqCst); });
+    /// for n in 1..=3u32 {
+    ///     tx.send(n).await.unwrap(); // `map` is a tracking boundary: this does not wait
+    /// }
+    /// rx.idle().await; // ...but this does, for the derived relay's sink too
+    /// assert_eq!(total.load(Ordering::SeqCst), 60);
+    /// # });
+    /// ```
+    pub fn idle(&self) -> impl Future<Output = ()> + Send + 'static {
+        let flow = self.flow.clone();
+        async move { flow.wait_idle().await }
     }
 
     /// Resolves once at least `n` tracked handlers are registered. Any number of waiters

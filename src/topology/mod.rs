@@ -109,7 +109,8 @@ impl RelayReceiver {
     /// A new relay with this one's configuration. If this relay is already closed, the
     /// child is returned closed (and `None`: no forwarder is needed).
     pub(crate) fn child(&self) -> (Option<RelaySender>, RelayReceiver) {
-        let (tx, rx) = Relay::from_config(self.config.clone());
+        // In the parent's family: the parent's `idle()` covers the child.
+        let (tx, rx) = Relay::in_family(self.config.clone(), self.flow.clone());
         if self.is_closed() {
             tx.close();
             return (None, rx);
