@@ -22,7 +22,8 @@
 //! Layout: this file holds what every workload shares (the counting allocator, the
 //! message types, the runtimes, the sample collector) and `main`; each workload has its
 //! own module, named for it (`w1.rs` fan-out, `w2.rs` routing, `w3.rs` tracked round
-//! trips, `w4.rs` memory, `w5.rs` transformations, `w6.rs` scaling, `profile.rs` the
+//! trips, `w4.rs` memory, `w5.rs` transformations, `w6.rs` scaling, `w7.rs` delivery
+//! policies and request/response, `profile.rs` the
 //! profiling entry points), and the peers of a workload live in its `peers` module
 //! (`w1/peers.rs`, …), apart from pipedream's side.
 
@@ -418,6 +419,7 @@ mod w3;
 mod w4;
 mod w5;
 mod w6;
+mod w7;
 
 use profile::*;
 use w1::*;
@@ -426,6 +428,7 @@ use w3::*;
 use w4::*;
 use w5::*;
 use w6::*;
+use w7::*;
 
 // ------------------------------------------------------------------------------------
 // main
@@ -542,6 +545,9 @@ fn main() {
         }
         if b.wants("w6") {
             run_w6(&mut b, &runtime, m_w1, deliveries_w6);
+        }
+        if b.wants("w7") {
+            run_w7(&mut b, &runtime, m_w1, iters_w3);
         }
     }
 

@@ -957,6 +957,9 @@ impl Core {
     /// Publishes an internal event (`Dropped`, `RelayError`, `Unrouted`). Events never wait
     /// and are never tracked: a full queue misses the event (counted, not re-reported).
     pub(crate) fn emit<T: Any + Send + Sync>(&self, event: T) {
+        if !self.registry.has_listeners() {
+            return; // nobody can receive it: as `targets.is_empty()` below, sooner
+        }
         let Ok(targets) = self
             .registry
             .targets(TypeId::of::<T>(), Some(std::any::type_name::<T>))

@@ -605,9 +605,11 @@ impl QueueTx {
         Ok(())
     }
 
-    /// More than half full: a broadcast sender should let the consumer run.
+    /// More than half full: a broadcast sender should let the consumer run. Never for a
+    /// `Latest` queue (one message, so always "full"): conflation is its answer to a
+    /// consumer that falls behind, and a yield per send would cost more than it saves.
     pub(crate) fn is_crowded(&self) -> bool {
-        self.state.len() > self.state.capacity / 2
+        self.state.mode != crate::DeliveryMode::Latest && self.state.len() > self.state.capacity / 2
     }
 }
 

@@ -175,6 +175,11 @@ pub(crate) struct Registry {
     handlers: AtomicUsize,
     /// Set once, under the book's lock, when the registry closes: `is_closed` without a lock.
     closed: AtomicBool,
+    /// Subscribers that can receive the relay's own events (of an event type, or of every
+    /// type), kept under the book's lock: an event with none is not published at all,
+    /// without a look at the routes (`Core::emit`, which a drop-oldest queue calls per
+    /// eviction).
+    listeners: AtomicUsize,
 }
 
 /// The relay is closed: nothing is registered, nothing is sent.
@@ -237,6 +242,9 @@ impl Registry {
             return Err((Closed, tx));
         }
         let id = tx.state.id;
+        if ty.is_none_or(|(type_id, _)| crate::core::is_internal_event(type_id)) {
+            self.listeners.fetch_add(1, Ordering::Relaxed);
+        }
         let tracked = usize::from(tx.state.tracked.is_some());
         let chained = usize::from(tx.state.chains());
         book.subscribers += 1;
@@ -295,6 +303,9 @@ impl Registry {
             book.where_is.insert(moved, (ty, at));
         }
         let tracked = removed.state.tracked.is_some();
+        if ty.is_none_or(crate::core::is_internal_event) {
+            self.listeners.fetch_sub(1, Ordering::Relaxed);
+        }
         book.subscribers -= 1;
         book.tracked -= usize::from(tracked);
         self.publish(book, ty);
@@ -363,6 +374,13 @@ impl Registry {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether any subscriber can receive the relay's own events now (see `listeners`).
+    /// Read without the lock: an event published by a send that raced the subscription of
+    /// its only listener may be missed by it, as a message sent before a subscription is.
+    pub(crate) fn has_listeners(&self) -> bool {
+        self.listeners.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn handlers(&self) -> usize {

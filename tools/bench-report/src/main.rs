@@ -510,6 +510,78 @@ fn section_w2(d: &Data) -> String {
     s
 }
 
+/// W7: delivery policies and request/response, each against its closest peer.
+fn section_w7(d: &Data) -> String {
+    let mut s = String::from(
+        "## W7 — delivery policies and request/response
+
+",
+    );
+    let _ = writeln!(
+        s,
+        "What no single peer offers together, each part against the closest single-purpose \
+         peer. **W7D drop-oldest**: one producer sends {m} messages as fast as it can to one \
+         consumer whose queue of 1,024 keeps the newest (`DeliveryMode::DropOldest`, a \
+         `Dropped` event and counters per eviction); the peer is async-broadcast in overflow \
+         mode (no report). **W7L latest**: the same with a conflating consumer \
+         (`DeliveryMode::Latest`); the peer is `tokio::sync::watch`. Both: ns per message sent \
+         (until the last send returned), and the share of messages the consumer saw (it reads \
+         until the last). **W7R request/response**: {r} sequential `request` round trips to one \
+         responder; the peer is the hand-written pattern, an async-channel of (query, oneshot \
+         sender) to a responder task. Medians over the runs (min–max).\n",
+        m = d.meta("messages"),
+        r = d.meta("w3_sends")
+    );
+    s.push_str("| runtime | workload | system | ns per message | seen (%) | ÷ peer |\n|---|---|---|---|---|---|\n");
+    for rt in RUNTIMES {
+        for workload in ["W7D", "W7L"] {
+            let systems = d.distinct(workload, Some(rt), |r| &r.system);
+            for sys in &systems {
+                let vs = systems
+                    .iter()
+                    .find(|other| !other.starts_with("pipedream"))
+                    .filter(|_| sys.starts_with("pipedream"))
+                    .map_or("".to_string(), |peer| {
+                        rcell(ratio(
+                            d.med(workload, rt, sys, "time"),
+                            d.med(workload, rt, peer, "time"),
+                        ))
+                    });
+                let _ = writeln!(
+                    s,
+                    "| {rt} | {workload} | {sys} | {} | {} | {vs} |",
+                    cell(d.get(workload, rt, sys, "time")),
+                    cell(d.get(workload, rt, sys, "seen"))
+                );
+            }
+        }
+    }
+    s.push('\n');
+    let ps = ["p50", "p99", "mean"];
+    s.push_str("| runtime | system (W7R) | p50 ns | p99 ns | mean ns |\n|---|---|---|---|---|\n");
+    for rt in RUNTIMES {
+        let systems = d.distinct("W7R", Some(rt), |r| &r.system);
+        for sys in &systems {
+            let cells: Vec<String> = ps.iter().map(|p| cell(d.get("W7R", rt, sys, p))).collect();
+            let _ = writeln!(s, "| {rt} | {sys} | {} |", cells.join(" | "));
+        }
+        if systems.len() == 2 {
+            let cells: Vec<String> = ps
+                .iter()
+                .map(|p| {
+                    rcell(ratio(
+                        d.med("W7R", rt, &systems[0], p),
+                        d.med("W7R", rt, &systems[1], p),
+                    ))
+                })
+                .collect();
+            let _ = writeln!(s, "| {rt} | *ratio* | {} |", cells.join(" | "));
+        }
+    }
+    s.push('\n');
+    s
+}
+
 fn section_w3(d: &Data) -> String {
     let mut s = String::from("## W3 — tracked round trip\n\n");
     let _ = writeln!(
@@ -875,6 +947,7 @@ fn main() {
     md.push_str(&section_w4(&d));
     md.push_str(&section_w5(&d));
     md.push_str(&section_w6(&d));
+    md.push_str(&section_w7(&d));
     if let Ok(notes) = std::fs::read_to_string("benches/profile-notes.md") {
         md.push_str(&notes);
         if !md.ends_with('\n') {
