@@ -1,99 +1,178 @@
-//! The idle barrier's count: how many messages a family of relays (a relay and every
-//! relay derived from it, transitively) holds in its queues or is processing now.
+//! The idle barrier: whether a family of relays (a relay and every relay derived from
+//! it, transitively) holds no message in any queue and is working on none.
 //!
-//! # The count
+//! # Counting without a shared counter
 //!
-//! `busy` is raised by one *before* a message becomes visible in any queue of the family
-//! (a push), and lowered by one *after* the message is done with: when a plain or
-//! tracked subscription takes it, when a queue is drained at its end, when a drop-oldest
-//! push evicts it, and, for the relay's own handler and forwarder tasks, only when the
-//! task comes back for its next message (or ends) — so a handler running, or a forwarder
-//! passing a message on into a derived relay of the family (whose push raises the count
-//! first), keeps it up. So `busy == 0` is a moment when no queue of the family holds a
-//! message and no handler or forwarder of it is working on one: a real quiescent point,
-//! whatever sends run concurrently. `idle()` waits for such a moment with the eventcount
-//! pattern: check, listen, check again, wait; the lowering that reaches zero notifies.
+//! Each queue keeps two monotonic counts. `pushed` is raised by a sender *before* a
+//! message becomes visible in the queue, on the cache line of `state` the sender has just
+//! written to reserve room. `done` is raised once the message is done with, on the
+//! receiver's own line (next to `owed`): when a plain or tracked subscription takes it,
+//! when a queue is drained at its end, when a drop-oldest push evicts it, and, for the
+//! relay's own handler and forwarder tasks, only when the task comes back for its next
+//! message (or finds the queue empty) — so a handler running, or a forwarder passing a
+//! message on into a derived relay (whose `pushed` is raised first), keeps its queue busy.
+//! A failed push raises `done` too, so `done <= pushed` always, and a queue is idle
+//! exactly when the two are equal. The hot path pays one read-modify-write on a line each
+//! side already writes; nothing is shared by all the queues of a family.
 //!
-//! What the count does not see: a send that has not pushed yet (waiting for its first
-//! poll, or for room in a full lossless queue — then that queue is not empty anyway), a
-//! `within` task, a message a subscription's owner took and still holds, a batch
-//! forwarder's partial batch waiting for more messages, and relays connected with
-//! `forward` or `merge` (separate families).
+//! # Seeing a quiescent point
+//!
+//! `wait_idle` reads every queue's `(done, pushed)` (in that order: an equal pair means
+//! the queue was idle when `done` was read), twice. If every pair is equal and the two
+//! collections are identical (same queues, same counts), no count moved in between: every
+//! event that happened before a read of the first collection is visible to the second
+//! (the counts only grow, so a change cannot hide), and a message passed on from one
+//! queue to another raises the second's `pushed` before the first's `done`. So there was
+//! a moment between the two collections when every queue was idle at once: a real
+//! quiescent point, whatever sends run concurrently. Queues come from the family's table
+//! (`track` at registration, `untrack` when the receiver ends), not from the registries:
+//! a closed relay's registry is empty while its handlers may still finish their last
+//! message.
+//!
+//! A waiter that finds the family busy sleeps on `idle`, after *arming* every queue it
+//! read (a `fetch_or` of a flag into the queue's `done` word). The receiver's raise of
+//! `done` is a read-modify-write of that same word, so either it sees the flag and, if
+//! the queue is now idle, wakes the waiters, or the waiter's read, which follows its
+//! arming, sees the raise. One word's modification order does it: the hot path pays no
+//! fence, and an unarmed queue nothing at all.
+//!
+//! What is not seen: a send that has not pushed yet (not yet polled, or waiting for room
+//! in a full lossless queue), a `within` task, a message a subscription's owner took and
+//! still holds, a batch forwarder's partial batch waiting for more messages, and relays
+//! connected with `forward` or `merge` (families of their own). A waiter sees a quiescent
+//! point only if it catches one: under a stream of sends that never pauses, it waits for
+//! the pause.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use event_listener::Event;
 
+use crate::core::queue::QueueState;
 use crate::core::sync::{AtomicUsize, Ordering};
 
-/// The top bit of `Flow::busy`: someone waits in `wait_idle` (set by the waiter after it
-/// listens, cleared by the lowering that finds the count at zero with it set). The count
-/// is the other bits. One word, so both sides learn of each other from the
-/// read-modify-writes they make anyway, and a lowering to zero notifies (which takes
-/// event-listener's lock) only when someone waits, as `PARKED` spares a queue's senders.
-const WAITING: usize = 1 << (usize::BITS - 1);
+/// One queue's counts, as a collection reads them: its subscriber id, `done`, `pushed`.
+pub(crate) type Counts = (u64, u64, u64);
 
-/// Invariant: the count (`busy & !WAITING`) is the number of messages in the family's
-/// channels plus the messages a handler or forwarder task of the family has taken and not
-/// yet come back from (see the module docs). It never wraps: every lowering follows its
-/// raising. `crossings` counts the lowerings to zero that found a waiter.
+/// A family of relays: the queues of its relays, and the waiters of its idle barrier.
+///
+/// Invariant: `queues` holds every queue of the family whose receiver has not yet ended
+/// (registered or not: a closed relay's registry is empty while its handlers may still be
+/// finishing their last message), by subscriber id, weakly; `waiters` counts the
+/// `wait_idle` futures registered to be woken.
 #[derive(Default)]
 pub(crate) struct Flow {
-    busy: AtomicUsize,
-    crossings: AtomicUsize,
-    /// Notified (all) when the count reaches zero while someone waits.
+    queues: Mutex<HashMap<u64, QueueRef>>,
+    waiters: AtomicUsize,
+    /// Notified (all) when a queue of the family becomes idle while someone waits.
     idle: Event,
 }
 
+/// A queue as the family holds it: weakly (its receiver takes it out when it ends). loom
+/// builds have no weak references; their models give `wait_idle_over` their queues.
+#[cfg(not(loom))]
+type QueueRef = std::sync::Weak<QueueState>;
+#[cfg(loom)]
+type QueueRef = ();
+
+/// Deregisters a waiter, also when its future is dropped.
+struct Waiting<'a>(&'a Flow);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Flow {
-    /// A message is about to become visible in a queue.
-    #[inline]
-    pub(crate) fn raise(&self) {
-        self.busy.fetch_add(1, Ordering::AcqRel);
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<u64, QueueRef>> {
+        // Only plain inserts and removals happen under it: a poisoned map is consistent.
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `n` messages are done with.
+    /// A new queue of the family (before any message can reach it).
+    pub(crate) fn track(&self, queue: &crate::core::sync::Arc<QueueState>) {
+        #[cfg(not(loom))]
+        self.queues()
+            .insert(queue.id, crate::core::sync::Arc::downgrade(queue));
+        #[cfg(loom)]
+        let _ = queue;
+    }
+
+    /// Queue `id`'s receiver has ended: it is idle for good (every push to it fails, and
+    /// counts itself done).
+    pub(crate) fn untrack(&self, id: u64) {
+        self.queues().remove(&id);
+    }
+
+    /// A queue of the family armed by a waiter just became idle: wake the waiters, if
+    /// any still wait (the flag outlives its waiter).
     #[inline]
-    pub(crate) fn lower(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let before = self.busy.fetch_sub(n, Ordering::AcqRel);
-        if before == WAITING | n {
-            // Zero, and someone waits: a quiescent point. Counted before the wake-up, so
-            // a woken waiter that finds the count up again still knows one happened.
-            self.crossings.fetch_add(1, Ordering::AcqRel);
-            // Take the flag down only if nothing changed since (a raise, or a new waiter
-            // raising it again after a raise, keeps it up for the next crossing).
-            let _ = self
-                .busy
-                .compare_exchange(WAITING, 0, Ordering::AcqRel, Ordering::Acquire);
+    pub(crate) fn poke(&self) {
+        if self.waiters.load(Ordering::Acquire) > 0 {
             self.idle.notify(usize::MAX);
         }
     }
 
-    /// Whether the family is quiescent now.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.busy.load(Ordering::Acquire) & !WAITING == 0
+    /// Every queue of the family (those whose receiver has not ended).
+    fn live(&self, out: &mut Vec<crate::core::sync::Arc<QueueState>>) {
+        #[cfg(not(loom))]
+        out.extend(self.queues().values().filter_map(|q| q.upgrade()));
+        #[cfg(loom)]
+        let _ = out;
     }
 
-    /// Resolves at a moment, after the call, when the family is quiescent: seen here, or
-    /// seen by the lowering that reached zero while this waited (so a steady stream of
-    /// sends cannot starve it past quiescent points it slept through). Eventcount: check,
-    /// listen, announce the wait (a read-modify-write that also reads the count), wait.
+    /// Resolves at a quiescent point of the family (see the module docs).
     pub(crate) async fn wait_idle(&self) {
-        let start = self.crossings.load(Ordering::Acquire);
-        loop {
-            if self.is_idle() {
-                return;
+        self.wait_idle_over(|out| self.live(out)).await
+    }
+
+    /// `wait_idle` over the queues `queues` gives (the loom models give their own).
+    pub(crate) async fn wait_idle_over(
+        &self,
+        queues: impl Fn(&mut Vec<crate::core::sync::Arc<QueueState>>),
+    ) {
+        // `false` if some queue is busy (after arming it, if `arm`: then its receiver
+        // wakes us when it becomes idle). If none is but the two collections differ (a
+        // message came and went in between, or a queue was added or removed), look again:
+        // a change that left no queue busy wakes nobody, so it must not be slept on.
+        let quiescent = |arm: bool| loop {
+            let mut live = Vec::new();
+            queues(&mut live);
+            let mut first: Vec<Counts> = live
+                .iter()
+                .map(|q| {
+                    if arm {
+                        q.arm();
+                    }
+                    q.counts()
+                })
+                .collect();
+            if first.iter().any(|&(_, done, pushed)| done != pushed) {
+                return false;
             }
+            let mut second: Vec<Counts> = Vec::with_capacity(first.len());
+            live.clear();
+            queues(&mut live);
+            second.extend(live.iter().map(|q| q.counts()));
+            first.sort_unstable_by_key(|&(id, _, _)| id);
+            second.sort_unstable_by_key(|&(id, _, _)| id);
+            if first == second {
+                return true;
+            }
+        };
+        if quiescent(false) {
+            return;
+        }
+        // Registered before arming: a receiver that sees a queue armed sees the count.
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(self);
+        loop {
             let listener = self.idle.listen();
-            let before = self.busy.fetch_or(WAITING, Ordering::AcqRel);
-            if before & !WAITING == 0 || self.crossings.load(Ordering::Acquire) != start {
+            if quiescent(true) {
                 return;
             }
             listener.await;
-            if self.crossings.load(Ordering::Acquire) != start {
-                return;
-            }
         }
     }
 }

@@ -429,13 +429,15 @@ fn loom_idle_resolves_only_after_the_work_and_always_wakes() {
             rx
         });
         tx.try_push(item(0)).ok().expect("room");
-        block_on(flow.wait_idle());
+        let state = tx.state.clone();
+        block_on(flow.wait_idle_over(|out| out.push(state.clone())));
         assert!(
             worked.load(Ordering::SeqCst),
             "idle before the work was done"
         );
         let rx = handler.join().unwrap();
-        assert!(flow.is_idle(), "the count is exact after the join");
+        let (_, done, pushed) = tx.state.counts();
+        assert_eq!(done, pushed, "the counts are exact after the join");
         check_and_drop(tx, rx);
     });
 }

@@ -231,8 +231,8 @@ pub(crate) struct Core {
     /// The rings of the retained types (`RelayBuilder::retain`), fixed at construction;
     /// few, so a slice (see `core/retention.rs`).
     retained: Box<[(TypeId, Arc<retention::Retention>)]>,
-    /// The idle count of this relay's family: its own, or the relay it was derived from's
-    /// (`core/flow.rs`).
+    /// This relay's family, for the idle barrier: its own, or the relay it was derived
+    /// from's (`core/flow.rs`).
     pub(crate) flow: Arc<flow::Flow>,
 }
 
@@ -284,6 +284,7 @@ impl Core {
         let capacity = options.capacity.unwrap_or(self.config.channel_size);
         let id = next_subscriber_id();
         let (tx, rx) = queue_for(mode, capacity, id, tracked, links, self.flow.clone());
+        self.flow.track(&tx.state);
         // A retained type: the replay goes into the queue before anyone can push to it,
         // under the ring's lock, which a commit takes too (core/retention.rs).
         let retention = ty.and_then(|(type_id, _)| self.retention_of(type_id));

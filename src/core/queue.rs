@@ -137,6 +137,9 @@ pub(crate) struct QueueState {
     /// waits (or is about to) on `arrival`; cleared by the first sender to push after it
     /// was set (`arrived`), which then notifies.
     state: AtomicU64,
+    /// Messages ever made visible here, raised before each becomes visible (the idle
+    /// barrier's count, `core/flow.rs`); on the senders' line, next to `state`.
+    pushed: AtomicU64,
     capacity: u64,
     /// How many taken messages the receiver gathers before giving their room back.
     credit_batch: u64,
@@ -168,8 +171,7 @@ pub(crate) struct QueueState {
     quiet: AtomicBool,
     /// Messages this subscriber missed because its queue was full.
     dropped: AtomicU64,
-    /// The idle count of the queue's relay family (`core/flow.rs`): raised before a
-    /// message becomes visible here, lowered when it is done with.
+    /// The queue's relay family, whose idle barrier this queue wakes (`core/flow.rs`).
     pub(crate) flow: std::sync::Arc<crate::core::flow::Flow>,
     /// What a push does when the queue is full (chosen at registration: the
     /// subscription's own mode, else its type's, else the relay's).
@@ -185,6 +187,35 @@ pub(crate) struct QueueState {
 }
 
 impl QueueState {
+    /// `n` messages are done with (`core/flow.rs`); if that leaves the queue idle while
+    /// someone waits for the family's idle barrier, wake them.
+    ///
+    /// Whether anyone waits is learnt from the same read-modify-write: a waiter *arms*
+    /// the queue (`arm`, a `fetch_or` of `IDLE_WAITER` into the same word) before it
+    /// reads the counts, so either this add sees the flag, or the waiter's read sees this
+    /// add. Modification order on one word, no fence, nothing extra on the hot path.
+    #[inline]
+    fn done(&self, n: u64) {
+        let before = self.owed.1.fetch_add(n, Ordering::AcqRel);
+        if before & IDLE_WAITER != 0
+            && (before & !IDLE_WAITER) + n == self.pushed.load(Ordering::Acquire)
+        {
+            self.flow.poke();
+        }
+    }
+
+    /// The idle barrier's view: (subscriber id, done, pushed), `done` read first.
+    pub(crate) fn counts(&self) -> crate::core::flow::Counts {
+        let done = self.owed.1.load(Ordering::Acquire) & !IDLE_WAITER;
+        (self.id, done, self.pushed.load(Ordering::Acquire))
+    }
+
+    /// An idle barrier waits on this queue: the receiver that makes it idle wakes it. The
+    /// flag stays (a later take then pays one load of the family's waiter count).
+    pub(crate) fn arm(&self) {
+        self.owed.1.fetch_or(IDLE_WAITER, Ordering::AcqRel);
+    }
+
     /// Takes back the room of messages the receiver has taken but not yet given back.
     fn reclaim(&self) {
         let owed = self.owed.0.fetch_and(!LEN_MASK, Ordering::AcqRel) & LEN_MASK;
@@ -324,6 +355,9 @@ impl QueueState {
     }
 }
 
+/// The top bit of a queue's `done` count: an idle barrier waits on it (`arm`).
+const IDLE_WAITER: u64 = 1 << 63;
+
 const LEN_BITS: u32 = 40;
 /// Mask of the length bits of `QueueState::state` (and of the count bits of `owed`); also
 /// the largest capacity.
@@ -335,10 +369,11 @@ const WAITERS: u64 = ((1 << 22) - 1) << LEN_BITS;
 /// The receiver waits on `arrival` (a bit of `QueueState::state`).
 const PARKED: u64 = 1 << 62;
 
-/// An atomic on a cache line of its own, so the receiver's per-message count does not
-/// bounce the line of `state` that senders write.
+/// The receiver's atomics, on a cache line of their own, so its per-message counts do not
+/// bounce the line of `state` that senders write: `owed` (`.0`), and `done` (`.1`, the
+/// messages done with, for the idle barrier: `core/flow.rs`).
 #[repr(align(64))]
-struct CachePadded(AtomicU64);
+struct CachePadded(AtomicU64, AtomicU64);
 
 /// A lossless sender registered as waiting, for as long as it lives: in `state`, so a
 /// release notifies, and in `owed`, so the receiver gives back room per message meanwhile.
@@ -432,7 +467,7 @@ impl QueueTx {
         }
         let pushed = self.push_reserved(item);
         if evicted.is_some() {
-            self.state.flow.lower(1); // out of the channel (after the new one is in)
+            self.state.done(1); // out of the channel (after the new one is in)
         }
         (pushed, evicted)
     }
@@ -580,8 +615,8 @@ impl QueueTx {
     /// once it has pushed what it had.
     fn push_quietly(&self, mut item: Queued) -> Result<(), Queued> {
         let state = &self.state;
-        // Counted before it can be seen (and taken, and lowered): see `core/flow.rs`.
-        state.flow.raise();
+        // Counted before it can be seen (and taken): see `core/flow.rs`.
+        state.pushed.fetch_add(1, Ordering::AcqRel);
         loop {
             let attempt = state.chan.with(|chan| match chan {
                 Some(chan) => chan.tx.try_send(item).map_err(|e| e.into_inner()),
@@ -596,7 +631,7 @@ impl QueueTx {
                     item = back;
                     if !state.ensure_channel() {
                         state.release(1);
-                        state.flow.lower(1);
+                        state.done(1); // never visible: done with at once
                         return Err(item);
                     }
                 }
@@ -761,9 +796,10 @@ fn make(
     debug_assert!((1..=capacity.max(1)).contains(&credit_batch));
     let state = Arc::new(QueueState {
         state: AtomicU64::new(0),
+        pushed: AtomicU64::new(0),
         capacity,
         credit_batch,
-        owed: CachePadded(AtomicU64::new(0)),
+        owed: CachePadded(AtomicU64::new(0), AtomicU64::new(0)),
         space: Event::new(),
         arrival: Event::new(),
         chan: Slot::empty(),
@@ -823,7 +859,7 @@ impl QueueRx {
     /// The task came back: the message it worked on is done with.
     fn settle_working(&mut self) {
         if std::mem::take(&mut self.working) {
-            self.state.flow.lower(1);
+            self.state.done(1);
         }
     }
 
@@ -844,7 +880,7 @@ impl QueueRx {
         if self.defer_done {
             self.working = true;
         } else {
-            self.state.flow.lower(1);
+            self.state.done(1);
         }
         Some(item)
     }
@@ -1049,7 +1085,9 @@ impl QueueRx {
         // Out of the channels: done with, as far as the idle count goes (their tracked
         // senders are failed by the caller).
         self.settle_working();
-        self.state.flow.lower(left.len());
+        self.state.done(left.len() as u64);
+        // The receiver's end: the queue is idle for good.
+        self.state.flow.untrack(self.state.id);
         left
     }
 }

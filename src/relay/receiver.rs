@@ -493,15 +493,16 @@ impl RelayReceiver {
     /// ("wait until the pipeline has processed everything") and graceful shutdown. Any
     /// number of waiters are released together.
     ///
-    /// It resolves only at a real quiescent point, whatever sends run meanwhile: the
-    /// family keeps one count, raised before a message becomes visible in any of its
-    /// queues and lowered once it is done with (taken by a subscription, or processed by a
-    /// handler, or passed on by a forwarder into a derived relay, whose push raises the
-    /// count first). It does not wait for sends that have not pushed yet, messages a
+    /// It resolves only at a real quiescent point, whatever sends run meanwhile: every
+    /// queue counts the messages made visible in it and those done with (taken by a
+    /// subscription, processed by a handler, or passed on by a forwarder into a derived
+    /// relay, whose count is raised first), and `idle` reads them all twice, resolving
+    /// only if every queue is idle and nothing moved in between. Under a stream of sends
+    /// that never pauses it waits for the pause. It does not wait for sends that have not pushed yet, messages a
     /// subscription's owner took and still holds, a batch forwarder's partial batch, or
     /// relays connected with `forward`/`merge` (their own families). A handler or
-    /// forwarder of the family that awaits it waits for itself (its own message keeps the
-    /// count up): it never resolves there. See SEMANTICS.md §8.
+    /// forwarder of the family that awaits it waits for itself (its own message keeps its
+    /// queue busy): it never resolves there. See SEMANTICS.md §8.
     ///
     /// # Examples
     ///
