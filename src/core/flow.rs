@@ -97,12 +97,14 @@ impl Flow {
             .insert(queue.id, crate::core::sync::Arc::downgrade(queue));
         #[cfg(loom)]
         let _ = queue;
+        self.poke(); // a waiter that saw the family change looks again
     }
 
     /// Queue `id`'s receiver has ended: it is idle for good (every push to it fails, and
     /// counts itself done).
     pub(crate) fn untrack(&self, id: u64) {
         self.queues().remove(&id);
+        self.poke(); // a waiter that saw the family change looks again
     }
 
     /// A queue of the family armed by a waiter just became idle: wake the waiters, if
@@ -132,11 +134,12 @@ impl Flow {
         &self,
         queues: impl Fn(&mut Vec<crate::core::sync::Arc<QueueState>>),
     ) {
-        // `false` if some queue is busy (after arming it, if `arm`: then its receiver
-        // wakes us when it becomes idle). If none is but the two collections differ (a
-        // message came and went in between, or a queue was added or removed), look again:
-        // a change that left no queue busy wakes nobody, so it must not be slept on.
-        let quiescent = |arm: bool| loop {
+        // `false` if some queue is busy, or if none is but the two collections differ (a
+        // message came and went in between, or a queue was added or removed). With `arm`,
+        // sleeping on either is safe: a raise of `done` on a queue armed here sees the
+        // flag and wakes us when it leaves the queue idle, and `track`/`untrack` wake us
+        // after a change of membership. (A loop here instead would spin under churn.)
+        let quiescent = |arm: bool| {
             let mut live = Vec::new();
             queues(&mut live);
             let mut first: Vec<Counts> = live
@@ -157,9 +160,7 @@ impl Flow {
             second.extend(live.iter().map(|q| q.counts()));
             first.sort_unstable_by_key(|&(id, _, _)| id);
             second.sort_unstable_by_key(|&(id, _, _)| id);
-            if first == second {
-                return true;
-            }
+            first == second
         };
         if quiescent(false) {
             return;

@@ -211,7 +211,9 @@ impl QueueState {
     }
 
     /// An idle barrier waits on this queue: the receiver that makes it idle wakes it. The
-    /// flag stays (a later take then pays one load of the family's waiter count).
+    /// flag stays once its waiters are gone: each later raise of `done` on this queue then
+    /// also loads `pushed` (the senders' line) and, if the queue is idle, the family's
+    /// waiter count. A cost paid only by queues an `idle()` once slept on.
     pub(crate) fn arm(&self) {
         self.owed.1.fetch_or(IDLE_WAITER, Ordering::AcqRel);
     }
