@@ -101,6 +101,42 @@ on_every_runtime! {
         assert!(checked.load(Ordering::SeqCst) > 0, "no subscriber saw anything");
     }
 
+    async fn ten_thousand_subscribes_racing_sends_each_see_a_seamless_start() {
+        // 10,000 subscribes, each racing a sender that never stops: each new subscriber
+        // takes its replay (the last 4 retained) and the live messages after it, and the
+        // first 8 it sees must be consecutive: nothing missed or doubled at its seam.
+        const SUBSCRIBES: usize = 10_000;
+        const SEEN: usize = 8;
+        let (tx, rx) = Relay::builder().retain::<u64>(4).build().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = stop.clone();
+        let sender = common::spawn(async move {
+            let mut n = 0u64;
+            while !halt.load(Ordering::SeqCst) {
+                tx.send(n).await.unwrap();
+                n += 1;
+                if n % 8 == 0 {
+                    common::yield_now().await;
+                }
+            }
+            n
+        });
+        // Nothing to race before the first message is sent.
+        common::wait_until(WAIT, "the first sends", || rx.latest::<u64>().is_some()).await;
+        for i in 0..SUBSCRIBES {
+            let mut sub = rx.subscribe::<u64>();
+            let mut got = Vec::with_capacity(SEEN);
+            while got.len() < SEEN {
+                got.push(*within(WAIT, "the next message", sub.recv()).await.unwrap());
+            }
+            let expected: Vec<u64> = (got[0]..got[0] + SEEN as u64).collect();
+            assert_eq!(got, expected, "subscribe {i}: a gap or a double at the seam");
+        }
+        stop.store(true, Ordering::SeqCst);
+        let sent = within(WAIT, "the sender", sender).await;
+        assert!(sent >= SEEN as u64);
+    }
+
     async fn a_lossless_late_joiner_full_of_its_replay_still_gets_the_message() {
         const CAP: usize = 4;
         let (tx, rx) = Relay::builder()
