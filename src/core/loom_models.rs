@@ -326,15 +326,9 @@ fn loom_an_eviction_racing_the_receiver_hands_each_message_to_one_side() {
         );
         tx.try_push(item(0)).ok().expect("room");
         let producer = thread::spawn(move || {
-            let evicted = match tx.try_push(item(1)) {
-                Ok(()) => None,
-                Err(crate::core::queue::PushError::Full(one)) => {
-                    let (pushed, evicted) = tx.evict_for(one);
-                    assert!(pushed.is_ok(), "the receiver is here");
-                    evicted.map(|old| old.envelope.msg_id)
-                }
-                Err(_) => panic!("the receiver is here"),
-            };
+            let (pushed, evicted) = tx.push_now(item(1));
+            assert!(pushed.is_ok(), "the receiver is here");
+            let evicted = evicted.map(|old| old.envelope.msg_id);
             (tx, evicted)
         });
         let first = rx.try_recv().ok().map(|item| item.envelope.msg_id);
@@ -375,15 +369,9 @@ fn loom_an_eviction_against_a_parking_receiver_loses_no_wake_up() {
         rx.release_when_idle();
         tx.try_push(item(0)).ok().expect("room");
         let producer = thread::spawn(move || {
-            let evicted = match tx.try_push(item(1)) {
-                Ok(()) => None,
-                Err(crate::core::queue::PushError::Full(one)) => {
-                    let (pushed, evicted) = tx.evict_for(one);
-                    assert!(pushed.is_ok(), "the receiver is here");
-                    evicted.map(|old| old.envelope.msg_id)
-                }
-                Err(_) => panic!("the receiver is here"),
-            };
+            let (pushed, evicted) = tx.push_now(item(1));
+            assert!(pushed.is_ok(), "the receiver is here");
+            let evicted = evicted.map(|old| old.envelope.msg_id);
             drop(tx);
             evicted
         });

@@ -586,23 +586,7 @@ impl Core {
         // Opened at the first poll, not at the call, so that both `tx.send(v).instrument(s)`
         // and a send made inside an instrumented block hang below `s`.
         envelope.trace = SendSpan::open(self.id, envelope.msg_id, envelope.type_name);
-        // Counted when delivery starts: a send dropped before its first poll sent nothing.
-        let counters = &targets.counters;
-        TypeCounters::add(&counters.sent, 1);
-        let mut tally = Tally::default();
-        tally.receipt.msg_id = envelope.msg_id;
-        if let Some(retention) = self.retention_of(envelope.type_id()) {
-            // Kept for late subscribers: never unrouted (core/retention.rs).
-            self.commit_retained(retention, &envelope, &targets, &mut tally);
-        } else if targets.is_empty() {
-            self.unrouted(
-                counters,
-                envelope.msg_id,
-                envelope.type_id(),
-                envelope.type_name,
-            );
-            return Pushed::Done { tally, tracker };
-        }
+        let mut tally = self.start_delivery(&envelope, &targets);
         if targets.is_empty() {
             return Pushed::Done { tally, tracker };
         }
@@ -632,6 +616,24 @@ impl Core {
                 tally,
             }),
         }
+    }
+
+    /// What every single send does when its delivery starts, before any push: counts it
+    /// as sent (a send dropped before its first poll sent nothing), and commits it to its
+    /// type's ring if the type is retained (core/retention.rs; then it is never unrouted),
+    /// or else reports it unrouted if it has no target. The tally to fill in.
+    fn start_delivery(&self, envelope: &Envelope, targets: &Targets) -> Tally {
+        let counters = &targets.counters;
+        TypeCounters::add(&counters.sent, 1);
+        let mut tally = Tally::default();
+        tally.receipt.msg_id = envelope.msg_id;
+        if let Some(retention) = self.retention_of(envelope.type_id()) {
+            self.commit_retained(retention, envelope, targets, &mut tally);
+        } else if targets.is_empty() {
+            let (msg_id, type_id) = (envelope.msg_id, envelope.type_id());
+            self.unrouted(counters, msg_id, type_id, envelope.type_name);
+        }
+        tally
     }
 
     /// A send that never waits (`try_send`): untracked (nobody waits for the handlers),
@@ -786,7 +788,7 @@ impl Core {
             }
             Err(PushError::Full(item)) => match slot.state.mode {
                 DeliveryMode::Lossless => return Some(item),
-                DeliveryMode::DropOldest | DeliveryMode::Latest => {
+                mode if mode.evicts() => {
                     let sent = item.envelope.type_id();
                     let (pushed, evicted) = slot.evict_for(item);
                     if let Some(old) = evicted {
@@ -985,22 +987,14 @@ impl Core {
                 envelope: envelope.clone(),
                 tracker: None,
             };
-            match slot.try_push(item) {
+            // An event never waits, but a drop-oldest queue still makes room for it.
+            let (pushed, evicted) = slot.push_now(item);
+            if let Some(old) = evicted {
+                // Counted, with no `Dropped` event: that would evict again.
+                self.evicted(slot, old, Some((TypeId::of::<T>(), counters)), false);
+            }
+            match pushed {
                 Ok(()) => delivered += 1,
-                // An event never waits, but a drop-oldest queue still makes room for it.
-                Err(PushError::Full(item))
-                    if matches!(
-                        slot.state.mode,
-                        DeliveryMode::DropOldest | DeliveryMode::Latest
-                    ) =>
-                {
-                    let (pushed, evicted) = slot.evict_for(item);
-                    delivered += u64::from(pushed.is_ok());
-                    if let Some(old) = evicted {
-                        // Counted, with no `Dropped` event: that would evict again.
-                        self.evicted(slot, old, Some((TypeId::of::<T>(), counters)), false);
-                    }
-                }
                 Err(PushError::Full(_)) => {
                     TypeCounters::add(&counters.dropped, 1);
                     slot.state.count_drop();

@@ -442,6 +442,19 @@ impl QueueTx {
         self.push_reserved(item).map_err(PushError::Closed)
     }
 
+    /// Queue `item` now, never waiting, as the queue's mode says when it is full: a
+    /// drop-oldest (or latest) queue evicts its oldest message to make room (handed back
+    /// as the second value, to be reported), any other refuses `item` as `Full`.
+    pub(crate) fn push_now(&self, item: Queued) -> (Result<(), PushError>, Option<Queued>) {
+        match self.try_push(item) {
+            Err(PushError::Full(item)) if self.state.mode.evicts() => {
+                let (pushed, evicted) = self.evict_for(item);
+                (pushed.map_err(PushError::Closed), evicted)
+            }
+            pushed => (pushed, None),
+        }
+    }
+
     /// Drop-oldest, once `try_push` found the queue full: takes the oldest message out of
     /// the current channel and queues `item` in the room it held (so `len` does not move:
     /// the room passes from one message to the other, and the receiver, which never took

@@ -9,9 +9,8 @@
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
-use crate::core::registry::TypeCounters;
 use crate::core::trace::SendSpan;
-use crate::core::{Core, CountOnDrop, From, Outgoing, Reservations, Snapshot, Tally};
+use crate::core::{Core, CountOnDrop, From, Outgoing, Reservations, Snapshot};
 use crate::relay::envelope::{Queued, TypeName};
 use crate::relay::error::SendError;
 use crate::relay::receipt::Receipt;
@@ -57,18 +56,8 @@ impl Core {
             tracker: _,
         } = snapshot.load(value);
         let counters = &targets.counters;
-        TypeCounters::add(&counters.sent, 1);
-        let mut tally = Tally::default();
-        tally.receipt.msg_id = envelope.msg_id;
-        if let Some(retention) = self.retention_of(envelope.type_id()) {
-            // Kept for late subscribers: never unrouted (core/retention.rs).
-            self.commit_retained(retention, &envelope, &targets, &mut tally);
-            if targets.is_empty() {
-                return tally.receipt;
-            }
-        } else if targets.is_empty() {
-            let (msg_id, type_id) = (envelope.msg_id, envelope.type_id());
-            self.unrouted(counters, msg_id, type_id, envelope.type_name);
+        let mut tally = self.start_delivery(&envelope, &targets);
+        if targets.is_empty() {
             return tally.receipt;
         }
         let mut envelope = Some(envelope);

@@ -36,7 +36,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::core::queue::{PushError, QueueTx};
 use crate::core::registry::Targets;
 use crate::core::{Core, Tally};
-use crate::relay::config::DeliveryMode;
 use crate::relay::envelope::{Envelope, Queued};
 
 /// The last `keep` committed messages of one type, oldest first.
@@ -180,22 +179,16 @@ enum Late {
 /// overshoot is one per send in flight with an older snapshot), a drop-oldest one evicts
 /// (the evicted message is handed back), a broadcast one misses it.
 fn late_push(slot: &QueueTx, item: Queued) -> Late {
-    match slot.try_push(item) {
-        Ok(()) => Late::Queued(None),
-        Err(PushError::Closed(_)) => Late::Gone,
-        Err(PushError::Full(item)) => match slot.state.mode {
-            DeliveryMode::Lossless => {
-                if slot.reserve_over() && slot.push_reserved(item).is_ok() {
-                    Late::Queued(None)
-                } else {
-                    Late::Gone
-                }
+    match slot.push_now(item) {
+        (Ok(()), evicted) => Late::Queued(evicted),
+        (Err(PushError::Closed(_)), _) => Late::Gone,
+        (Err(PushError::Full(item)), _) if slot.state.mode.waits() => {
+            if slot.reserve_over() && slot.push_reserved(item).is_ok() {
+                Late::Queued(None)
+            } else {
+                Late::Gone
             }
-            DeliveryMode::DropOldest | DeliveryMode::Latest => match slot.evict_for(item) {
-                (Ok(()), evicted) => Late::Queued(evicted),
-                (Err(_), _) => Late::Gone,
-            },
-            _ => Late::Missed(item),
-        },
+        }
+        (Err(PushError::Full(item)), _) => Late::Missed(item),
     }
 }

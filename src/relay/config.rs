@@ -57,6 +57,11 @@ impl DeliveryMode {
     pub(crate) fn waits(self) -> bool {
         self == DeliveryMode::Lossless
     }
+
+    /// Whether a full queue under this mode makes room by evicting its oldest message.
+    pub(crate) fn evicts(self) -> bool {
+        matches!(self, DeliveryMode::DropOldest | DeliveryMode::Latest)
+    }
 }
 
 /// How many handler errors a failed `send` reports.

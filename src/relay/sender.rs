@@ -168,12 +168,7 @@ impl RelaySender {
         Q: Any + Send + Sync,
         R: Any + Send,
     {
-        // The snapshot is taken at the call, as for any send.
-        let (request, replies) = crate::Request::new(query);
-        let send = Delivery::new(
-            self.core.clone(),
-            self.core.prepare_value(request, From::User),
-        );
+        let (send, replies) = start_request::<Q, R>(Some(self.core.clone()), query);
         crate::relay::request::ask_first::<Q, R>(send, replies)
     }
 
@@ -207,11 +202,7 @@ impl RelaySender {
         Q: Any + Send + Sync,
         R: Any + Send,
     {
-        let (request, replies) = crate::Request::new(query);
-        let send = Delivery::new(
-            self.core.clone(),
-            self.core.prepare_value(request, From::User),
-        );
+        let (send, replies) = start_request::<Q, R>(Some(self.core.clone()), query);
         crate::relay::request::ask::<Q, R>(send, replies, false)
     }
 
@@ -490,6 +481,30 @@ pub struct WeakSender {
     id: u64,
 }
 
+/// A request's send on `core` (`None`: the relay is gone), prepared now: the snapshot is
+/// taken at the call, as for any send; and the requester's handle on the replies.
+fn start_request<Q, R>(
+    core: Option<Arc<Core>>,
+    query: Q,
+) -> (
+    Delivery<'static, Arc<Core>>,
+    crate::relay::request::Replies<R>,
+)
+where
+    Q: Any + Send + Sync,
+    R: Any + Send,
+{
+    let (request, replies) = crate::Request::new(query);
+    let send = match core {
+        Some(core) => {
+            let prepared = core.prepare_value(request, From::User);
+            Delivery::new(core, prepared)
+        }
+        None => Delivery::failed(SendError::Closed),
+    };
+    (send, replies)
+}
+
 /// `reserve` on `core` (`None`: the relay is gone): the snapshot now, the room when
 /// awaited.
 fn reserve<T: Any + Send + Sync>(
@@ -564,14 +579,7 @@ impl WeakSender {
         Q: Any + Send + Sync,
         R: Any + Send,
     {
-        let (request, replies) = crate::Request::new(query);
-        let send = match self.core.upgrade() {
-            Some(core) => {
-                let prepared = core.prepare_value(request, From::User);
-                Delivery::new(core, prepared)
-            }
-            None => Delivery::failed(SendError::Closed),
-        };
+        let (send, replies) = start_request::<Q, R>(self.core.upgrade(), query);
         crate::relay::request::ask_first::<Q, R>(send, replies)
     }
 

@@ -559,10 +559,22 @@ fn section_w7(d: &Data) -> String {
     s.push('\n');
     let ps = ["p50", "p99", "mean"];
     s.push_str("| runtime | system (W7R) | p50 ns | p99 ns | mean ns |\n|---|---|---|---|---|\n");
+    s.push_str(&percentile_rows(d, "W7R", &ps));
+    s.push('\n');
+    s
+}
+
+/// One row per runtime and system of a latency workload's percentiles `ps`, then, where a
+/// runtime has two systems, a row of their ratios (first ÷ second).
+fn percentile_rows(d: &Data, workload: &str, ps: &[&str]) -> String {
+    let mut s = String::new();
     for rt in RUNTIMES {
-        let systems = d.distinct("W7R", Some(rt), |r| &r.system);
+        let systems = d.distinct(workload, Some(rt), |r| &r.system);
         for sys in &systems {
-            let cells: Vec<String> = ps.iter().map(|p| cell(d.get("W7R", rt, sys, p))).collect();
+            let cells: Vec<String> = ps
+                .iter()
+                .map(|p| cell(d.get(workload, rt, sys, p)))
+                .collect();
             let _ = writeln!(s, "| {rt} | {sys} | {} |", cells.join(" | "));
         }
         if systems.len() == 2 {
@@ -570,15 +582,14 @@ fn section_w7(d: &Data) -> String {
                 .iter()
                 .map(|p| {
                     rcell(ratio(
-                        d.med("W7R", rt, &systems[0], p),
-                        d.med("W7R", rt, &systems[1], p),
+                        d.med(workload, rt, &systems[0], p),
+                        d.med(workload, rt, &systems[1], p),
                     ))
                 })
                 .collect();
             let _ = writeln!(s, "| {rt} | *ratio* | {} |", cells.join(" | "));
         }
     }
-    s.push('\n');
     s
 }
 
@@ -595,25 +606,7 @@ fn section_w3(d: &Data) -> String {
     );
     let ps = ["p50", "p95", "p99", "p99.9", "mean", "> 5 µs (%)"];
     s.push_str("| runtime | system | p50 | p95 | p99 | p99.9 | mean | sends > 5 µs (%) |\n|---|---|---|---|---|---|---|---|\n");
-    for rt in RUNTIMES {
-        let systems = d.distinct("W3", Some(rt), |r| &r.system);
-        for sys in &systems {
-            let cells: Vec<String> = ps.iter().map(|p| cell(d.get("W3", rt, sys, p))).collect();
-            let _ = writeln!(s, "| {rt} | {sys} | {} |", cells.join(" | "));
-        }
-        if systems.len() == 2 {
-            let cells: Vec<String> = ps
-                .iter()
-                .map(|p| {
-                    rcell(ratio(
-                        d.med("W3", rt, &systems[0], p),
-                        d.med("W3", rt, &systems[1], p),
-                    ))
-                })
-                .collect();
-            let _ = writeln!(s, "| {rt} | *ratio* | {} |", cells.join(" | "));
-        }
-    }
+    s.push_str(&percentile_rows(d, "W3", &ps));
     s.push('\n');
     s
 }
