@@ -36,10 +36,15 @@
 //! arming, sees the raise. One word's modification order does it: the hot path pays no
 //! fence, and an unarmed queue nothing at all.
 //!
+//! The close of a relay is work too: once no sender is left, a queue read by one of the
+//! relay's own tasks counts its end as pushed until the task ends (it may still pass on
+//! what it holds: a batch forwarder's last, partial batch). So `idle()` after a close
+//! waits for every handler and forwarder of the closed relays to finish.
+//!
 //! What is not seen: a send that has not pushed yet (not yet polled, or waiting for room
 //! in a full lossless queue), a `within` task, a message a subscription's owner took and
-//! still holds, a batch forwarder's partial batch waiting for more messages, and relays
-//! connected with `forward` or `merge` (families of their own). A waiter sees a quiescent
+//! still holds, a batch forwarder's partial batch waiting for more messages while its
+//! relay is open, and relays connected with `forward` or `merge` (families of their own). A waiter sees a quiescent
 //! point only if it catches one: under a stream of sends that never pauses, it waits for
 //! the pause.
 

@@ -430,6 +430,55 @@ fn loom_idle_resolves_only_after_the_work_and_always_wakes() {
     });
 }
 
+/// The close is work for a relay task: a handler that took its one message and went
+/// back to wait reads idle, but once the last sender is gone it still has its end to act
+/// on (a batch forwarder's last batch). A waiter that starts after the close resolves only
+/// after that final work, whichever way the handler's wake-up and the waiter interleave.
+#[test]
+fn loom_idle_after_a_close_waits_for_the_task_to_end() {
+    model("idle at the close", || {
+        use crate::core::sync::{AtomicBool, Ordering};
+        let flow: Arc<crate::core::flow::Flow> = Arc::default();
+        let (tx, mut rx) = crate::core::queue::queue_for(
+            crate::DeliveryMode::Broadcast,
+            4,
+            1,
+            None,
+            Box::default(),
+            flow.clone(),
+        );
+        rx.count_until_next();
+        tx.try_push(item(0)).ok().expect("room");
+        let state = tx.state.clone();
+        let flushed = Arc::new(AtomicBool::new(false));
+        // The family's table, as `Flow` keeps it: membership under a lock.
+        let alive = Arc::new(crate::core::sync::Mutex::new(true));
+        let (f, a, fl) = (flushed.clone(), alive.clone(), flow.clone());
+        let handler = thread::spawn(move || {
+            drop(block_on(rx.recv()).expect("the message"));
+            assert!(block_on(rx.recv()).is_none(), "then the end");
+            f.store(true, Ordering::SeqCst); // the last batch, passed on
+                                             // The receiver ends (what its drop does: leave the family, wake the waiters).
+            *a.lock().unwrap() = false;
+            fl.untrack(1);
+            rx
+        });
+        drop(tx); // the close
+        block_on(flow.wait_idle_over(|out| {
+            if *alive.lock().unwrap() {
+                out.push(state.clone());
+            }
+        }));
+        assert!(
+            flushed.load(Ordering::SeqCst),
+            "idle before the task acted on its end"
+        );
+        let rx = handler.join().unwrap();
+        assert_accounting(&rx);
+        drop(rx);
+    });
+}
+
 /// After the join: checks the counts ([`assert_accounting`]), then drops both halves here,
 /// in the main thread (async-channel drops its channel through std's `Arc`, which loom
 /// would misreport from inside a model thread).

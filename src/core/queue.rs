@@ -165,6 +165,11 @@ pub(crate) struct QueueState {
     senders: AtomicUsize,
     /// The receiver is gone: every push fails, nothing is created.
     gone: AtomicBool,
+    /// The receiver is one of the relay's own handler or forwarder tasks
+    /// (`QueueRx::count_until_next`): once no sender is left, its end is work still to
+    /// do (a forwarder's last partial batch, a handler's last message) until the receiver
+    /// ends, so the idle barrier counts it (`counts`).
+    task: AtomicBool,
     /// It went because nothing could observe what it would pass on (a forwarder whose
     /// derived relay is unobserved): a tracked message that cannot reach it now counts as
     /// handled, not as a failure.
@@ -205,9 +210,17 @@ impl QueueState {
     }
 
     /// The idle barrier's view: (subscriber id, done, pushed), `done` read first.
+    ///
+    /// A task's queue with no sender left counts one more pushed: its end, which the task
+    /// has still to see and act on (it may pass on what it holds). That count is raised
+    /// by the last sender handle's drop (the same `senders` word the receiver reads to see
+    /// the end, so before the receiver can see it) and done with when the receiver ends:
+    /// `untrack` takes the queue out of the family and wakes the waiters.
     pub(crate) fn counts(&self) -> crate::core::flow::Counts {
         let done = self.owed.1.load(Ordering::Acquire) & !IDLE_WAITER;
-        (self.id, done, self.pushed.load(Ordering::Acquire))
+        let pushed = self.pushed.load(Ordering::Acquire);
+        let end = self.task.load(Ordering::Acquire) && self.senders.load(Ordering::Acquire) == 0;
+        (self.id, done, pushed + u64::from(end))
     }
 
     /// An idle barrier waits on this queue: the receiver that makes it idle wakes it. The
@@ -821,6 +834,7 @@ fn make(
         creating: Mutex::new(()),
         senders: AtomicUsize::new(1),
         gone: AtomicBool::new(false),
+        task: AtomicBool::new(false),
         quiet: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
         flow,
@@ -862,6 +876,7 @@ impl QueueRx {
     /// next (a handler's or forwarder's inbox: the task works on it meanwhile).
     pub(crate) fn count_until_next(&mut self) {
         self.defer_done = true;
+        self.state.task.store(true, Ordering::Release);
     }
 
     /// The opposite of `count_until_next` (the default): a message is done with when
@@ -869,6 +884,7 @@ impl QueueRx {
     pub(crate) fn count_on_take(&mut self) {
         self.settle_working();
         self.defer_done = false;
+        self.state.task.store(false, Ordering::Release);
     }
 
     /// The task came back: the message it worked on is done with.
