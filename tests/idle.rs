@@ -96,6 +96,29 @@ on_every_runtime! {
         }
     }
 
+    async fn at_the_close_idle_waits_for_a_partial_batch_two_relays_down() {
+        // map -> batch -> sink: the map's forwarder must close the batch's relay before it
+        // leaves the idle count, or idle() resolves before the batch forwarder sees its end.
+        for round in 0..200u32 {
+            let (tx, rx) = Relay::channel();
+            let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let g = got.clone();
+            rx.map::<u32, u32>(|n| *n)
+                .batch::<u32>(10)
+                .unwrap()
+                .sink::<Vec<u32>>(move |batch| g.lock().unwrap().push(batch.len()));
+            for n in 1..=3u32 {
+                tx.send(n).await.unwrap();
+            }
+            if round % 2 == 0 {
+                common::yield_now().await;
+            }
+            drop(tx);
+            within(WAIT, "idle", rx.idle()).await;
+            assert_eq!(*got.lock().unwrap(), [3], "round {round}: idle before the last batch");
+        }
+    }
+
     async fn idle_under_concurrent_sends_resolves_only_after_everything_sent_before_it() {
         // A pipeline: u32 -> filter -> map -> sink, with a slow stage, while another task
         // keeps sending. Each round, after `k` sends have returned, `idle()` must not

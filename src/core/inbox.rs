@@ -53,6 +53,18 @@ impl Inbox {
         }
     }
 
+    /// A tracked inbox of `T` that its owner reads (a user's tracked subscription): a
+    /// message taken is done with when it is taken, not when the next is asked for (the
+    /// owner may hold several), and it is not a task's inbox (see `core/flow.rs`).
+    pub(crate) fn held<T: Any>(core: &Weak<Core>, kind: HandlerKind) -> Self {
+        let ty = Some((TypeId::of::<T>(), std::any::type_name::<T> as _));
+        Inbox {
+            attached: Attached::new(core, ty, Some(kind)),
+            kind,
+            type_name: ty.map(|(_, name)| name),
+        }
+    }
+
     pub(crate) fn typed<T: Any>(core: &Weak<Core>, kind: HandlerKind, tracked: bool) -> Self {
         Self::new(
             core,
@@ -76,12 +88,6 @@ impl Inbox {
             .queue
             .poll_recv(cx)
             .map(|item| item.map(|item| self.wrap(item)))
-    }
-
-    /// A message taken is done with when it is taken, not when the next is asked for:
-    /// for a tracked subscription, whose owner holds its messages (see `core/flow.rs`).
-    pub(crate) fn count_on_take(&mut self) {
-        self.attached.queue.count_on_take();
     }
 
     /// A `recv` future was dropped while it waited (see `QueueRx::abandon_wait`).

@@ -168,7 +168,8 @@ pub(crate) struct QueueState {
     /// The receiver is one of the relay's own handler or forwarder tasks
     /// (`QueueRx::count_until_next`): once no sender is left, its end is work still to
     /// do (a forwarder's last partial batch, a handler's last message) until the receiver
-    /// ends, so the idle barrier counts it (`counts`).
+    /// ends, so the idle barrier counts it (`counts`). Only ever set (false to true, so
+    /// no waiter needs waking for it), right after registration.
     task: AtomicBool,
     /// It went because nothing could observe what it would pass on (a forwarder whose
     /// derived relay is unobserved): a tracked message that cannot reach it now counts as
@@ -877,14 +878,6 @@ impl QueueRx {
     pub(crate) fn count_until_next(&mut self) {
         self.defer_done = true;
         self.state.task.store(true, Ordering::Release);
-    }
-
-    /// The opposite of `count_until_next` (the default): a message is done with when
-    /// taken.
-    pub(crate) fn count_on_take(&mut self) {
-        self.settle_working();
-        self.defer_done = false;
-        self.state.task.store(false, Ordering::Release);
     }
 
     /// The task came back: the message it worked on is done with.

@@ -62,14 +62,16 @@ pub struct TrackedSubscription<T> {
 
 impl<T: Any + Send + Sync> TrackedSubscription<T> {
     pub(crate) fn new(core: &Weak<Core>, kind: HandlerKind) -> Self {
-        let mut inbox = Inbox::typed::<T>(core, kind, true);
-        if kind == HandlerKind::Tracked {
+        let inbox = if kind == HandlerKind::Tracked {
             // A user's own subscription (not a sink's or tap's): idle, it holds no channel;
             // and a message its owner took is done with as far as `idle()` goes (the
-            // owner may hold several at once).
+            // owner may hold several at once), so it is not a task's inbox.
+            let mut inbox = Inbox::held::<T>(core, kind);
             inbox.release_when_idle();
-            inbox.count_on_take();
-        }
+            inbox
+        } else {
+            Inbox::typed::<T>(core, kind, true)
+        };
         TrackedSubscription {
             inbox,
             _type: PhantomData,

@@ -214,7 +214,11 @@ impl RelayReceiver {
         &self,
         mut f: impl FnMut(&T) -> Option<U> + Send + 'static,
     ) -> RelayReceiver {
-        self.boundary_forwarder::<T, _, _>(|mut inbox, child_tx, mode| async move {
+        self.boundary_forwarder::<T, _, _>(|inbox, child_tx, mode| async move {
+            // Declared in this order so they drop in the other: the child closes (its own
+            // forwarders see their end) before this inbox ends and leaves the idle count.
+            let mut inbox = inbox;
+            let child_tx = child_tx;
             let (relay_id, me) = (inbox.relay_id(), inbox.id());
             while let Some(msg) = next_for(&mut inbox, std::slice::from_ref(&child_tx)).await {
                 let work = Work::of(HandlerKind::Forwarder, relay_id, me, msg.envelope());
@@ -340,7 +344,11 @@ impl RelayReceiver {
         Item: Any + Send + Sync,
         F: Fn(Arc<T>) -> Item + Send + Sync + 'static,
     {
-        self.boundary_forwarder::<T, _, _>(move |mut inbox, child_tx, mode| async move {
+        self.boundary_forwarder::<T, _, _>(move |inbox, child_tx, mode| async move {
+            // Declared in this order so they drop in the other: the child closes (its own
+            // forwarders see their end) before this inbox ends and leaves the idle count.
+            let mut inbox = inbox;
+            let child_tx = child_tx;
             // Never preallocate more than a modest batch: `size` may be anything a user
             // passes (`usize::MAX` is a batch that only the close ends), and memory must
             // follow what is batched, not the size asked for.
@@ -433,7 +441,7 @@ impl RelayReceiver {
         child
     }
 
-    fn run_tracked<R>(&self, mut inbox: Inbox, children: Vec<RelaySender>, mut route: R)
+    fn run_tracked<R>(&self, inbox: Inbox, children: Vec<RelaySender>, mut route: R)
     where
         R: FnMut(&crate::Envelope) -> Option<usize> + Send + 'static,
     {
@@ -442,6 +450,10 @@ impl RelayReceiver {
         let mode = self.config().panic_mode;
         let who = self.forwarder_identity(&inbox);
         self.spawn_forwarder(who, async move {
+            // Declared in this order so they drop in the other: the children close (their
+            // forwarders see their end) before this inbox ends and leaves the idle count.
+            let mut inbox = inbox;
+            let children = children;
             let (relay_id, me) = (inbox.relay_id(), inbox.id());
             while let Some(msg) = next_for(&mut inbox, &children).await {
                 if wildcard && is_internal_event(msg.envelope().type_id()) {
