@@ -67,6 +67,9 @@
 // - `core`: the machinery under it: registry, queues, the send path, trackers, waits;
 // - `topology`: relays derived from relays, and connections between relays;
 // - `spawner`: the executors tasks run on, one module per runtime feature.
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod bridge;
 mod core;
 mod relay;
 pub mod spawner;

@@ -201,6 +201,10 @@ pub(crate) enum From {
 
 static NEXT_RELAY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// The bit of an envelope's origin that marks a message a bridge imported into the relay
+/// whose id is the rest (`bridge::IMPORTED`; relay ids never reach it).
+pub(crate) const IMPORTED_BIT: u64 = 1 << 63;
+
 /// Shared state of one relay.
 ///
 /// Ownership: the [`RelaySender`](crate::RelaySender) and in-flight sends hold it
@@ -888,6 +892,24 @@ impl Core {
                 publish,
             );
         }
+    }
+
+    /// A message taken by a subscriber that could not pass it on (a bridge's export, the
+    /// engine unreachable): counted as dropped on its type and reported as `Dropped`,
+    /// as a queue that overflowed would be.
+    #[cfg(feature = "nats")]
+    pub(crate) fn dropped_elsewhere(&self, env: &Envelope, subscriber_id: u64) {
+        if let Some(counters) = self.registry.counters_of(env.type_id()) {
+            TypeCounters::add(&counters.dropped, 1);
+        }
+        let dropped = Dropped {
+            relay_id: self.id,
+            msg_id: env.msg_id,
+            type_name: env.type_name(),
+            subscriber_id,
+        };
+        trace::dropped(&dropped);
+        self.emit(dropped);
     }
 
     /// A tracked message could not reach, or was never processed by, its handler.

@@ -68,7 +68,8 @@ impl Envelope {
 
     /// The id of the relay this message was first sent on (see
     /// [`RelaySender::id`](crate::RelaySender::id)); forwarding keeps it, which is how echo
-    /// is prevented.
+    /// is prevented. A message a bridge brought in from a message engine (feature `nats`)
+    /// has the relay's id with the top bit set (`bridge::IMPORTED`).
     ///
     /// # Examples
     ///

@@ -57,6 +57,9 @@ pub enum HandlerKind {
     /// A plain subscription's queue: a message evicted from it (drop-oldest) whose
     /// `Drop` panicked.
     Subscription,
+    /// A bridge to a message engine (feature `nats`): a message it could not carry, or a
+    /// remote side's failure (see `pipedream_rs::bridge`).
+    Bridge,
 }
 
 impl fmt::Display for HandlerKind {
@@ -68,6 +71,7 @@ impl fmt::Display for HandlerKind {
             HandlerKind::Tracked => "tracked subscription",
             HandlerKind::Forwarder => "forwarder",
             HandlerKind::Subscription => "subscription",
+            HandlerKind::Bridge => "bridge",
         })
     }
 }

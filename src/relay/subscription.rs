@@ -510,6 +510,16 @@ impl EnvelopeSubscription {
         EnvelopeSubscription { attached }
     }
 
+    /// An untracked subscription to `T` only, as envelopes (a bridge's export, which
+    /// needs each message's origin).
+    #[cfg(feature = "nats")]
+    pub(crate) fn typed<T: Any + Send + Sync>(core: &Weak<Core>) -> Self {
+        let ty = Some((TypeId::of::<T>(), std::any::type_name::<T> as _));
+        let mut attached = Attached::new(core, ty, None);
+        attached.queue.release_when_idle();
+        EnvelopeSubscription { attached }
+    }
+
     /// The next message, or `None` once the relay is closed and this queue is drained.
     ///
     /// # Cancel safety

@@ -26,9 +26,9 @@ use futures::future::{select, Either};
 use crate::core::deadlock::{InNode, Node};
 use crate::core::delivery::Delivery;
 use crate::core::inbox::Inbox;
-use crate::core::is_internal_event;
 use crate::core::lost::Guarded;
 use crate::core::trace::Work;
+use crate::core::{is_internal_event, IMPORTED_BIT};
 use crate::relay::config::Config;
 use crate::relay::error::HandlerKind;
 use crate::relay::handler::start_within;
@@ -234,7 +234,9 @@ async fn forwarding_loop(mut inbox: Inbox, target: WeakSender) {
         };
         let Some(msg) = next else { return };
         let envelope = msg.envelope();
-        if envelope.origin == target_id || is_internal_event(envelope.type_id()) {
+        // An imported message's origin is its relay's id with the bridge bit set
+        // (`bridge::IMPORTED`): it came from `target` if the rest is `target`'s id.
+        if envelope.origin & !IMPORTED_BIT == target_id || is_internal_event(envelope.type_id()) {
             settle_quietly(msg, drop); // echo, or an event of the source relay
             continue;
         }

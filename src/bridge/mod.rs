@@ -1,0 +1,636 @@
+//! Bridges: the same typed messages between processes, over an existing message engine
+//! (feature `nats`; the frame, the codec and the rules here are the engine-independent
+//! part, for every engine the crate bridges to).
+//!
+//! A bridge connects one relay to one engine connection. Bridging is per type and per
+//! direction, and every bridged type has an explicit, stable **wire name** (a `TypeId`
+//! differs between builds):
+//!
+//! - **export** `T` as `"name"`: every `T` sent on the local relay is encoded with the
+//!   type's [`Codec`] and published;
+//! - **import** `T` as `"name"`: every message published under that name is decoded and
+//!   sent on the local relay.
+//!
+//! The engine carries opaque bytes: one frame per message, the same for every engine
+//! (`bridge/frame.rs`: a version, the sending relay's wire id, the message id, the wire
+//! name, then the codec's payload). What each engine and mode guarantees is in
+//! SEMANTICS.md §17; in short, publish/subscribe is at most once, and what the bridge knows
+//! it lost is reported, never silent.
+//!
+//! # Echo prevention
+//!
+//! - A message a bridge imported is sent on the local relay with an origin that marks it
+//!   as imported ([`Envelope::origin`] has [`IMPORTED`] set), and
+//!   **no bridge exports an imported message**. So `a ↔ engine ↔ b` delivers each message
+//!   once per relay, and two bridges on one relay do not pass each other's imports back
+//!   and forth. The price: one process does not relay messages from one engine to
+//!   another (a gateway); that needs an explicit forwarder of your own.
+//! - Every frame carries the wire id of the relay that sent it, and a bridge drops the
+//!   frames of its own relay (engines echo a connection's publications to its own
+//!   subscriptions). Wire ids are the relay id mixed with a random number drawn once per
+//!   process, so two processes collide with a chance of one in 2³².
+//!
+//! # Failures are events
+//!
+//! Whatever a bridge cannot deliver is published on its relay, as on any relay: a
+//! message it could not publish is a [`Dropped`](crate::Dropped) (counted in
+//! [`BridgeStats::dropped`]); a payload that does not decode, a frame of an unknown type
+//! name, a payload over the engine's size limit, a remote handler's failure are
+//! [`RelayError`]s of kind [`HandlerKind::Bridge`]
+//! whose error is a [`BridgeError`] naming the subject and the reason. The bridge keeps
+//! running after each.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::core::{Core, From};
+use crate::relay::envelope::Envelope;
+use crate::relay::error::{HandlerKind, RelayError, SendError};
+use crate::relay::receipt::Receipt;
+
+pub mod codec;
+mod frame;
+#[cfg(feature = "nats")]
+pub mod nats;
+
+pub use codec::{Codec, CodecError, Postcard};
+pub use frame::FrameError;
+pub(crate) use frame::{Frame, FrameKind, Outcome};
+
+/// The bit of [`Envelope::origin`] that marks a message a bridge
+/// imported (relay ids never reach it).
+///
+/// # Examples
+///
+/// ```
+/// let (tx, _rx) = pipedream_rs::Relay::channel();
+/// assert_eq!(tx.id() & pipedream_rs::bridge::IMPORTED, 0);
+/// ```
+pub const IMPORTED: u64 = crate::core::IMPORTED_BIT;
+
+/// Why a bridge refused a registration, or what went wrong with one message.
+///
+/// Registration errors are returned; per-message errors are published on the relay as
+/// the `error` of a [`RelayError`] of kind
+/// [`HandlerKind::Bridge`] (and, for a tracked export, handed to
+/// the waiting sender).
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::bridge::BridgeError;
+/// let e = BridgeError::Timeout { subject: "pd.req.order".into(), after: std::time::Duration::from_secs(2) };
+/// assert!(e.to_string().contains("outcome unknown"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// A wire name or prefix the engines cannot carry (see [`check_name`]).
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// This bridge already bridges that name in that direction, or (tracked) in the
+    /// other: a relay that exported and imported one name tracked could be handed its own
+    /// messages back by the engine.
+    AlreadyBridged {
+        /// The wire name.
+        name: String,
+    },
+    /// The engine could not be reached, or refused the connection.
+    Connect(String),
+    /// The relay is closed (or the bridge was shut down).
+    Closed,
+    /// A payload could not be encoded (nothing was published).
+    Encode {
+        /// Where it would have gone.
+        subject: String,
+        /// The codec's reason.
+        reason: CodecError,
+    },
+    /// A received payload could not be decoded (it is skipped).
+    Decode {
+        /// Where it came from.
+        subject: String,
+        /// The codec's (or the frame's) reason.
+        reason: String,
+    },
+    /// A received frame names a type this subject's import does not carry (it is skipped).
+    UnknownType {
+        /// Where it came from.
+        subject: String,
+        /// The wire name in the frame.
+        name: String,
+    },
+    /// An encoded message is larger than the engine takes (nothing was published).
+    TooLarge {
+        /// Where it would have gone.
+        subject: String,
+        /// Its size in bytes, frame included.
+        size: usize,
+        /// The engine's limit.
+        limit: usize,
+    },
+    /// The engine refused or lost a publication, or the connection is down (the message
+    /// is reported `Dropped`).
+    Publish {
+        /// Where it would have gone.
+        subject: String,
+        /// The engine's reason.
+        reason: String,
+    },
+    /// The engine dropped messages for a subscription that did not keep up (NATS "slow
+    /// consumer"); how many is not known to the client.
+    SlowConsumer {
+        /// The subscription's subject.
+        subject: String,
+    },
+    /// A tracked message reached no remote relay: nobody imports it as tracked. Never
+    /// processed remotely.
+    NoResponders {
+        /// Where it was sent.
+        subject: String,
+    },
+    /// No answer in time: the **outcome is unknown**. The remote relay may have processed
+    /// it, may still, or may never; this is neither success nor "not processed".
+    Timeout {
+        /// Where it was sent.
+        subject: String,
+        /// The time waited.
+        after: Duration,
+    },
+    /// The bridge stopped (its last handle dropped, its runtime shut down) while a tracked
+    /// message waited for its answer: the **outcome is unknown**, as for a timeout.
+    Abandoned {
+        /// Where it was sent.
+        subject: String,
+    },
+    /// The remote relay's tracked handlers (or its send) failed.
+    Remote {
+        /// The remote relay's wire id.
+        relay: u64,
+        /// What the remote side reported, one text per failure.
+        errors: Vec<String>,
+    },
+}
+
+impl fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BridgeError::InvalidName { name, reason } => {
+                write!(f, "invalid wire name {name:?}: {reason}")
+            }
+            BridgeError::AlreadyBridged { name } => {
+                write!(f, "{name:?} is already bridged in this direction")
+            }
+            BridgeError::Connect(reason) => write!(f, "could not connect to the engine: {reason}"),
+            BridgeError::Closed => f.write_str("the relay or the bridge is closed"),
+            BridgeError::Encode { subject, reason } => {
+                write!(f, "could not encode a message for {subject}: {reason}")
+            }
+            BridgeError::Decode { subject, reason } => {
+                write!(f, "could not decode a message from {subject}: {reason}")
+            }
+            BridgeError::UnknownType { subject, name } => {
+                write!(
+                    f,
+                    "a message from {subject} names type {name:?}, which is not imported there"
+                )
+            }
+            BridgeError::TooLarge {
+                subject,
+                size,
+                limit,
+            } => write!(
+                f,
+                "a message for {subject} is {size} bytes, over the engine's limit of {limit}"
+            ),
+            BridgeError::Publish { subject, reason } => {
+                write!(f, "could not publish to {subject}: {reason}")
+            }
+            BridgeError::SlowConsumer { subject } => write!(
+                f,
+                "the engine dropped messages for {subject}: the subscription did not keep up"
+            ),
+            BridgeError::NoResponders { subject } => {
+                write!(f, "no remote relay imports {subject} as tracked")
+            }
+            BridgeError::Timeout { subject, after } => write!(
+                f,
+                "no answer from {subject} within {after:?}: outcome unknown"
+            ),
+            BridgeError::Abandoned { subject } => write!(
+                f,
+                "the bridge stopped while waiting for the answer from {subject}: outcome unknown"
+            ),
+            BridgeError::Remote { relay, errors } => {
+                write!(f, "remote relay {relay:#x} failed: {}", errors.join("; "))
+            }
+        }
+    }
+}
+
+impl std::error::Error for BridgeError {}
+
+/// What a bridge has done so far (all counts since it was made).
+///
+/// `exported + dropped + failed_out + skipped` is every local message its exports took
+/// (`exported`: handed to the engine's client, which for a tracked export means the
+/// request went out, whatever the answer); `imported + echoes + failed_in` is every
+/// message its imports received.
+///
+/// # Examples
+///
+/// ```
+/// let s = pipedream_rs::bridge::BridgeStats::default();
+/// assert_eq!(s.exported + s.imported, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeStats {
+    /// Messages handed to the engine's client.
+    pub exported: u64,
+    /// Messages received and sent on the local relay (whatever its handlers then did).
+    pub imported: u64,
+    /// Local messages an export left out because they came from an engine: imported by a
+    /// bridge, or derived (`map`, `forward`, …) from such a message, which keeps its origin.
+    pub skipped: u64,
+    /// Frames of this bridge's own relay that came back, and were skipped.
+    pub echoes: u64,
+    /// Local messages not published: the connection was down or the engine refused them
+    /// (each also a `Dropped` event).
+    pub dropped: u64,
+    /// Local messages not published because they could not be encoded or were too large.
+    pub failed_out: u64,
+    /// Received messages not delivered: not decodable, of an unknown type name, without
+    /// the reply subject a tracked one needs, or arrived as the relay closed.
+    pub failed_in: u64,
+    /// Tracked messages whose remote outcome was a failure, a timeout or no responder.
+    pub remote_failures: u64,
+    /// Times the engine reported messages dropped for a slow subscription.
+    pub slow_consumer: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    exported: AtomicU64,
+    imported: AtomicU64,
+    skipped: AtomicU64,
+    echoes: AtomicU64,
+    dropped: AtomicU64,
+    failed_out: AtomicU64,
+    failed_in: AtomicU64,
+    remote_failures: AtomicU64,
+    slow_consumer: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> BridgeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BridgeStats {
+            exported: get(&self.exported),
+            imported: get(&self.imported),
+            skipped: get(&self.skipped),
+            echoes: get(&self.echoes),
+            dropped: get(&self.dropped),
+            failed_out: get(&self.failed_out),
+            failed_in: get(&self.failed_in),
+            remote_failures: get(&self.remote_failures),
+            slow_consumer: get(&self.slow_consumer),
+        }
+    }
+}
+
+/// Checks a wire name (or a subject prefix): 1 to 200 bytes of ASCII letters, digits,
+/// `.`, `-` and `_`, not starting or ending with `.` and without `..`. That is what a
+/// NATS subject token sequence and a Redis key both carry without quoting, so one name
+/// works on every engine.
+///
+/// # Errors
+///
+/// [`BridgeError::InvalidName`] saying what is wrong.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::bridge::check_name;
+/// assert!(check_name("shop.order.v1").is_ok());
+/// assert!(check_name("has space").is_err());
+/// assert!(check_name("orders.>").is_err());
+/// ```
+pub fn check_name(name: &str) -> Result<(), BridgeError> {
+    let invalid = |reason| {
+        Err(BridgeError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("it is empty");
+    }
+    if name.len() > 200 {
+        return invalid("it is longer than 200 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return invalid("only ASCII letters, digits, '.', '-' and '_' are allowed");
+    }
+    if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+        return invalid("'.' separates non-empty parts");
+    }
+    Ok(())
+}
+
+/// A number drawn once per process, mixed into relay wire ids.
+fn process_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        hasher.write_u32(std::process::id());
+        hasher.finish() << 32
+    })
+}
+
+/// The reply frame for `outcome`, its error texts shortened (from the end, at character
+/// boundaries) until the frame fits in `limit` bytes: an answer too large to send would
+/// leave the sender with a timeout instead of the failure.
+pub(crate) fn reply_frame(
+    wire_id: u64,
+    msg_id: u64,
+    name: &str,
+    mut outcome: Outcome,
+    limit: usize,
+) -> Vec<u8> {
+    loop {
+        let frame = Frame::encode(FrameKind::Reply, wire_id, msg_id, name, &outcome.encode());
+        if frame.len() <= limit || outcome.errors.iter().all(|e| e.is_empty()) {
+            return frame;
+        }
+        let over = frame.len() - limit;
+        let Some(longest) = outcome.errors.iter_mut().max_by_key(|e| e.len()) else {
+            return frame;
+        };
+        let mut keep = longest.len().saturating_sub(over + 3);
+        while !longest.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        longest.truncate(keep);
+        longest.push_str("...");
+        if longest.len() <= 3 {
+            longest.clear();
+        }
+    }
+}
+
+/// A decoded message from the engine.
+pub(crate) struct Received<T> {
+    pub(crate) value: T,
+    /// Its id on the relay that sent it.
+    pub(crate) msg_id: u64,
+}
+
+/// The texts a remote answer carries for a failed send: each handler's error with its
+/// sources, or the send's own error.
+pub(crate) fn error_texts(error: &SendError) -> Vec<String> {
+    fn chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(next) = source {
+            text.push_str(": ");
+            text.push_str(&next.to_string());
+            source = next.source();
+        }
+        text
+    }
+    match error {
+        SendError::Aggregate(errors) => errors.iter().map(|e| chain(e)).collect(),
+        other => vec![chain(other)],
+    }
+}
+
+/// The side of a bridge that talks to the local relay, the same for every engine.
+///
+/// Invariant: `origin` is the relay's id with [`IMPORTED`] set, so a message it sends is
+/// recognisable as imported, and `forward` still sees which relay it entered first (an
+/// `a ↔ b` forward pair stops it as it stops any message).
+pub(crate) struct Local {
+    pub(crate) core: Weak<Core>,
+    pub(crate) relay_id: u64,
+    /// The relay's id on the wire (`relay_id` mixed with the process nonce).
+    pub(crate) wire_id: u64,
+    /// The origin of the messages this bridge imports.
+    pub(crate) origin: u64,
+    pub(crate) counters: Counters,
+}
+
+impl Local {
+    pub(crate) fn new(rx: &crate::RelayReceiver) -> Local {
+        Local {
+            core: rx.core.clone(),
+            relay_id: rx.id,
+            wire_id: process_nonce() ^ rx.id,
+            origin: rx.id | IMPORTED,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Whether a local message came from an engine (any bridge): such a message is never
+    /// exported.
+    pub(crate) fn came_from_engine(envelope: &Envelope) -> bool {
+        envelope.origin() & IMPORTED != 0
+    }
+
+    /// The message frame for a local message, or the error to report (counted).
+    pub(crate) fn encode<T: 'static>(
+        &self,
+        codec: &dyn Codec<T>,
+        name: &str,
+        subject: &str,
+        msg_id: u64,
+        value: &T,
+        limit: usize,
+    ) -> Result<Vec<u8>, BridgeError> {
+        let payload = codec.encode(value).map_err(|reason| BridgeError::Encode {
+            subject: subject.to_owned(),
+            reason,
+        });
+        let frame =
+            payload.map(|p| Frame::encode(FrameKind::Message, self.wire_id, msg_id, name, &p));
+        let frame = frame.and_then(|frame| {
+            if frame.len() > limit {
+                Err(BridgeError::TooLarge {
+                    subject: subject.to_owned(),
+                    size: frame.len(),
+                    limit,
+                })
+            } else {
+                Ok(frame)
+            }
+        });
+        if frame.is_err() {
+            self.counters.failed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    /// A received frame's value: `Ok(None)` for a frame of this relay (an echo, counted),
+    /// `Err` (counted) for bytes that are not a frame, a frame of another wire name, or a
+    /// payload the codec refuses.
+    pub(crate) fn decode<T: 'static>(
+        &self,
+        codec: &dyn Codec<T>,
+        name: &str,
+        subject: &str,
+        bytes: &[u8],
+    ) -> Result<Option<Received<T>>, BridgeError> {
+        let decoded = self.decode_frame(name, subject, bytes).and_then(|frame| {
+            let Some(frame) = frame else {
+                return Ok(None);
+            };
+            let value = codec
+                .decode(frame.payload)
+                .map_err(|reason| BridgeError::Decode {
+                    subject: subject.to_owned(),
+                    reason: reason.to_string(),
+                })?;
+            Ok(Some(Received {
+                value,
+                msg_id: frame.msg_id,
+            }))
+        });
+        match &decoded {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                self.counters.echoes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counters.failed_in.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        decoded
+    }
+
+    fn decode_frame<'b>(
+        &self,
+        name: &str,
+        subject: &str,
+        bytes: &'b [u8],
+    ) -> Result<Option<Frame<'b>>, BridgeError> {
+        let frame = Frame::decode(bytes).map_err(|e| BridgeError::Decode {
+            subject: subject.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if frame.kind != FrameKind::Message {
+            return Err(BridgeError::Decode {
+                subject: subject.to_owned(),
+                reason: String::from("a reply frame where a message was expected"),
+            });
+        }
+        if frame.origin == self.wire_id {
+            return Ok(None);
+        }
+        if frame.name != name {
+            return Err(BridgeError::UnknownType {
+                subject: subject.to_owned(),
+                name: frame.name.to_owned(),
+            });
+        }
+        Ok(Some(frame))
+    }
+
+    /// Sends an imported value on the local relay, marked as imported. `wait`: whether
+    /// to wait for the relay's tracked handlers (a tracked import does, to answer).
+    pub(crate) async fn deliver<T: Any + Send + Sync>(
+        &self,
+        value: T,
+        wait: bool,
+    ) -> Result<Receipt, SendError> {
+        let Some(core) = self.core.upgrade() else {
+            return Err(SendError::Closed);
+        };
+        let prepared = core.prepare(
+            Arc::new(value),
+            std::any::TypeId::of::<T>(),
+            Some(std::any::type_name::<T>),
+            From::Relay(self.origin),
+            wait,
+        );
+        let result = crate::core::delivery::Delivery::new(&*core, prepared).await;
+        match &result {
+            // Not sent: the relay closed (or refused it at the call).
+            Err(SendError::Closed | SendError::Unrouted { .. } | SendError::TypeMismatch) => {
+                self.counters.failed_in.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.counters.imported.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Reports a per-message failure on the relay (a `RelayError` of kind `Bridge`).
+    pub(crate) fn report(&self, type_name: &'static str, msg_id: u64, error: BridgeError) {
+        if let BridgeError::SlowConsumer { .. } = error {
+            self.counters.slow_consumer.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(core) = self.core.upgrade() {
+            core.report(
+                None,
+                RelayError {
+                    msg_id,
+                    relay_id: self.relay_id,
+                    kind: HandlerKind::Bridge,
+                    type_name,
+                    error: Arc::new(error),
+                },
+            );
+        }
+    }
+
+    /// A local message was not published: a `Dropped` event (and the reason, once per
+    /// cause, as the caller decides, through `report`).
+    pub(crate) fn dropped(&self, envelope: &Envelope, subscriber_id: u64) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(core) = self.core.upgrade() {
+            core.dropped_elsewhere(envelope, subscriber_id);
+        }
+    }
+
+    pub(crate) fn exported(&self) {
+        self.counters.exported.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A local message an export left out: it came from an engine.
+    pub(crate) fn skipped(&self) {
+        self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A tracked message the client could not send (the sender gets the error).
+    pub(crate) fn not_sent(&self) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A received message that cannot be delivered for a reason of its own.
+    pub(crate) fn failed_in(&self) {
+        self.counters.failed_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn remote_failed(&self) {
+        self.counters
+            .remote_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,517 @@
+//! The NATS bridge against a real `nats-server` (Debian's package), started per test on
+//! 127.0.0.1 on a free port and stopped by its process id. Without the binary each test
+//! prints why it is skipped and passes; with `PIPEDREAM_REQUIRE_SERVERS=1` (set by
+//! `.ci/run`) a missing binary fails instead.
+#![cfg(feature = "nats")]
+
+#[macro_use]
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::within;
+use pipedream_rs::bridge::nats::NatsBridge;
+use pipedream_rs::bridge::BridgeError;
+use pipedream_rs::{Dropped, HandlerKind, Relay, RelayError, SendError};
+
+const STEP: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u64,
+    item: String,
+}
+
+/// A `nats-server` child process on 127.0.0.1; killed on drop.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+fn server_binary() -> Option<String> {
+    let name = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
+    let found = Command::new(&name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return Some(name);
+    }
+    let reason = format!("{name} not found (apt-get install -y nats-server)");
+    if std::env::var_os("PIPEDREAM_REQUIRE_SERVERS").is_some() {
+        panic!("PIPEDREAM_REQUIRE_SERVERS is set, but {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts a server, or `None` (with the reason printed) if there is no binary.
+    fn start(max_payload: Option<usize>) -> Option<Server> {
+        server_binary()?;
+        let port = free_port();
+        let config = std::env::temp_dir().join(format!("pipedream-nats-{port}.conf"));
+        let mut file = std::fs::File::create(&config).unwrap();
+        writeln!(file, "listen: 127.0.0.1:{port}").unwrap();
+        if let Some(max) = max_payload {
+            writeln!(file, "max_payload: {max}").unwrap();
+        }
+        let mut server = Server {
+            child: None,
+            port,
+            config,
+        };
+        server.launch();
+        Some(server)
+    }
+
+    fn launch(&mut self) {
+        let binary = server_binary().unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + STEP;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (by its pid) and waits until the port is free.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Sleeps on any runtime.
+async fn pause(dur: Duration) {
+    async_io::Timer::after(dur).await;
+}
+
+/// Polls `check` until it holds, failing with `what` after [`STEP`].
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STEP;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        pause(Duration::from_millis(10)).await;
+    }
+}
+
+/// Publishes raw bytes on a subject, with a plain client on a runtime of its own.
+fn publish_raw(url: &str, subject: &str, payload: Vec<u8>) {
+    let (url, subject) = (url.to_owned(), subject.to_owned());
+    // On a thread of its own: the test may itself be running inside a tokio runtime.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            client.publish(subject, payload.into()).await.unwrap();
+            client.flush().await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// A frame as the bridge documents it (SEMANTICS.md §17), built by hand.
+fn frame(origin: u64, msg_id: u64, name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"PD\x01\x00".to_vec();
+    out.extend_from_slice(&origin.to_le_bytes());
+    out.extend_from_slice(&msg_id.to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The next `RelayError` of kind `Bridge` whose error is a `BridgeError`.
+async fn next_bridge_error(errors: &mut pipedream_rs::Subscription<RelayError>) -> BridgeError {
+    loop {
+        let error = within(STEP, "a bridge error", errors.recv()).await.unwrap();
+        if error.kind != HandlerKind::Bridge {
+            continue;
+        }
+        if let Some(e) = error.error.downcast_ref::<BridgeError>() {
+            return e.clone();
+        }
+    }
+}
+
+on_every_runtime! {
+    async fn typed_messages_cross_between_two_relays_once_each_way() {
+        let Some(server) = Server::start(None) else { return };
+        let (a_tx, a_rx) = Relay::channel();
+        let (b_tx, b_rx) = Relay::channel();
+        let a = within(STEP, "connect a", NatsBridge::connect(server.url(), &a_rx)).await.unwrap();
+        let b = within(STEP, "connect b", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        for bridge in [&a, &b] {
+            bridge.export::<Order>("shop.order").unwrap();
+            within(STEP, "import", bridge.import::<Order>("shop.order")).await.unwrap();
+        }
+        let mut on_a = a_rx.subscribe::<Order>();
+        let mut on_b = b_rx.subscribe::<Order>();
+
+        let tea = Order { id: 1, item: "tea".into() };
+        a_tx.send(tea.clone()).await.unwrap();
+        assert_eq!(*within(STEP, "a's own copy", on_a.recv()).await.unwrap(), tea);
+        assert_eq!(*within(STEP, "b's copy", on_b.recv()).await.unwrap(), tea);
+
+        let jam = Order { id: 2, item: "jam".into() };
+        b_tx.send(jam.clone()).await.unwrap();
+        assert_eq!(*within(STEP, "b's own copy", on_b.recv()).await.unwrap(), jam);
+        assert_eq!(*within(STEP, "a's copy", on_a.recv()).await.unwrap(), jam);
+
+        // No echo: each side saw each message once, and each bridge skipped its own
+        // publications when the server echoed them.
+        within(STEP, "flush a", a.flush()).await.unwrap();
+        within(STEP, "flush b", b.flush()).await.unwrap();
+        eventually("both echoes seen", || a.stats().echoes == 1 && b.stats().echoes == 1).await;
+        pause(Duration::from_millis(100)).await;
+        assert!(on_a.try_recv().is_err(), "nothing more on a");
+        assert!(on_b.try_recv().is_err(), "nothing more on b");
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!((sa.exported, sa.imported, sb.exported, sb.imported), (1, 1, 1, 1));
+    }
+
+    async fn two_bridges_on_one_relay_do_not_pass_imports_back_and_forth() {
+        let Some(server) = Server::start(None) else { return };
+        let (tx, rx) = Relay::channel();
+        let (far_tx, far_rx) = Relay::channel();
+        let one = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        let two = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        let far = within(STEP, "connect", NatsBridge::connect(server.url(), &far_rx)).await.unwrap();
+        for bridge in [&one, &two] {
+            bridge.export::<Order>("o").unwrap();
+            within(STEP, "import", bridge.import::<Order>("o")).await.unwrap();
+        }
+        far.export::<Order>("o").unwrap();
+        let mut here = rx.subscribe::<Order>();
+        far_tx.send(Order { id: 9, item: "far".into() }).await.unwrap();
+        // Both bridges import it (two subscriptions), neither exports it again.
+        for _ in 0..2 {
+            assert_eq!(within(STEP, "an import", here.recv()).await.unwrap().id, 9);
+        }
+        within(STEP, "flush", far.flush()).await.unwrap();
+        pause(Duration::from_millis(200)).await;
+        assert!(here.try_recv().is_err(), "no message circled back");
+        assert_eq!(one.stats().exported + two.stats().exported, 0);
+        // A local send goes out through both bridges and comes back to neither.
+        tx.send(Order { id: 10, item: "here".into() }).await.unwrap();
+        assert_eq!(within(STEP, "local", here.recv()).await.unwrap().id, 10);
+        eventually("both exported", || one.stats().exported == 1 && two.stats().exported == 1).await;
+        within(STEP, "flush", one.flush()).await.unwrap();
+        within(STEP, "flush", two.flush()).await.unwrap();
+        pause(Duration::from_millis(200)).await;
+        assert!(here.try_recv().is_err(), "the relay's own frames are skipped");
+    }
+
+    async fn an_imported_message_does_not_circle_through_a_forward_pair() {
+        let Some(server) = Server::start(None) else { return };
+        let (a_tx, a_rx) = Relay::channel();
+        let (b_tx, b_rx) = Relay::channel();
+        let (far_tx, far_rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &a_rx)).await.unwrap();
+        let far = within(STEP, "connect", NatsBridge::connect(server.url(), &far_rx)).await.unwrap();
+        within(STEP, "import", a.import::<Order>("o")).await.unwrap();
+        far.export::<Order>("o").unwrap();
+        let _ab = a_rx.forward_detached(&b_tx);
+        let _ba = b_rx.forward_detached(&a_tx);
+        let mut on_a = a_rx.subscribe::<Order>();
+        let mut on_b = b_rx.subscribe::<Order>();
+        far_tx.send(Order { id: 4, item: "far".into() }).await.unwrap();
+        assert_eq!(within(STEP, "on a", on_a.recv()).await.unwrap().id, 4);
+        assert_eq!(within(STEP, "on b", on_b.recv()).await.unwrap().id, 4);
+        pause(Duration::from_millis(200)).await;
+        assert!(on_a.try_recv().is_err(), "it came back to a");
+        assert!(on_b.try_recv().is_err(), "it came back to b");
+    }
+
+    async fn a_relay_cannot_export_and_import_one_name_tracked() {
+        let Some(server) = Server::start(None) else { return };
+        let (_tx, rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        a.export_tracked::<Order>("t").unwrap();
+        let both = within(STEP, "import", a.import_tracked::<Order>("t")).await;
+        assert!(matches!(both, Err(BridgeError::AlreadyBridged { .. })), "{both:?}");
+        within(STEP, "untracked import", a.import::<Order>("t")).await.unwrap();
+    }
+
+    async fn tracked_exports_both_ways_between_two_relays_do_not_wait_on_each_other() {
+        let Some(server) = Server::start(None) else { return };
+        let (a_tx, a_rx) = Relay::channel();
+        let (b_tx, b_rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::builder(server.url())
+            .request_timeout(Duration::from_secs(5))
+            .connect(&a_rx)).await.unwrap();
+        let b = within(STEP, "connect", NatsBridge::builder(server.url())
+            .request_timeout(Duration::from_secs(5))
+            .connect(&b_rx)).await.unwrap();
+        a_rx.sink::<Order>(|_: &Order| Ok::<(), String>(()));
+        b_rx.sink::<Order>(|_: &Order| Ok::<(), String>(()));
+        a.export_tracked::<Order>("ab").unwrap();
+        within(STEP, "import", b.import_tracked::<Order>("ab")).await.unwrap();
+        b.export_tracked::<Order>("ba").unwrap();
+        within(STEP, "import", a.import_tracked::<Order>("ba")).await.unwrap();
+        // Each import waits for its relay's tracked handlers, the other export among them:
+        // that export must not keep the import waiting behind its own request.
+        let started = Instant::now();
+        let (x, y) = futures::join!(
+            a_tx.send(Order { id: 1, item: "a".into() }),
+            b_tx.send(Order { id: 2, item: "b".into() }),
+        );
+        assert!(x.is_ok() && y.is_ok(), "{x:?} {y:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "they waited on each other");
+        assert!(a.stats().skipped >= 1 && b.stats().skipped >= 1);
+    }
+
+    async fn a_tracked_send_returns_after_the_remote_handler_and_brings_its_error_back() {
+        let Some(server) = Server::start(None) else { return };
+        let (a_tx, a_rx) = Relay::channel();
+        let (_b_tx, b_rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &a_rx)).await.unwrap();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = done.clone();
+        b_rx.sink::<Order>(move |order: &Order| {
+            if order.item == "poison" {
+                return Err(format!("order {} is poison", order.id));
+            }
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        within(STEP, "import", b.import_tracked::<Order>("jobs")).await.unwrap();
+        a.export_tracked::<Order>("jobs").unwrap();
+
+        let ok = within(STEP, "tracked send", a_tx.send(Order { id: 1, item: "tea".into() })).await;
+        assert!(ok.is_ok(), "{ok:?}");
+        // Returned only after the remote handler ran.
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let failed = within(STEP, "tracked send", a_tx.send(Order { id: 2, item: "poison".into() })).await;
+        let Err(SendError::Downstream(error)) = failed else { panic!("{failed:?}") };
+        assert_eq!(error.kind, HandlerKind::Bridge);
+        match error.error.downcast_ref::<BridgeError>() {
+            Some(BridgeError::Remote { relay, errors }) => {
+                assert_eq!(*relay, b.wire_id(), "the error names the remote relay");
+                assert!(errors.iter().any(|e| e.contains("order 2 is poison")), "{errors:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.stats().remote_failures, 1);
+    }
+
+    async fn a_tracked_send_nobody_imports_fails_with_no_responders() {
+        let Some(server) = Server::start(None) else { return };
+        let (tx, rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        a.export_tracked::<Order>("nobody").unwrap();
+        let sent = within(STEP, "send", tx.send(Order { id: 1, item: "x".into() })).await;
+        let Err(SendError::Downstream(error)) = sent else { panic!("{sent:?}") };
+        assert!(
+            matches!(error.error.downcast_ref::<BridgeError>(), Some(BridgeError::NoResponders { .. })),
+            "{error:?}"
+        );
+    }
+
+    async fn a_tracked_send_with_no_answer_in_time_is_a_timeout_not_ok() {
+        let Some(server) = Server::start(None) else { return };
+        let (tx, rx) = Relay::channel();
+        let (_b_tx, b_rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::builder(server.url())
+            .request_timeout(Duration::from_millis(200))
+            .connect(&rx)).await.unwrap();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        b_rx.sink_async::<Order>(|_order: std::sync::Arc<Order>| async move {
+            pause(Duration::from_millis(1_000)).await;
+            Ok::<(), String>(())
+        });
+        within(STEP, "import", b.import_tracked::<Order>("slow")).await.unwrap();
+        a.export_tracked::<Order>("slow").unwrap();
+        let sent = within(STEP, "send", tx.send(Order { id: 1, item: "x".into() })).await;
+        let Err(SendError::Downstream(error)) = sent else { panic!("{sent:?}") };
+        match error.error.downcast_ref::<BridgeError>() {
+            Some(e @ BridgeError::Timeout { after, .. }) => {
+                assert_eq!(*after, Duration::from_millis(200));
+                assert!(e.to_string().contains("outcome unknown"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn bad_payloads_and_unknown_names_are_reported_and_the_bridge_goes_on() {
+        let Some(server) = Server::start(None) else { return };
+        let (_tx, rx) = Relay::channel();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        within(STEP, "import", b.import::<Order>("shop.order")).await.unwrap();
+        let mut errors = rx.subscribe::<RelayError>();
+        let mut orders = rx.subscribe::<Order>();
+        let subject = "pipedream.msg.shop.order";
+        let url = server.url();
+
+        publish_raw(&url, subject, b"not a frame at all".to_vec());
+        let e = next_bridge_error(&mut errors).await;
+        assert!(matches!(&e, BridgeError::Decode { subject: s, .. } if s == subject), "{e:?}");
+
+        publish_raw(&url, subject, frame(1, 1, "shop.order", &[0xff, 0xff, 0xff]));
+        let e = next_bridge_error(&mut errors).await;
+        assert!(matches!(&e, BridgeError::Decode { .. }), "{e:?}");
+
+        publish_raw(&url, subject, frame(1, 2, "shop.refund", &[1, 0]));
+        let e = next_bridge_error(&mut errors).await;
+        assert!(
+            matches!(&e, BridgeError::UnknownType { name, .. } if name == "shop.refund"),
+            "{e:?}"
+        );
+
+        // Still running: a good frame (postcard of Order { id: 5, item: "ok" }) arrives.
+        let good = postcard::to_allocvec(&Order { id: 5, item: "ok".into() }).unwrap();
+        publish_raw(&url, subject, frame(1, 3, "shop.order", &good));
+        assert_eq!(within(STEP, "the good one", orders.recv()).await.unwrap().id, 5);
+        assert_eq!(b.stats().failed_in, 3);
+    }
+
+    async fn a_message_over_the_servers_limit_is_reported_and_not_sent() {
+        let Some(server) = Server::start(Some(1024)) else { return };
+        let (tx, rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        a.export::<Order>("big").unwrap();
+        let mut errors = rx.subscribe::<RelayError>();
+        tx.send(Order { id: 1, item: "x".repeat(4096) }).await.unwrap();
+        let e = next_bridge_error(&mut errors).await;
+        match e {
+            BridgeError::TooLarge { size, limit, .. } => {
+                assert_eq!(limit, 1024);
+                assert!(size > 4096);
+            }
+            other => panic!("{other:?}"),
+        }
+        tx.send(Order { id: 2, item: "small".into() }).await.unwrap();
+        eventually("the small one exported", || a.stats().exported == 1).await;
+        assert_eq!(a.stats().failed_out, 1);
+    }
+
+    async fn a_broker_restart_reports_what_could_not_be_sent_and_reconnects() {
+        let Some(mut server) = Server::start(None) else { return };
+        let (a_tx, a_rx) = Relay::channel();
+        let (_b_tx, b_rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &a_rx)).await.unwrap();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        a.export::<Order>("r").unwrap();
+        within(STEP, "import", b.import::<Order>("r")).await.unwrap();
+        let mut on_b = b_rx.subscribe::<Order>();
+        let mut dropped = a_rx.subscribe::<Dropped>();
+        a_tx.send(Order { id: 1, item: "before".into() }).await.unwrap();
+        assert_eq!(within(STEP, "before", on_b.recv()).await.unwrap().id, 1);
+
+        server.stop();
+        // The client notices the broken connection; from then on nothing is published.
+        let mut lost = 0;
+        let deadline = Instant::now() + STEP;
+        while lost == 0 {
+            assert!(Instant::now() < deadline, "no Dropped while the server was down");
+            a_tx.send(Order { id: 2, item: "during".into() }).await.unwrap();
+            pause(Duration::from_millis(50)).await;
+            while let Ok(d) = dropped.try_recv() {
+                assert_eq!(d.type_name, std::any::type_name::<Order>());
+                lost += 1;
+            }
+        }
+        assert!(a.stats().dropped >= lost);
+
+        server.launch();
+        // Reconnected (both clients, and b's subscription renewed): a message gets through.
+        let deadline = Instant::now() + STEP * 2;
+        loop {
+            assert!(Instant::now() < deadline, "no message got through after the restart");
+            a_tx.send(Order { id: 3, item: "after".into() }).await.unwrap();
+            if let Some(Some(order)) = common::timeout(Duration::from_millis(200), on_b.recv()).await {
+                if order.id == 3 {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn a_slow_consumer_is_reported_not_silent() {
+        let Some(server) = Server::start(None) else { return };
+        let (a_tx, a_rx) = Relay::channel();
+        // b delivers losslessly into a queue of one that nobody reads: its import stalls,
+        // the client's buffer of 4 fills, and the client drops what follows.
+        let (_b_tx, b_rx) = Relay::builder()
+            .delivery_mode(pipedream_rs::DeliveryMode::Lossless)
+            .channel_size(1)
+            .build()
+            .unwrap();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &a_rx)).await.unwrap();
+        let b = within(STEP, "connect", NatsBridge::builder(server.url())
+            .subscription_capacity(4)
+            .connect(&b_rx)).await.unwrap();
+        let _stalled = b_rx.subscribe::<Order>();
+        let mut errors = b_rx.subscribe_with::<RelayError>(
+            pipedream_rs::SubscribeOptions::new().mode(pipedream_rs::DeliveryMode::Broadcast),
+        ).unwrap();
+        within(STEP, "import", b.import::<Order>("flood")).await.unwrap();
+        a.export::<Order>("flood").unwrap();
+        for id in 0..200 {
+            a_tx.send(Order { id, item: String::new() }).await.unwrap();
+        }
+        within(STEP, "flush", a.flush()).await.unwrap();
+        let e = next_bridge_error(&mut errors).await;
+        assert!(matches!(e, BridgeError::SlowConsumer { .. }), "{e:?}");
+        eventually("counted", || b.stats().slow_consumer >= 1).await;
+    }
+
+    async fn bad_names_are_refused_and_a_name_is_bridged_once_per_direction() {
+        let Some(server) = Server::start(None) else { return };
+        let (_tx, rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        assert!(matches!(a.export::<Order>("has space"), Err(BridgeError::InvalidName { .. })));
+        assert!(matches!(a.export::<Order>("wild.*"), Err(BridgeError::InvalidName { .. })));
+        a.export::<Order>("o").unwrap();
+        assert!(matches!(a.export::<Order>("o"), Err(BridgeError::AlreadyBridged { .. })));
+        within(STEP, "import", a.import::<Order>("o")).await.unwrap();
+        let bad_prefix = NatsBridge::builder(server.url()).prefix("a..b").connect(&rx).await;
+        assert!(matches!(bad_prefix, Err(BridgeError::InvalidName { .. })));
+        let nobody = NatsBridge::connect("nats://127.0.0.1:1", &rx).await;
+        assert!(matches!(nobody, Err(BridgeError::Connect(_))), "{nobody:?}");
+    }
+}
