@@ -212,6 +212,25 @@ on_every_runtime! {
         assert_eq!((sa.exported, sa.imported, sb.exported, sb.imported), (1, 1, 1, 1));
     }
 
+    async fn a_message_published_as_soon_as_import_returns_arrives() {
+        // `import` returns once the server has the subscription, not once it was written
+        // to the socket: a publication from another connection right after must arrive.
+        let Some(server) = Server::start(None) else { return };
+        for round in 0..20u64 {
+            let (a_tx, a_rx) = Relay::channel();
+            let (_b_tx, b_rx) = Relay::channel();
+            let a = within(STEP, "connect", NatsBridge::connect(server.url(), &a_rx)).await.unwrap();
+            let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+            let mut on_b = b_rx.subscribe::<Order>();
+            let name = format!("fresh.r{round}");
+            a.export::<Order>(&name).unwrap();
+            within(STEP, "import", b.import::<Order>(&name)).await.unwrap();
+            a_tx.send(Order { id: round, item: name }).await.unwrap();
+            let got = within(STEP, "the first message", on_b.recv()).await.unwrap();
+            assert_eq!(got.id, round);
+        }
+    }
+
     async fn two_bridges_on_one_relay_do_not_pass_imports_back_and_forth() {
         let Some(server) = Server::start(None) else { return };
         let (tx, rx) = Relay::channel();

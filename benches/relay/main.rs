@@ -23,7 +23,7 @@
 //! message types, the runtimes, the sample collector) and `main`; each workload has its
 //! own module, named for it (`w1.rs` fan-out, `w2.rs` routing, `w3.rs` tracked round
 //! trips, `w4.rs` memory, `w5.rs` transformations, `w6.rs` scaling, `w7.rs` delivery
-//! policies and request/response, `profile.rs` the
+//! policies and request/response, `w8.rs` the NATS bridge (feature `nats`), `profile.rs` the
 //! profiling entry points), and the peers of a workload live in its `peers` module
 //! (`w1/peers.rs`, …), apart from pipedream's side.
 
@@ -420,6 +420,8 @@ mod w4;
 mod w5;
 mod w6;
 mod w7;
+#[cfg(feature = "nats")]
+mod w8;
 
 use profile::*;
 use w1::*;
@@ -429,6 +431,8 @@ use w4::*;
 use w5::*;
 use w6::*;
 use w7::*;
+#[cfg(feature = "nats")]
+use w8::*;
 
 // ------------------------------------------------------------------------------------
 // main
@@ -549,6 +553,12 @@ fn main() {
         if b.wants("w7") {
             run_w7(&mut b, &runtime, m_w1, iters_w3);
         }
+    }
+
+    #[cfg(feature = "nats")]
+    if b.wants("w8") {
+        let (m, iters) = if quick { (500, 100) } else { (20_000, 2_000) };
+        run_w8(&mut b, m, iters);
     }
 
     let total = b.started.elapsed();

@@ -17,7 +17,8 @@
 //!
 //! # Runtime
 //!
-//! `async-nats` needs tokio. A bridge made inside a tokio runtime runs its I/O there;
+//! `async-nats` needs tokio. A bridge made inside a tokio runtime runs its I/O there (that
+//! runtime needs its I/O and time drivers: `enable_all`, as `#[tokio::main]` has);
 //! made anywhere else (smol, async-std, a plain thread) it starts a tokio runtime of its
 //! own with one worker thread, and stops it when the bridge is dropped. Either way the
 //! bridge's methods are futures any executor can await, and the relay side runs on the
@@ -784,12 +785,7 @@ impl NatsBridge {
                 client.subscribe(subject.clone()).await
             };
             let subscribed = match subscriber {
-                // The server has the subscription once the flush returns.
-                Ok(subscriber) => client
-                    .flush()
-                    .await
-                    .map(|()| subscriber)
-                    .map_err(|e| e.to_string()),
+                Ok(subscriber) => round_trip(client).await.map(|()| subscriber),
                 Err(e) => Err(e.to_string()),
             };
             let mut subscriber = match subscribed {
@@ -821,6 +817,20 @@ impl NatsBridge {
             Ok(Err(error)) => Err(error),
             Err(_) => Err(BridgeError::Closed), // the runtime stopped before it subscribed
         }
+    }
+}
+
+/// Waits until the server has processed everything this client sent before: a request
+/// to a subject nobody listens to, answered by the server itself ("no responders") after
+/// the commands before it (a server handles one connection's commands in order). A flush
+/// is not enough: it only writes them to the socket, and a publication from another
+/// connection could still overtake a subscription.
+async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
+    let probe = client.new_inbox();
+    match client.request(probe, bytes::Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(format!("the server did not confirm the subscription: {e}")),
     }
 }
 

@@ -356,8 +356,75 @@ fn targets(d: &Data) -> String {
             r.map(|r| r <= 1.25),
         );
     }
+    // The NATS bridge (W8, feature `nats`, tokio only), when the run had a server.
+    if d.rows.iter().any(|r| r.workload == "W8T") {
+        let r = ratio(
+            d.med("W8T", "tokio", W8_BRIDGE, "throughput"),
+            d.med("W8T", "tokio", W8_RAW, "throughput"),
+        );
+        t.row(
+            "W8 bridged throughput ≤ 1.2× the raw async-nats client",
+            "tokio",
+            rcell(r),
+            r.map(|r| r <= 1.2),
+        );
+        let r = ratio(
+            d.med("W8R", "tokio", W8_BRIDGE_TRACKED, "p50"),
+            d.med("W8R", "tokio", W8_RAW_REQUEST, "p50"),
+        );
+        t.row(
+            "W8 tracked round trip p50 ≤ 1.2× raw request/reply",
+            "tokio",
+            rcell(r),
+            r.map(|r| r <= 1.2),
+        );
+    }
     let _ = writeln!(t.out, "\n{} targets pass, {} miss.", t.pass, t.miss);
     t.out
+}
+
+const W8_BRIDGE: &str = "pipedream NATS bridge";
+const W8_BRIDGE_TRACKED: &str = "pipedream NATS bridge, tracked send";
+const W8_RAW: &str = "async-nats publish / subscribe";
+const W8_RAW_REQUEST: &str = "async-nats request / reply";
+
+/// W8: the NATS bridge against the raw client (only when the run had a nats-server).
+fn section_w8(d: &Data) -> String {
+    if !d.rows.iter().any(|r| r.workload == "W8T") {
+        return String::new();
+    }
+    let mut s = String::from("## W8 — the NATS bridge against the raw client\n\n");
+    s.push_str(
+        "One `nats-server` on 127.0.0.1, one tokio runtime with 2 workers (`--features \
+         tokio,nats`, `-- w8`). **W8T**: messages of 32 bytes from one relay, exported, \
+         imported by a second relay over its own connection and read by a subscriber there, \
+         from the first send to the last receive; the peer publishes the same postcard \
+         payloads with one client and decodes them from a second. **W8R**: sequential tracked \
+         sends (`export_tracked` → `import_tracked` → a `sink`) against the raw request/reply \
+         they ride on, with a responder that decodes each request.\n\n",
+    );
+    s.push_str("| system (W8T) | ns per message | ÷ raw |\n|---|---|---|\n");
+    for sys in [W8_BRIDGE, W8_RAW] {
+        let vs = if sys == W8_BRIDGE {
+            rcell(ratio(
+                d.med("W8T", "tokio", W8_BRIDGE, "throughput"),
+                d.med("W8T", "tokio", W8_RAW, "throughput"),
+            ))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "| {sys} | {} | {vs} |",
+            cell(d.get("W8T", "tokio", sys, "throughput"))
+        );
+    }
+    s.push('\n');
+    let ps = ["p50", "p99", "mean"];
+    s.push_str("| runtime | system (W8R) | p50 ns | p99 ns | mean ns |\n|---|---|---|---|---|\n");
+    s.push_str(&percentile_rows(d, "W8R", &ps));
+    s.push('\n');
+    s
 }
 
 /// A table: one row per system, one column per param, cells `median (min–max)`.
@@ -920,8 +987,8 @@ fn main() {
     );
     md.push_str(
         "```sh\n\
-         # full run (about 10 minutes on this machine), then this report\n\
-         CARGO_TARGET_DIR=target cargo bench --features tokio --bench relay\n\
+         # full run (about 3 minutes on this machine; W8 needs `nats` and a nats-server), then this report\n\
+         CARGO_TARGET_DIR=target cargo bench --features tokio,nats --bench relay\n\
          cargo run -p bench-report -- docs/performance-data.tsv docs/performance.md\n\
          # only some workloads: cargo bench --features tokio --bench relay -- w1 w3\n\
          # CI smoke run (every workload once, tiny sizes, writes nothing)\n\
@@ -941,6 +1008,7 @@ fn main() {
     md.push_str(&section_w5(&d));
     md.push_str(&section_w6(&d));
     md.push_str(&section_w7(&d));
+    md.push_str(&section_w8(&d));
     if let Ok(notes) = std::fs::read_to_string("benches/profile-notes.md") {
         md.push_str(&notes);
         if !md.ends_with('\n') {
