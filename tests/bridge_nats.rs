@@ -428,6 +428,37 @@ on_every_runtime! {
         assert_eq!(b.stats().failed_in, 3);
     }
 
+    async fn a_codec_that_panics_is_reported_and_the_import_goes_on() {
+        struct Touchy;
+        impl pipedream_rs::bridge::Codec<Order> for Touchy {
+            fn encode(&self, value: &Order) -> Result<Vec<u8>, pipedream_rs::bridge::CodecError> {
+                pipedream_rs::bridge::Codec::<Order>::encode(&pipedream_rs::bridge::Postcard, value)
+            }
+            fn decode(&self, bytes: &[u8]) -> Result<Order, pipedream_rs::bridge::CodecError> {
+                if bytes.first() == Some(&0xEE) {
+                    panic!("touchy codec");
+                }
+                pipedream_rs::bridge::Codec::<Order>::decode(&pipedream_rs::bridge::Postcard, bytes)
+            }
+        }
+        let Some(server) = Server::start(None) else { return };
+        let (_tx, rx) = Relay::channel();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        within(STEP, "import", b.import_with::<Order>("touchy", Touchy)).await.unwrap();
+        let mut errors = rx.subscribe::<RelayError>();
+        let mut orders = rx.subscribe::<Order>();
+        let subject = "pipedream.msg.touchy";
+        publish_raw(&server.url(), subject, frame(1, 1, "touchy", &[0xEE]));
+        let e = next_bridge_error(&mut errors).await;
+        assert!(
+            matches!(&e, BridgeError::Decode { reason, .. } if reason.contains("touchy codec")),
+            "{e:?}"
+        );
+        let good = postcard::to_allocvec(&Order { id: 6, item: "ok".into() }).unwrap();
+        publish_raw(&server.url(), subject, frame(1, 2, "touchy", &good));
+        assert_eq!(within(STEP, "the good one", orders.recv()).await.unwrap().id, 6);
+    }
+
     async fn a_message_over_the_servers_limit_is_reported_and_not_sent() {
         let Some(server) = Server::start(Some(1024)) else { return };
         let (tx, rx) = Relay::channel();

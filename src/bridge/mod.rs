@@ -258,7 +258,8 @@ pub struct BridgeStats {
     /// Messages received and sent on the local relay (whatever its handlers then did).
     pub imported: u64,
     /// Local messages an export left out because they came from an engine: imported by a
-    /// bridge, or derived (`map`, `forward`, …) from such a message, which keeps its origin.
+    /// bridge, or passed on from such a message by `map`, `filter`, `forward` and the like,
+    /// which keep its origin (a `batch` is a new message, and is exported).
     pub skipped: u64,
     /// Frames of this bridge's own relay that came back, and were skipped.
     pub echoes: u64,
@@ -395,6 +396,19 @@ pub(crate) fn reply_frame(
     }
 }
 
+/// Runs a codec, turning a panic in it into its error: a codec is user code, and a
+/// bridge's task must outlive its mistakes.
+fn caught<R>(f: impl FnOnce() -> Result<R, CodecError>) -> Result<R, CodecError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| String::from("a panic"));
+        Err(CodecError::new(format_args!("the codec panicked: {what}")))
+    })
+}
+
 /// A decoded message from the engine.
 pub(crate) struct Received<T> {
     pub(crate) value: T,
@@ -463,7 +477,7 @@ impl Local {
         value: &T,
         limit: usize,
     ) -> Result<Vec<u8>, BridgeError> {
-        let payload = codec.encode(value).map_err(|reason| BridgeError::Encode {
+        let payload = caught(|| codec.encode(value)).map_err(|reason| BridgeError::Encode {
             subject: subject.to_owned(),
             reason,
         });
@@ -500,9 +514,8 @@ impl Local {
             let Some(frame) = frame else {
                 return Ok(None);
             };
-            let value = codec
-                .decode(frame.payload)
-                .map_err(|reason| BridgeError::Decode {
+            let value =
+                caught(|| codec.decode(frame.payload)).map_err(|reason| BridgeError::Decode {
                     subject: subject.to_owned(),
                     reason: reason.to_string(),
                 })?;
@@ -616,11 +629,6 @@ impl Local {
     /// A local message an export left out: it came from an engine.
     pub(crate) fn skipped(&self) {
         self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A tracked message the client could not send (the sender gets the error).
-    pub(crate) fn not_sent(&self) {
-        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A received message that cannot be delivered for a reason of its own.

@@ -615,8 +615,9 @@ impl NatsBridge {
     /// Exports `T` as `name`, tracked: the bridge becomes a tracked handler of `T` on the
     /// local relay, and each local `send` of a `T` returns once one remote relay that
     /// imports it as tracked has processed it (see the module docs for what `Ok` and each
-    /// error mean). Up to 64 requests are out at once, published in the order of the local
-    /// sends; a local `T` that came from an engine is completed at once, not exported.
+    /// error mean). Up to 64 requests are out at once (more wait their turn), handed to the
+    /// client in the order taken; a local `T` that came from an engine is completed at
+    /// once, not exported.
     ///
     /// # Errors
     ///
@@ -671,14 +672,20 @@ impl NatsBridge {
         let name = name.to_owned();
         let subject = shared.subject(true, &name);
         let exporter = async move {
-            // Requests run concurrently (up to `IN_FLIGHT`): an imported `T` taken meanwhile
-            // is completed at once instead of waiting behind them (a tracked import waits
-            // for this exporter too, as for any tracked handler of `T`).
+            // Requests run concurrently (up to `IN_FLIGHT`; the rest wait in `queued`, in
+            // order), and the exporter never stops taking messages: an imported `T` is
+            // completed at once instead of waiting behind requests (a tracked import waits
+            // for this exporter too, as for any tracked handler of `T`; two relays
+            // exporting tracked to each other would otherwise wait on each other). `queued`
+            // is bounded by the local sends waiting for their answers.
             let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut queued = std::collections::VecDeque::new();
             loop {
-                if in_flight.len() >= IN_FLIGHT {
-                    in_flight.next().await;
-                    continue;
+                while in_flight.len() < IN_FLIGHT {
+                    let Some((frame, answer)) = queued.pop_front() else {
+                        break;
+                    };
+                    in_flight.push(request(shared.clone(), subject.clone(), frame, answer));
                 }
                 let tracked = if in_flight.is_empty() {
                     sub.recv().await
@@ -715,9 +722,12 @@ impl NatsBridge {
                     tracked: Some(tracked),
                     subject: subject.clone(),
                 };
+                queued.push_back((frame, answer));
+            }
+            // The relay closed: let the requests still out (and those queued) finish.
+            for (frame, answer) in queued {
                 in_flight.push(request(shared.clone(), subject.clone(), frame, answer));
             }
-            // The relay closed: let the requests still out finish.
             while in_flight.next().await.is_some() {}
         };
         self.tasks.spawn(exporter)
@@ -764,16 +774,17 @@ impl NatsBridge {
         T: Any + Send + Sync,
     {
         self.tasks.claim(tracked, true, name)?;
-        let claim = Claim {
-            tasks: &self.tasks,
-            key: Some((tracked, name.to_owned())),
-        };
         let Some(core) = self.shared.local.core.upgrade() else {
+            self.tasks.release(tracked, true, name);
             return Err(BridgeError::Closed);
         };
         let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
         let shared = self.shared.clone();
-        let name = name.to_owned();
+        let (name, key) = (name.to_owned(), name.to_owned());
+        // The task owns the claim from here: it gives the name back if it cannot
+        // subscribe, whether or not anyone still awaits this `import` (weakly: the bridge's
+        // last handle aborts its tasks).
+        let tasks = Arc::downgrade(&self.tasks);
         let importer = async move {
             let subject = shared.subject(tracked, &name);
             let client = &shared.client;
@@ -785,12 +796,17 @@ impl NatsBridge {
                 client.subscribe(subject.clone()).await
             };
             let subscribed = match subscriber {
-                Ok(subscriber) => round_trip(client).await.map(|()| subscriber),
+                Ok(subscriber) => round_trip(client, shared.request_timeout)
+                    .await
+                    .map(|()| subscriber),
                 Err(e) => Err(e.to_string()),
             };
             let mut subscriber = match subscribed {
                 Ok(subscriber) => subscriber,
                 Err(reason) => {
+                    if let Some(tasks) = tasks.upgrade() {
+                        tasks.release(tracked, true, &name);
+                    }
                     let _ = ready_tx.send(Err(BridgeError::Connect(reason)));
                     return;
                 }
@@ -808,50 +824,46 @@ impl NatsBridge {
                 import_one(&shared, &codec, &name, &subject, tracked, message).await;
             }
         };
-        self.tasks.spawn(importer)?;
+        if let Err(error) = self.tasks.spawn(importer) {
+            self.tasks.release(tracked, true, &key);
+            return Err(error);
+        }
         match ready_rx.await {
-            Ok(Ok(())) => {
-                claim.keep();
-                Ok(())
+            Ok(result) => result,
+            Err(_) => {
+                // The task was dropped before it subscribed (the runtime stopped).
+                self.tasks.release(tracked, true, &key);
+                Err(BridgeError::Closed)
             }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(BridgeError::Closed), // the runtime stopped before it subscribed
         }
     }
 }
 
-/// Waits until the server has processed everything this client sent before: a request
-/// to a subject nobody listens to, answered by the server itself ("no responders") after
-/// the commands before it (a server handles one connection's commands in order). A flush
-/// is not enough: it only writes them to the socket, and a publication from another
-/// connection could still overtake a subscription.
-async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
-    let probe = client.new_inbox();
-    match client.request(probe, bytes::Bytes::new()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Err(e) => Err(format!("the server did not confirm the subscription: {e}")),
-    }
-}
-
-/// A name claimed for a registration, released unless kept.
-struct Claim<'a> {
-    tasks: &'a Tasks,
-    key: Option<(bool, String)>,
-}
-
-impl Claim<'_> {
-    /// The registration stands: keep the name.
-    fn keep(mut self) {
-        self.key = None;
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        if let Some((tracked, name)) = self.key.take() {
-            self.tasks.release(tracked, true, &name);
-        }
+/// Waits until the server has processed everything this client sent before: a message
+/// to itself, which the server delivers only after the commands before it (it handles one
+/// connection's commands in order). A flush is not enough: it only writes them to the
+/// socket, and a publication from another connection could still overtake a subscription.
+async fn round_trip(client: &async_nats::Client, wait: Duration) -> Result<(), String> {
+    // Its own message on a fresh inbox, which only this subscription can receive: no
+    // need for the server's "no responders" (headers support), and nobody else's
+    // subscription (a `>` tap) can change the answer.
+    let inbox = client.new_inbox();
+    let mut probe = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(wait, probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(String::from(
+            "the connection closed before the server confirmed the subscription",
+        )),
+        Err(_) => Err(format!(
+            "the server did not confirm the subscription within {wait:?}"
+        )),
     }
 }
 
@@ -1032,12 +1044,12 @@ async fn request<T: Any + Send + Sync>(
                         after: shared.request_timeout,
                     }
                 }
+                // The client lost the request or its answer (the connection ended): it may
+                // have been processed, so the outcome is unknown.
                 Kind::Other => {
-                    local.not_sent();
-                    BridgeError::Publish {
-                        subject,
-                        reason: e.to_string(),
-                    }
+                    local.exported();
+                    local.remote_failed();
+                    BridgeError::Abandoned { subject }
                 }
             };
             answer.fail(error);
