@@ -82,16 +82,27 @@ impl Drop for NatsServer {
     }
 }
 
+/// Relays `a` and `b`, each with a bridge of its own to the server at `url`: `a`'s
+/// sender, `b`'s sender (held so that `b` stays open) and receiver, then the two bridges.
+async fn two_bridged(
+    url: &str,
+) -> (
+    RelaySender,
+    RelaySender,
+    RelayReceiver,
+    NatsBridge,
+    NatsBridge,
+) {
+    let (a_tx, a_rx) = Relay::builder().build().expect("relay");
+    let (b_tx, b_rx) = Relay::builder().build().expect("relay");
+    let a = NatsBridge::connect(url, &a_rx).await.expect("connect");
+    let b = NatsBridge::connect(url, &b_rx).await.expect("connect");
+    (a_tx, b_tx, b_rx, a, b)
+}
+
 /// W8T, bridged: relay `a` exports, relay `b` imports, a subscriber on `b` reads `m`.
 pub(crate) async fn w8_pd_throughput(url: String, m: usize) -> Duration {
-    let (a_tx, a_rx) = Relay::builder().build().expect("relay");
-    let (_b_tx, b_rx) = Relay::builder().build().expect("relay");
-    let a = NatsBridge::connect(url.as_str(), &a_rx)
-        .await
-        .expect("connect");
-    let b = NatsBridge::connect(url.as_str(), &b_rx)
-        .await
-        .expect("connect");
+    let (a_tx, _b_tx, b_rx, a, b) = two_bridged(&url).await;
     a.export::<Wire32>("bench.w8t").expect("export");
     b.import::<Wire32>("bench.w8t").await.expect("import");
     let mut sub = b_rx.subscribe::<Wire32>();
@@ -122,14 +133,7 @@ pub(crate) async fn w8_pd_throughput(url: String, m: usize) -> Duration {
 
 /// W8R, bridged: sequential tracked sends answered by a sink on the other relay.
 pub(crate) async fn w8_pd_round_trips(url: String, iters: usize) -> Vec<u64> {
-    let (a_tx, a_rx) = Relay::builder().build().expect("relay");
-    let (_b_tx, b_rx) = Relay::builder().build().expect("relay");
-    let a = NatsBridge::connect(url.as_str(), &a_rx)
-        .await
-        .expect("connect");
-    let b = NatsBridge::connect(url.as_str(), &b_rx)
-        .await
-        .expect("connect");
+    let (a_tx, _b_tx, b_rx, a, b) = two_bridged(&url).await;
     b_rx.sink::<Wire32>(|v: &Wire32| {
         black_box(v.a);
         Ok::<(), std::convert::Infallible>(())

@@ -397,16 +397,7 @@ fn loom_an_eviction_against_a_parking_receiver_loses_no_wake_up() {
 fn loom_idle_resolves_only_after_the_work_and_always_wakes() {
     model("idle barrier", || {
         use crate::core::sync::{AtomicBool, Ordering};
-        let flow: Arc<crate::core::flow::Flow> = Arc::default();
-        let (tx, mut rx) = crate::core::queue::queue_for(
-            crate::DeliveryMode::Broadcast,
-            4,
-            1,
-            None,
-            Box::default(),
-            flow.clone(),
-        );
-        rx.count_until_next();
+        let (flow, tx, mut rx) = task_queue();
         let worked = Arc::new(AtomicBool::new(false));
         let w = worked.clone();
         let handler = thread::spawn(move || {
@@ -438,16 +429,7 @@ fn loom_idle_resolves_only_after_the_work_and_always_wakes() {
 fn loom_idle_after_a_close_waits_for_the_task_to_end() {
     model("idle at the close", || {
         use crate::core::sync::{AtomicBool, Ordering};
-        let flow: Arc<crate::core::flow::Flow> = Arc::default();
-        let (tx, mut rx) = crate::core::queue::queue_for(
-            crate::DeliveryMode::Broadcast,
-            4,
-            1,
-            None,
-            Box::default(),
-            flow.clone(),
-        );
-        rx.count_until_next();
+        let (flow, tx, mut rx) = task_queue();
         tx.try_push(item(0)).ok().expect("room");
         let state = tx.state.clone();
         let flushed = Arc::new(AtomicBool::new(false));
@@ -477,6 +459,22 @@ fn loom_idle_after_a_close_waits_for_the_task_to_end() {
         assert_accounting(&rx);
         drop(rx);
     });
+}
+
+/// A queue of 4 (subscriber id 1) read the way a handler task reads its inbox (a
+/// message counted until the task comes back for the next), in a family of its own.
+fn task_queue() -> (Arc<crate::core::flow::Flow>, QueueTx, QueueRx) {
+    let flow: Arc<crate::core::flow::Flow> = Arc::default();
+    let (tx, mut rx) = crate::core::queue::queue_for(
+        crate::DeliveryMode::Broadcast,
+        4,
+        1,
+        None,
+        Box::default(),
+        flow.clone(),
+    );
+    rx.count_until_next();
+    (flow, tx, rx)
 }
 
 /// After the join: checks the counts ([`assert_accounting`]), then drops both halves here,
