@@ -497,12 +497,8 @@ impl NatsBridge {
     where
         T: Any + Send + Sync,
     {
-        self.tasks.claim(false, false, name)?;
-        let Some(core) = self.shared.local.core.upgrade() else {
-            self.tasks.release(false, false, name);
-            return Err(BridgeError::Closed);
-        };
-        let mut sub = crate::EnvelopeSubscription::typed::<T>(&std::sync::Arc::downgrade(&core));
+        let core = self.claim(false, false, name)?;
+        let mut sub = crate::EnvelopeSubscription::typed::<T>(&Arc::downgrade(&core));
         drop(core);
         let shared = self.shared.clone();
         let name = name.to_owned();
@@ -658,15 +654,9 @@ impl NatsBridge {
     where
         T: Any + Send + Sync,
     {
-        self.tasks.claim(true, false, name)?;
-        let Some(core) = self.shared.local.core.upgrade() else {
-            self.tasks.release(true, false, name);
-            return Err(BridgeError::Closed);
-        };
-        let mut sub = crate::TrackedSubscription::<T>::new(
-            &std::sync::Arc::downgrade(&core),
-            HandlerKind::Bridge,
-        );
+        let core = self.claim(true, false, name)?;
+        let mut sub =
+            crate::TrackedSubscription::<T>::new(&Arc::downgrade(&core), HandlerKind::Bridge);
         drop(core);
         let shared = self.shared.clone();
         let name = name.to_owned();
@@ -758,6 +748,21 @@ impl NatsBridge {
         self.subscribe_import::<T>(true, name, Postcard).await
     }
 
+    /// Claims `name` for one registration on a relay that is still there (its core, to
+    /// register on); the name is given back if the relay is gone.
+    fn claim(
+        &self,
+        tracked: bool,
+        import: bool,
+        name: &str,
+    ) -> Result<Arc<crate::core::Core>, BridgeError> {
+        self.tasks.claim(tracked, import, name)?;
+        self.shared.local.core.upgrade().ok_or_else(|| {
+            self.tasks.release(tracked, import, name);
+            BridgeError::Closed
+        })
+    }
+
     /// The subscription of an import (tracked or not) and its task.
     ///
     /// One task on the bridge's runtime subscribes, says so, and then reads: the client's
@@ -773,11 +778,7 @@ impl NatsBridge {
     where
         T: Any + Send + Sync,
     {
-        self.tasks.claim(tracked, true, name)?;
-        let Some(core) = self.shared.local.core.upgrade() else {
-            self.tasks.release(tracked, true, name);
-            return Err(BridgeError::Closed);
-        };
+        let core = self.claim(tracked, true, name)?;
         let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
         let shared = self.shared.clone();
         let (name, key) = (name.to_owned(), name.to_owned());
