@@ -83,6 +83,23 @@ where
 /// assert!(tx.send(9u32).await.is_err()); // 13 > 10
 /// # });
 /// ```
+///
+/// A handler may capture a value that is `Send` but not `Sync`, such as a
+/// [`Cell`](std::cell::Cell):
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use std::cell::Cell;
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let calls = Cell::new(0u32); // Send, not Sync
+/// rx.sink::<u8>(move |_| {
+///     calls.set(calls.get() + 1);
+///     if calls.get() > 1 { Err("only one message is expected") } else { Ok(()) }
+/// });
+/// assert!(tx.send(1u8).await.is_ok());
+/// assert!(tx.send(2u8).await.is_err());
+/// # });
+/// ```
 pub trait Handler<T>: FnMut(&T) -> <Self as Handler<T>>::Output + Send + 'static {
     /// What the closure returns.
     type Output: HandlerResult;
@@ -105,6 +122,11 @@ where
 /// so one message is processed at a time; the closure may keep state (`FnMut`), and it
 /// needs `Send` but not `Sync`.
 ///
+/// Why not `Sync`: the closure is owned by its handler's one task and called for one
+/// message at a time, never from two threads at once; the task may move between threads
+/// between messages, which is what `Send` is for. The future must be `Send` too (it is
+/// polled on that task), but it is owned, never shared, so it need not be `Sync` either.
+///
 /// # Examples
 ///
 /// ```
@@ -116,6 +138,46 @@ where
 /// });
 /// assert!(tx.send(String::from("hello")).await.is_ok());
 /// assert!(tx.send(String::new()).await.is_err());
+/// # });
+/// ```
+///
+/// State without a `Mutex`: the closure owns it and updates it when it is called. The
+/// future it returns is `'static`, so it cannot borrow that state; the closure moves what
+/// the future needs into it (here, the running total):
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use std::sync::Arc;
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let mut total = 0u32; // plain state: the closure is FnMut
+/// rx.sink_async::<u32>(move |n: Arc<u32>| {
+///     total += *n;
+///     let so_far = total;
+///     async move {
+///         if so_far > 10 { Err(format!("total {so_far} is over 10")) } else { Ok(()) }
+///     }
+/// });
+/// assert!(tx.send(4u32).await.is_ok());
+/// assert!(tx.send(9u32).await.is_err()); // 13 > 10
+/// # });
+/// ```
+///
+/// A non-`Sync` capture is accepted, for the reason above. A
+/// [`RefCell`](std::cell::RefCell) is `Send` but not `Sync`:
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use std::cell::RefCell;
+/// use std::collections::HashSet;
+/// use std::sync::Arc;
+/// let (tx, rx) = pipedream_rs::Relay::channel();
+/// let seen = RefCell::new(HashSet::new()); // Send, not Sync
+/// rx.sink_async::<String>(move |id: Arc<String>| {
+///     let fresh = seen.borrow_mut().insert(id.to_string());
+///     async move { if fresh { Ok(()) } else { Err(format!("duplicate {id}")) } }
+/// });
+/// assert!(tx.send(String::from("a-1")).await.is_ok());
+/// assert!(tx.send(String::from("a-1")).await.is_err());
 /// # });
 /// ```
 pub trait AsyncHandler<T>:

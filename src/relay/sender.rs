@@ -377,6 +377,15 @@ impl RelaySender {
     /// assert!(weak.send(2u8).await.is_err());
     /// # });
     /// ```
+    ///
+    /// A weak sender dropped at once did nothing, so not keeping it is a warning
+    /// (`#[must_use]`; an error here, where the example denies it):
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// let (tx, _rx) = pipedream_rs::Relay::channel();
+    /// tx.weak(); // error: unused return value of `weak` that must be used
+    /// ```
     #[must_use = "a WeakSender does nothing until it sends"]
     #[doc(alias = "clone")]
     pub fn weak(&self) -> WeakSender {

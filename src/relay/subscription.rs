@@ -37,6 +37,9 @@ use crate::relay::recv::{Receive, Recv, RecvEnvelope, RecvMany};
 
 /// Why [`Subscription::try_recv`] returned no message.
 ///
+/// `#[non_exhaustive]`: a later version may add a reason, so a `match` on it outside this
+/// crate needs a wildcard arm.
+///
 /// # Examples
 ///
 /// ```
@@ -48,6 +51,7 @@ use crate::relay::recv::{Receive, Recv, RecvEnvelope, RecvMany};
 /// assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Closed);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TryRecvError {
     /// Nothing is queued now; more may come.
     #[error("no message is queued")]

@@ -33,6 +33,16 @@ pin_project_lite::pin_project! {
     /// assert!(handle.await.is_ok());
     /// # });
     /// ```
+    ///
+    /// A handle dropped at once leaves the task running unobserved, so not keeping it is a
+    /// warning (`#[must_use]`; an error here, where the example denies it);
+    /// `.detach()` says it is meant:
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.within(|| async { /* work */ }); // error: unused `TaskHandle` that must be used
+    /// ```
     #[derive(Debug)]
     #[must_use = "dropping a TaskHandle lets the task run on unobserved; call .detach() to say so"]
     pub struct TaskHandle {

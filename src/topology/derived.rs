@@ -62,6 +62,15 @@ impl RelayReceiver {
     /// assert!(sub.recv().await.is_none());
     /// # });
     /// ```
+    ///
+    /// A derived relay dropped at once is never fed, so not keeping it is a warning
+    /// (`#[must_use]`; an error here, where the example denies it):
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// let (_tx, rx) = pipedream_rs::Relay::channel();
+    /// rx.filter::<i32>(|n| *n > 5); // error: unused `RelayReceiver` that must be used
+    /// ```
     #[must_use = "a derived relay is fed only while something observes it: keep its receiver, or subscribe to it"]
     pub fn filter<T: Any + Send + Sync>(
         &self,
