@@ -67,8 +67,8 @@
 // - `core`: the machinery under it: registry, queues, the send path, trackers, waits;
 // - `topology`: relays derived from relays, and connections between relays;
 // - `spawner`: the executors tasks run on, one module per runtime feature.
-#[cfg(feature = "nats")]
-#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "nats", feature = "redis"))))]
 pub mod bridge;
 mod core;
 mod relay;

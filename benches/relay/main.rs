@@ -23,7 +23,7 @@
 //! message types, the runtimes, the sample collector) and `main`; each workload has its
 //! own module, named for it (`w1.rs` fan-out, `w2.rs` routing, `w3.rs` tracked round
 //! trips, `w4.rs` memory, `w5.rs` transformations, `w6.rs` scaling, `w7.rs` delivery
-//! policies and request/response, `w8.rs` the NATS bridge (feature `nats`), `profile.rs` the
+//! policies and request/response, `w8.rs` the NATS bridge (feature `nats`), `w9.rs` the Redis bridge (feature `redis`), `profile.rs` the
 //! profiling entry points), and the peers of a workload live in its `peers` module
 //! (`w1/peers.rs`, …), apart from pipedream's side.
 
@@ -420,8 +420,32 @@ mod w4;
 mod w5;
 mod w6;
 mod w7;
+/// The bridged message of W8 and W9: 32 bytes, as W1's.
+#[cfg(any(feature = "nats", feature = "redis"))]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Wire32 {
+    pub(crate) a: u64,
+    pub(crate) b: u64,
+    pub(crate) c: u64,
+    pub(crate) d: u64,
+}
+
+#[cfg(any(feature = "nats", feature = "redis"))]
+impl Wire32 {
+    pub(crate) fn new(i: u64) -> Self {
+        Wire32 {
+            a: i,
+            b: i ^ 0x5555,
+            c: i.rotate_left(7),
+            d: !i,
+        }
+    }
+}
+
 #[cfg(feature = "nats")]
 mod w8;
+#[cfg(feature = "redis")]
+mod w9;
 
 use profile::*;
 use w1::*;
@@ -433,6 +457,8 @@ use w6::*;
 use w7::*;
 #[cfg(feature = "nats")]
 use w8::*;
+#[cfg(feature = "redis")]
+use w9::*;
 
 // ------------------------------------------------------------------------------------
 // main
@@ -559,6 +585,12 @@ fn main() {
     if b.wants("w8") {
         let (m, iters) = if quick { (500, 100) } else { (20_000, 2_000) };
         run_w8(&mut b, m, iters);
+    }
+
+    #[cfg(feature = "redis")]
+    if b.wants("w9") {
+        let m = if quick { 500 } else { 20_000 };
+        run_w9(&mut b, m);
     }
 
     let total = b.started.elapsed();

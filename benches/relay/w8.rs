@@ -22,26 +22,6 @@ use pipedream_rs::bridge::nats::NatsBridge;
 pub(crate) const PD_BRIDGE: &str = "pipedream NATS bridge";
 pub(crate) const PD_BRIDGE_TRACKED: &str = "pipedream NATS bridge, tracked send";
 
-/// The bridged message: 32 bytes, as W1's.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Wire32 {
-    pub(crate) a: u64,
-    pub(crate) b: u64,
-    pub(crate) c: u64,
-    pub(crate) d: u64,
-}
-
-impl Wire32 {
-    pub(crate) fn new(i: u64) -> Self {
-        Wire32 {
-            a: i,
-            b: i ^ 0x5555,
-            c: i.rotate_left(7),
-            d: !i,
-        }
-    }
-}
-
 /// A `nats-server` child on a free port of 127.0.0.1, killed on drop.
 pub(crate) struct NatsServer {
     child: std::process::Child,

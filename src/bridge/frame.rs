@@ -158,6 +158,7 @@ impl<'a> Frame<'a> {
 /// number of tracked handlers that processed it (u32), then for a failure the number of
 /// errors (u16) and each error's text as a u32 length and UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct Outcome {
     pub(crate) relay_id: u64,
     pub(crate) handled: u32,
@@ -165,6 +166,7 @@ pub(crate) struct Outcome {
     pub(crate) errors: Vec<String>,
 }
 
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 impl Outcome {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out =

@@ -1,5 +1,5 @@
 //! Bridges: the same typed messages between processes, over an existing message engine
-//! (feature `nats`; the frame, the codec and the rules here are the engine-independent
+//! (features `nats` and `redis`; the frame, the codec and the rules here are the engine-independent
 //! part, for every engine the crate bridges to).
 //!
 //! A bridge connects one relay to one engine connection. Bridging is per type and per
@@ -55,6 +55,8 @@ pub mod codec;
 mod frame;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 pub use codec::{Codec, CodecError, Postcard};
 pub use frame::FrameError;
@@ -150,6 +152,23 @@ pub enum BridgeError {
         /// The subscription's subject.
         subject: String,
     },
+    /// A subscription was interrupted (the connection broke, or the server disconnected a
+    /// subscriber that did not keep up) and is renewed: whatever was published to it
+    /// in between is lost, and how much is not known (Redis pub/sub).
+    Interrupted {
+        /// The subscription's channel.
+        subject: String,
+        /// What ended it.
+        reason: String,
+    },
+    /// An engine call failed and is retried until it succeeds: nothing is lost, the
+    /// messages wait (a Redis stream's export or import while the server is down).
+    Retrying {
+        /// The stream.
+        subject: String,
+        /// The engine's reason.
+        reason: String,
+    },
     /// A tracked message reached no remote relay: nobody imports it as tracked. Never
     /// processed remotely.
     NoResponders {
@@ -217,6 +236,15 @@ impl fmt::Display for BridgeError {
                 f,
                 "the engine dropped messages for {subject}: the subscription did not keep up"
             ),
+            BridgeError::Interrupted { subject, reason } => write!(
+                f,
+                "the subscription to {subject} was interrupted ({reason}): what was published \
+                 to it until it was renewed is lost"
+            ),
+            BridgeError::Retrying { subject, reason } => write!(
+                f,
+                "a call for {subject} failed ({reason}); retrying until it succeeds, nothing is lost"
+            ),
             BridgeError::NoResponders { subject } => {
                 write!(f, "no remote relay imports {subject} as tracked")
             }
@@ -275,6 +303,12 @@ pub struct BridgeStats {
     pub remote_failures: u64,
     /// Times the engine reported messages dropped for a slow subscription.
     pub slow_consumer: u64,
+    /// Times a subscription was interrupted and renewed, losing what was published
+    /// meanwhile (Redis pub/sub).
+    pub interrupted: u64,
+    /// Stream entries delivered again: taken before but not acknowledged, by this
+    /// consumer before a restart or by one that stopped (Redis streams).
+    pub redelivered: u64,
 }
 
 #[derive(Default)]
@@ -288,6 +322,8 @@ pub(crate) struct Counters {
     failed_in: AtomicU64,
     remote_failures: AtomicU64,
     slow_consumer: AtomicU64,
+    interrupted: AtomicU64,
+    redelivered: AtomicU64,
 }
 
 impl Counters {
@@ -303,6 +339,8 @@ impl Counters {
             failed_in: get(&self.failed_in),
             remote_failures: get(&self.remote_failures),
             slow_consumer: get(&self.slow_consumer),
+            interrupted: get(&self.interrupted),
+            redelivered: get(&self.redelivered),
         }
     }
 }
@@ -368,6 +406,7 @@ fn process_nonce() -> u64 {
 /// The reply frame for `outcome`, its error texts shortened (from the end, at character
 /// boundaries) until the frame fits in `limit` bytes: an answer too large to send would
 /// leave the sender with a timeout instead of the failure.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn reply_frame(
     wire_id: u64,
     msg_id: u64,
@@ -414,10 +453,14 @@ pub(crate) struct Received<T> {
     pub(crate) value: T,
     /// Its id on the relay that sent it.
     pub(crate) msg_id: u64,
+    /// The wire id of the relay that sent it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) origin: u64,
 }
 
 /// The texts a remote answer carries for a failed send: each handler's error with its
 /// sources, or the send's own error.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn error_texts(error: &SendError) -> Vec<String> {
     fn chain(error: &dyn std::error::Error) -> String {
         let mut text = error.to_string();
@@ -522,6 +565,7 @@ impl Local {
             Ok(Some(Received {
                 value,
                 msg_id: frame.msg_id,
+                origin: frame.origin,
             }))
         });
         match &decoded {
@@ -596,8 +640,14 @@ impl Local {
 
     /// Reports a per-message failure on the relay (a `RelayError` of kind `Bridge`).
     pub(crate) fn report(&self, type_name: &'static str, msg_id: u64, error: BridgeError) {
-        if let BridgeError::SlowConsumer { .. } = error {
-            self.counters.slow_consumer.fetch_add(1, Ordering::Relaxed);
+        match error {
+            BridgeError::SlowConsumer { .. } => {
+                self.counters.slow_consumer.fetch_add(1, Ordering::Relaxed);
+            }
+            BridgeError::Interrupted { .. } => {
+                self.counters.interrupted.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
         if let Some(core) = self.core.upgrade() {
             core.report(
@@ -636,6 +686,13 @@ impl Local {
         self.counters.failed_in.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A stream entry delivered again.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redelivered(&self) {
+        self.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn remote_failed(&self) {
         self.counters
             .remote_failures

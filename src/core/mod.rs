@@ -897,7 +897,7 @@ impl Core {
     /// A message taken by a subscriber that could not pass it on (a bridge's export, the
     /// engine unreachable): counted as dropped on its type and reported as `Dropped`,
     /// as a queue that overflowed would be.
-    #[cfg(feature = "nats")]
+    #[cfg(any(feature = "nats", feature = "redis"))]
     pub(crate) fn dropped_elsewhere(&self, env: &Envelope, subscriber_id: u64) {
         if let Some(counters) = self.registry.counters_of(env.type_id()) {
             TypeCounters::add(&counters.dropped, 1);

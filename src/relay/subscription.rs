@@ -516,7 +516,7 @@ impl EnvelopeSubscription {
 
     /// An untracked subscription to `T` only, as envelopes (a bridge's export, which
     /// needs each message's origin).
-    #[cfg(feature = "nats")]
+    #[cfg(any(feature = "nats", feature = "redis"))]
     pub(crate) fn typed<T: Any + Send + Sync>(core: &Weak<Core>) -> Self {
         let ty = Some((TypeId::of::<T>(), std::any::type_name::<T> as _));
         let mut attached = Attached::new(core, ty, None);
