@@ -379,8 +379,74 @@ fn targets(d: &Data) -> String {
             r.map(|r| r <= 1.2),
         );
     }
+    // The Redis bridge (W9, feature `redis`, tokio only), when the run had a server.
+    for (workload, ours, raw, what) in W9_ROWS {
+        if !d.rows.iter().any(|r| r.workload == workload) {
+            continue;
+        }
+        let r = ratio(
+            d.med(workload, "tokio", ours, "throughput"),
+            d.med(workload, "tokio", raw, "throughput"),
+        );
+        t.row(
+            &format!("W9 bridged {what} throughput ≤ 1.2× the raw redis client"),
+            "tokio",
+            rcell(r),
+            r.map(|r| r <= 1.2),
+        );
+    }
     let _ = writeln!(t.out, "\n{} targets pass, {} miss.", t.pass, t.miss);
     t.out
+}
+
+/// W9's workloads: (workload, pipedream's row, the raw client's row, what it carries).
+const W9_ROWS: [(&str, &str, &str, &str); 2] = [
+    (
+        "W9P",
+        "pipedream Redis bridge, pub/sub",
+        "redis PUBLISH pipelines / SUBSCRIBE",
+        "pub/sub",
+    ),
+    (
+        "W9S",
+        "pipedream Redis bridge, stream + group",
+        "redis XADD pipelines / XREADGROUP + XACK",
+        "stream",
+    ),
+];
+
+/// W9: the Redis bridge against the raw client (only when the run had a redis-server).
+fn section_w9(d: &Data) -> String {
+    if !W9_ROWS.iter().any(|(w, ..)| d.rows.iter().any(|r| r.workload == *w)) {
+        return String::new();
+    }
+    let mut s = String::from("## W9 — the Redis bridge against the raw client\n\n");
+    s.push_str(
+        "One `redis-server` on 127.0.0.1 (nothing persisted), one tokio runtime with 2 workers \
+         (`--features tokio,redis`, `-- w9`). Messages of 32 bytes from one relay, exported, \
+         imported by a second relay over its own connection and read by a subscriber there, \
+         from the first send to the last receive. **W9P**: pub/sub; the peer publishes the \
+         same postcard payloads in pipelines of 64 from one connection and decodes them from a \
+         subscription on a second. **W9S**: a stream and a consumer group; the peer appends in \
+         pipelines of 64 and reads with `XREADGROUP COUNT 64`, one `XACK` per read. The Redis \
+         bridge has no tracked mode, so there is no round trip.\n\n",
+    );
+    s.push_str("| workload | system | ns per message | ÷ raw |\n|---|---|---|---|\n");
+    for (workload, ours, raw, _) in W9_ROWS {
+        let vs = rcell(ratio(
+            d.med(workload, "tokio", ours, "throughput"),
+            d.med(workload, "tokio", raw, "throughput"),
+        ));
+        for (sys, vs) in [(ours, vs), (raw, String::new())] {
+            let _ = writeln!(
+                s,
+                "| {workload} | {sys} | {} | {vs} |",
+                cell(d.get(workload, "tokio", sys, "throughput"))
+            );
+        }
+    }
+    s.push('\n');
+    s
 }
 
 const W8_BRIDGE: &str = "pipedream NATS bridge";
@@ -1009,6 +1075,7 @@ fn main() {
     md.push_str(&section_w6(&d));
     md.push_str(&section_w7(&d));
     md.push_str(&section_w8(&d));
+    md.push_str(&section_w9(&d));
     if let Ok(notes) = std::fs::read_to_string("benches/profile-notes.md") {
         md.push_str(&notes);
         if !md.ends_with('\n') {
