@@ -615,6 +615,19 @@ impl Local {
         value: T,
         wait: bool,
     ) -> Result<Receipt, SendError> {
+        let result = self.deliver_uncounted(value, wait).await;
+        self.count_delivered(&result);
+        result
+    }
+
+    /// As [`deliver`](Self::deliver), leaving the count to the caller
+    /// ([`count_delivered`](Self::count_delivered)): a stream import does not count an
+    /// entry it will deliver again.
+    pub(crate) async fn deliver_uncounted<T: Any + Send + Sync>(
+        &self,
+        value: T,
+        wait: bool,
+    ) -> Result<Receipt, SendError> {
         let Some(core) = self.core.upgrade() else {
             return Err(SendError::Closed);
         };
@@ -625,8 +638,12 @@ impl Local {
             From::Relay(self.origin),
             wait,
         );
-        let result = crate::core::delivery::Delivery::new(&*core, prepared).await;
-        match &result {
+        crate::core::delivery::Delivery::new(&*core, prepared).await
+    }
+
+    /// Counts a delivery's result: imported, or failed in if it was not sent.
+    pub(crate) fn count_delivered(&self, result: &Result<Receipt, SendError>) {
+        match result {
             // Not sent: the relay closed (or refused it at the call).
             Err(SendError::Closed | SendError::Unrouted { .. } | SendError::TypeMismatch) => {
                 self.counters.failed_in.fetch_add(1, Ordering::Relaxed);
@@ -635,7 +652,6 @@ impl Local {
                 self.counters.imported.fetch_add(1, Ordering::Relaxed);
             }
         }
-        result
     }
 
     /// Reports a per-message failure on the relay (a `RelayError` of kind `Bridge`).

@@ -24,7 +24,9 @@
 //! The client runs on smol's reactor (`async-io`, with a thread of its own), which works
 //! under any executor, tokio's included; so does everything the bridge waits on. That is
 //! why the client's tokio support is not used: its connections could only reconnect
-//! inside the runtime that made them. The bridge's own tasks are the relay's tasks: they run on the spawner the
+//! inside the runtime that made them. (If another crate of the build turns on the
+//! client's `tokio-comp`, the client picks tokio inside a tokio runtime by itself; then
+//! connect and register inside the runtime the relay's tasks run on.) The bridge's own tasks are the relay's tasks: they run on the spawner the
 //! relay picks for a task registered where `export`/`import` is called (SEMANTICS.md
 //! §10), and one that vanishes while the relay is open (its runtime shut down) is
 //! reported as a [`HandlerLost`](crate::HandlerLost) of kind
@@ -38,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::{AbortHandle, Abortable, Either};
 use futures::StreamExt;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
 
 use crate::bridge::{check_name, BridgeError, BridgeStats, Codec, Local, Postcard, Received};
@@ -834,6 +835,7 @@ impl RedisBridge {
             key,
             group: group.to_owned(),
             reader,
+            waiting: HashSet::new(),
         }
         .run(core);
         self.spawn(std::any::type_name::<U>(), 0, importer);
@@ -1114,7 +1116,11 @@ async fn pubsub_import<T: Any + Send + Sync>(
                 if renewed_at.elapsed() > Duration::from_secs(10) {
                     wait = RETRY_FIRST;
                 } else {
-                    pause(wait).await;
+                    let paused = std::pin::pin!(pause(wait));
+                    if let Either::Right(_) = futures::future::select(paused, closed.as_mut()).await
+                    {
+                        return;
+                    }
                     wait = longer(wait);
                 }
                 let renewed = async {
@@ -1169,6 +1175,110 @@ struct StreamImport<T, U, C> {
     group: String,
     /// A connection of its own (it blocks in `XREADGROUP`).
     reader: redis::aio::ConnectionManager,
+    /// Entries left pending because nobody on the relay took them: read again as this
+    /// consumer's own, they are not redeliveries (nobody received them).
+    waiting: HashSet<String>,
+}
+
+/// One stream entry as read. The reply is walked by hand, not parsed into the client's
+/// stream types: those need UTF-8 field names, and one foreign entry that fails to parse
+/// would stay pending for ever, blocking every read after it.
+#[derive(Debug)]
+struct Entry {
+    id: String,
+    /// Its fields, or `None` for a pending entry the stream no longer holds.
+    fields: Option<Vec<(Value, Value)>>,
+}
+
+impl Entry {
+    /// The frame: the bytes of the field [`FIELD`].
+    fn frame(&self) -> Option<&[u8]> {
+        self.fields
+            .as_ref()?
+            .iter()
+            .find_map(|(name, value)| match (name, value) {
+                (Value::BulkString(name), Value::BulkString(bytes)) if name == FIELD.as_bytes() => {
+                    Some(bytes.as_slice())
+                }
+                _ => None,
+            })
+    }
+
+    fn text(value: &Value) -> Option<String> {
+        match value {
+            Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+            Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        }
+    }
+
+    /// `[[id, [field, value, ...] | nil], ...]`; an item without an id is left out.
+    fn list(value: Value) -> Vec<Entry> {
+        let Value::Array(items) = value else {
+            return Vec::new();
+        };
+        let mut entries = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::Array(mut pair) = item else {
+                continue;
+            };
+            if pair.len() != 2 {
+                continue;
+            }
+            let fields = pair.pop();
+            let Some(id) = Entry::text(&pair[0]) else {
+                continue;
+            };
+            let fields = match fields {
+                Some(Value::Array(flat)) => {
+                    let mut fields = Vec::with_capacity(flat.len() / 2);
+                    let mut flat = flat.into_iter();
+                    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                        fields.push((name, value));
+                    }
+                    Some(fields)
+                }
+                Some(Value::Map(pairs)) => Some(pairs),
+                _ => None,
+            };
+            entries.push(Entry { id, fields });
+        }
+        entries
+    }
+
+    /// An `XREADGROUP` reply: nil, or `[[key, entries], ...]` (a map under RESP3).
+    fn of_read(reply: Value) -> Vec<Entry> {
+        let streams = match reply {
+            Value::Array(streams) => streams
+                .into_iter()
+                .filter_map(|stream| match stream {
+                    Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
+            _ => Vec::new(),
+        };
+        streams.into_iter().flat_map(Entry::list).collect()
+    }
+
+    /// An `XAUTOCLAIM` reply: `[next cursor, entries, deleted ids]`.
+    fn of_autoclaim(reply: Value) -> (String, Vec<Entry>, Vec<String>) {
+        let Value::Array(parts) = reply else {
+            return (String::from("0-0"), Vec::new(), Vec::new());
+        };
+        let mut parts = parts.into_iter();
+        let next = parts
+            .next()
+            .and_then(|v| Entry::text(&v))
+            .unwrap_or_else(|| String::from("0-0"));
+        let claimed = parts.next().map(Entry::list).unwrap_or_default();
+        let deleted = match parts.next() {
+            Some(Value::Array(ids)) => ids.iter().filter_map(Entry::text).collect(),
+            _ => Vec::new(),
+        };
+        (next, claimed, deleted)
+    }
 }
 
 /// What became of one entry a stream import delivered.
@@ -1252,13 +1362,15 @@ where
                     };
                     let mut acks = Vec::with_capacity(entries.len());
                     for entry in &entries {
-                        match self.handle(entry, redelivered).await {
+                        let again = redelivered && !self.waiting.remove(&entry.id);
+                        match self.handle(entry, again).await {
                             Handled::Done => acks.push(entry.id.as_str()),
                             Handled::Closed => {
                                 relay_closed = true;
                                 break;
                             }
                             Handled::Unrouted => {
+                                self.waiting.insert(entry.id.clone());
                                 let reason = format!(
                                     "no subscriber of {type_name} on the local relay: the \
                                      entries wait in the stream until one comes"
@@ -1267,7 +1379,7 @@ where
                                 break;
                             }
                         }
-                        if redelivered {
+                        if again {
                             self.shared.local.redelivered();
                         }
                     }
@@ -1299,6 +1411,11 @@ where
             if relay_closed {
                 return;
             }
+            if failed.is_some() && read == Read::Claim {
+                // Not at once again (a server without XAUTOCLAIM would stop every new read).
+                claimed_at = Some(Instant::now());
+                cursor = String::from("0-0");
+            }
             let Some((what, reason)) = failed else {
                 trouble = None;
                 wait = RETRY_FIRST;
@@ -1320,11 +1437,7 @@ where
     }
 
     /// One read: up to [`BATCH`] entries.
-    async fn fetch(
-        &mut self,
-        read: Read,
-        cursor: &mut String,
-    ) -> redis::RedisResult<Vec<StreamId>> {
+    async fn fetch(&mut self, read: Read, cursor: &mut String) -> redis::RedisResult<Vec<Entry>> {
         let shared = &self.shared;
         match read {
             Read::Own | Read::New => {
@@ -1339,15 +1452,11 @@ where
                 }
                 let from = if read == Read::New { ">" } else { "0" };
                 cmd.arg("STREAMS").arg(&self.key).arg(from);
-                let reply: Option<StreamReadReply> = cmd.query_async(&mut self.reader).await?;
-                Ok(reply
-                    .into_iter()
-                    .flat_map(|reply| reply.keys)
-                    .flat_map(|key| key.ids)
-                    .collect())
+                let reply: Value = cmd.query_async(&mut self.reader).await?;
+                Ok(Entry::of_read(reply))
             }
             Read::Claim => {
-                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                let reply: Value = redis::cmd("XAUTOCLAIM")
                     .arg(&self.key)
                     .arg(&self.group)
                     .arg(&shared.consumer)
@@ -1357,9 +1466,10 @@ where
                     .arg(BATCH)
                     .query_async(&mut self.reader)
                     .await?;
-                *cursor = reply.next_stream_id;
+                let (next, claimed, deleted) = Entry::of_autoclaim(reply);
+                *cursor = next;
                 let local = &self.shared.local;
-                for id in reply.deleted_ids {
+                for id in deleted {
                     // Pending, then trimmed away before anyone acknowledged it.
                     local.failed_in();
                     let subject = self.key.clone();
@@ -1372,19 +1482,19 @@ where
                         BridgeError::Decode { subject, reason },
                     );
                 }
-                Ok(reply.claimed)
+                Ok(claimed)
             }
         }
     }
 
     /// Delivers one entry, and says whether to acknowledge it.
-    async fn handle(&self, entry: &StreamId, redelivered: bool) -> Handled {
+    async fn handle(&self, entry: &Entry, redelivered: bool) -> Handled {
         let local = &self.shared.local;
         let type_name = std::any::type_name::<U>();
-        let Some(Value::BulkString(bytes)) = entry.map.get(FIELD) else {
+        let Some(bytes) = entry.frame() else {
             local.failed_in();
             let subject = self.key.clone();
-            let reason = if entry.map.is_empty() {
+            let reason = if entry.fields.as_ref().is_none_or(Vec::is_empty) {
                 // A pending entry the stream no longer holds.
                 format!(
                     "entry {} was trimmed from the stream before it was acknowledged: lost",
@@ -1406,14 +1516,22 @@ where
         };
         let msg_id = received.msg_id;
         let value = (self.wrap)(received, &entry.id, redelivered);
-        match local.deliver(value, true).await {
-            // Nobody took it: not delivered, so not acknowledged (it is read again).
-            Ok(receipt) if receipt.is_unrouted() => Handled::Unrouted,
+        let result = local.deliver_uncounted(value, true).await;
+        // Nobody took it: not delivered, so neither counted nor acknowledged (it is read
+        // again).
+        let unrouted = match &result {
+            Ok(receipt) => receipt.is_unrouted(),
+            Err(e) => matches!(e, SendError::Unrouted { .. }),
+        };
+        if unrouted {
+            return Handled::Unrouted;
+        }
+        local.count_delivered(&result);
+        match result {
             Ok(_) => Handled::Done,
             Err(SendError::Closed) => Handled::Closed,
             // The handlers' failures are published on the relay already (§5).
             Err(SendError::Downstream(_) | SendError::Aggregate(_)) => Handled::Done,
-            Err(SendError::Unrouted { .. }) => Handled::Unrouted,
             Err(error) => {
                 let subject = self.key.clone();
                 let reason = format!("not sent on the local relay: {error}");
