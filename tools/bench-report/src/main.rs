@@ -417,7 +417,10 @@ const W9_ROWS: [(&str, &str, &str, &str); 2] = [
 
 /// W9: the Redis bridge against the raw client (only when the run had a redis-server).
 fn section_w9(d: &Data) -> String {
-    if !W9_ROWS.iter().any(|(w, ..)| d.rows.iter().any(|r| r.workload == *w)) {
+    if !W9_ROWS
+        .iter()
+        .any(|(w, ..)| d.rows.iter().any(|r| r.workload == *w))
+    {
         return String::new();
     }
     let mut s = String::from("## W9 — the Redis bridge against the raw client\n\n");
