@@ -8,6 +8,8 @@
 mod common;
 
 use std::io::Write;
+
+use futures::StreamExt;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,6 +64,16 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts a server, or `None` (with the reason printed) if there is no binary.
     fn start(max_payload: Option<usize>) -> Option<Server> {
+        Server::start_with(max_payload, false)
+    }
+
+    /// A server with JetStream, its file store in a directory of its own (kept across
+    /// a kill and restart, removed on drop).
+    fn start_with_jetstream() -> Option<Server> {
+        Server::start_with(None, true)
+    }
+
+    fn start_with(max_payload: Option<usize>, jetstream: bool) -> Option<Server> {
         server_binary()?;
         let port = free_port();
         let config = std::env::temp_dir().join(format!("pipedream-nats-{port}.conf"));
@@ -69,6 +81,16 @@ impl Server {
         writeln!(file, "listen: 127.0.0.1:{port}").unwrap();
         if let Some(max) = max_payload {
             writeln!(file, "max_payload: {max}").unwrap();
+        }
+        if jetstream {
+            let store = std::env::temp_dir().join(format!("pipedream-nats-{port}-store"));
+            let _ = std::fs::remove_dir_all(&store);
+            writeln!(
+                file,
+                "jetstream {{ store_dir: {:?} }}",
+                store.display().to_string()
+            )
+            .unwrap();
         }
         let mut server = Server {
             child: None,
@@ -116,6 +138,8 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_file(&self.config);
+        let store = std::env::temp_dir().join(format!("pipedream-nats-{}-store", self.port));
+        let _ = std::fs::remove_dir_all(store);
     }
 }
 
@@ -539,6 +563,9 @@ on_every_runtime! {
         let mut errors = b_rx.subscribe_with::<RelayError>(
             pipedream_rs::SubscribeOptions::new().mode(pipedream_rs::DeliveryMode::Broadcast),
         ).unwrap();
+        let mut dropped = b_rx.subscribe_with::<Dropped>(
+            pipedream_rs::SubscribeOptions::new().mode(pipedream_rs::DeliveryMode::Broadcast),
+        ).unwrap();
         within(STEP, "import", b.import::<Order>("flood")).await.unwrap();
         a.export::<Order>("flood").unwrap();
         for id in 0..200 {
@@ -548,6 +575,165 @@ on_every_runtime! {
         let e = next_bridge_error(&mut errors).await;
         assert!(matches!(e, BridgeError::SlowConsumer { .. }), "{e:?}");
         eventually("counted", || b.stats().slow_consumer >= 1).await;
+        // Each message the client dropped is also a `Dropped` event, as any miss.
+        let d = within(STEP, "a Dropped event", dropped.recv()).await.unwrap();
+        assert_eq!(d.type_name, pipedream_rs::bridge::nats::DROPPED_BY_CLIENT);
+        assert_eq!((d.msg_id, d.relay_id), (0, b_rx.id()));
+    }
+
+    async fn a_jetstream_stream_reaches_every_group_once_and_shares_each_group_s_messages() {
+        let Some(server) = Server::start_with_jetstream() else { return };
+        let (tx, rx) = Relay::channel();
+        let exporter = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        let mut relays = Vec::new();
+        for group in ["billing", "billing", "audit"] {
+            let (keep, rx) = Relay::channel();
+            let bridge = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+            let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink_got = got.clone();
+            rx.sink::<Order>(move |o: &Order| sink_got.lock().unwrap().push(o.id));
+            within(STEP, "import", bridge.import_stream::<Order>("jobs", group)).await.unwrap();
+            relays.push((bridge, got, keep, rx));
+        }
+        exporter.export_stream::<Order>("jobs").unwrap();
+        for id in 0..40 {
+            tx.send(Order { id, item: String::new() }).await.unwrap();
+        }
+        eventually("audit got all 40", || relays[2].1.lock().unwrap().len() == 40).await;
+        assert_eq!(*relays[2].1.lock().unwrap(), (0..40).collect::<Vec<_>>(), "in order");
+        eventually("billing shared all 40", || {
+            relays[0].1.lock().unwrap().len() + relays[1].1.lock().unwrap().len() == 40
+        }).await;
+        let mut billing: Vec<u64> = relays[0].1.lock().unwrap().clone();
+        billing.extend(relays[1].1.lock().unwrap().iter());
+        billing.sort_unstable();
+        assert_eq!(billing, (0..40).collect::<Vec<_>>(), "each once within the group");
+        eventually("all 40 acknowledged by the server", || exporter.stats().exported == 40).await;
+    }
+
+    async fn a_jetstream_stream_loses_nothing_when_the_server_is_killed_and_restarted() {
+        let Some(mut server) = Server::start_with_jetstream() else { return };
+        let (tx, rx) = Relay::channel();
+        let (_far_tx, far_rx) = Relay::channel();
+        let mut errors = rx.subscribe::<RelayError>();
+        // Publications the server does not acknowledge within 1 s are retried.
+        let a = NatsBridge::builder(server.url()).request_timeout(Duration::from_secs(1));
+        let a = within(STEP, "connect", a.connect(&rx)).await.unwrap();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &far_rx)).await.unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let sink_got = got.clone();
+        far_rx.sink::<Order>(move |o: &Order| { sink_got.lock().unwrap().insert(o.id); });
+        within(STEP, "import", b.import_stream::<Order>("ledger", "books")).await.unwrap();
+        a.export_stream::<Order>("ledger").unwrap();
+        for id in 0..30 {
+            tx.send(Order { id, item: String::new() }).await.unwrap();
+        }
+        eventually("the first 30", || got.lock().unwrap().len() == 30).await;
+        server.stop();
+        for id in 30..60 {
+            tx.send(Order { id, item: String::new() }).await.unwrap(); // waits in the export
+        }
+        // The connection's own failure comes first; then the export's retrying.
+        loop {
+            match next_bridge_error(&mut errors).await {
+                BridgeError::Retrying { subject, .. } => {
+                    assert_eq!(subject, "pipedream.stream.ledger");
+                    break;
+                }
+                BridgeError::Publish { subject, .. } if subject == "(connection)" => {}
+                other => panic!("expected Retrying, got {other:?}"),
+            }
+        }
+        assert_eq!(a.stats().dropped, 0, "a stream export drops nothing while the server is down");
+        server.launch();
+        let deadline = Instant::now() + STEP * 2;
+        while got.lock().unwrap().len() < 60 {
+            assert!(Instant::now() < deadline, "only {} of 60 arrived", got.lock().unwrap().len());
+            pause(Duration::from_millis(50)).await;
+        }
+        assert_eq!(*got.lock().unwrap(), (0..60).collect());
+        assert_eq!(a.stats().dropped, 0);
+    }
+
+    async fn a_jetstream_message_nobody_takes_waits_and_a_failing_handler_s_is_not_redelivered() {
+        let Some(server) = Server::start_with_jetstream() else { return };
+        let (tx, rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        let (_b_tx, b_rx) = Relay::channel();
+        let mut errors = b_rx.subscribe::<RelayError>();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        within(STEP, "import", b.import_stream_entries::<Order>("later", "g")).await.unwrap();
+        a.export_stream::<Order>("later").unwrap();
+        for id in 0..3 {
+            tx.send(Order { id, item: String::new() }).await.unwrap();
+        }
+        match next_bridge_error(&mut errors).await {
+            BridgeError::Retrying { reason, .. } => assert!(reason.contains("no subscriber"), "{reason}"),
+            other => panic!("expected Retrying (unrouted), got {other:?}"),
+        }
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_got = got.clone();
+        b_rx.sink::<pipedream_rs::bridge::StreamEntry<Order>>(move |e: &pipedream_rs::bridge::StreamEntry<Order>| {
+            sink_got.lock().unwrap().push((e.value.id, e.origin, e.redelivered));
+            if e.value.id == 1 { Err("order 1 is refused") } else { Ok(()) }
+        });
+        eventually("all three handled", || got.lock().unwrap().len() >= 3).await;
+        let seen = got.lock().unwrap().clone();
+        let mut ids: Vec<u64> = seen.iter().map(|(id, ..)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![0, 1, 2]);
+        assert!(seen.iter().all(|(_, origin, again)| *origin == a.wire_id() && !again), "{seen:?}");
+        // Acknowledged although its handler failed: not delivered again after ack_wait.
+        pause(Duration::from_millis(300)).await;
+        assert_eq!(got.lock().unwrap().len(), 3, "no redelivery of a handled message");
+        assert_eq!(b.stats().redelivered, 0);
+    }
+
+    async fn a_jetstream_message_taken_and_not_acknowledged_is_delivered_again() {
+        let Some(server) = Server::start_with_jetstream() else { return };
+        let (tx, rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        // A member of "crew" takes a message and never acknowledges it (with an ack wait
+        // of 300 ms): the consumer is made here, by hand.
+        let url = server.url();
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let client = async_nats::connect(url).await.unwrap();
+                let js = async_nats::jetstream::new(client);
+                let stream = js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "pipedream_work".into(),
+                    subjects: vec!["pipedream.stream.work".into()],
+                    ..Default::default()
+                }).await.unwrap();
+                let consumer = stream.get_or_create_consumer("crew", async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some("crew".into()),
+                    ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                    deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+                    ack_wait: Duration::from_millis(300),
+                    ..Default::default()
+                }).await.unwrap();
+                taken_tx.send(()).unwrap();
+                let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(5))
+                    .messages().await.unwrap();
+                let message = batch.next().await.unwrap().unwrap();
+                drop(message); // taken, never acknowledged
+            });
+        });
+        taken_rx.recv_timeout(STEP).unwrap();
+        a.export_stream::<Order>("work").unwrap();
+        tx.send(Order { id: 7, item: String::new() }).await.unwrap();
+        holder.join().unwrap();
+        let (_b_tx, b_rx) = Relay::channel();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        let mut entries = b_rx.subscribe_tracked::<pipedream_rs::bridge::StreamEntry<Order>>();
+        within(STEP, "import", b.import_stream_entries::<Order>("work", "crew")).await.unwrap();
+        let entry = within(STEP, "the redelivered message", entries.recv()).await.unwrap();
+        assert_eq!((entry.value().value.id, entry.value().redelivered), (7, true));
+        assert_eq!(entry.value().origin, a.wire_id());
+        entry.complete();
+        eventually("counted", || b.stats().redelivered == 1).await;
     }
 
     async fn bad_names_are_refused_and_a_name_is_bridged_once_per_direction() {

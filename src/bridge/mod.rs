@@ -448,13 +448,79 @@ fn caught<R>(f: impl FnOnce() -> Result<R, CodecError>) -> Result<R, CodecError>
     })
 }
 
+/// One entry of a stream import (Redis streams, NATS JetStream), with what identifies the
+/// message it carries (`import_stream_entries` on
+/// [`RedisBridge`](crate::bridge::redis::RedisBridge::import_stream_entries) and
+/// [`NatsBridge`](crate::bridge::nats::NatsBridge::import_stream_entries)).
+///
+/// A message is delivered more than once when an entry is redelivered (taken before and
+/// not acknowledged) or when an export appended it twice (it retried an append whose
+/// answer was lost). In both cases `(origin, msg_id)` is the same: drop an entry whose
+/// pair you have seen. `id` tells apart entries, not messages.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(rx: pipedream_rs::RelayReceiver) {
+/// use pipedream_rs::bridge::StreamEntry;
+/// let mut seen = std::collections::HashSet::new();
+/// // A tracked handler: the entry is acknowledged once it has run.
+/// rx.sink::<StreamEntry<String>>(move |entry: &StreamEntry<String>| {
+///     if seen.insert((entry.origin, entry.msg_id)) {
+///         println!("{} from {:#x}/{}: {}", entry.id, entry.origin, entry.msg_id, entry.value);
+///     } // else a duplicate: already handled
+/// });
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamEntry<T> {
+    /// The entry's id in its stream: Redis's entry id (`1700000000000-0`), or the
+    /// JetStream sequence number in decimal.
+    pub id: String,
+    /// The wire id of the relay that sent the message.
+    pub origin: u64,
+    /// The message's id on that relay.
+    pub msg_id: u64,
+    /// Whether this entry was delivered before (to this consumer or another) and not
+    /// acknowledged.
+    pub redelivered: bool,
+    /// The message.
+    pub value: T,
+}
+
+/// The first and the longest wait between an engine call's retries.
+pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The next wait between retries.
+pub(crate) fn longer(wait: Duration) -> Duration {
+    (wait * 2).min(RETRY_MAX)
+}
+
+/// The messages an export took and has not passed on yet. Dropped with messages in it
+/// (the bridge's last handle went while an append was being retried), each is reported
+/// `Dropped`: given up, never silently.
+pub(crate) struct Holding {
+    pub(crate) local: Arc<Local>,
+    pub(crate) subscriber_id: u64,
+    pub(crate) envelopes: Vec<Envelope>,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        for envelope in self.envelopes.drain(..) {
+            self.local.dropped(&envelope, self.subscriber_id);
+        }
+    }
+}
+
 /// A decoded message from the engine.
 pub(crate) struct Received<T> {
     pub(crate) value: T,
     /// Its id on the relay that sent it.
     pub(crate) msg_id: u64,
     /// The wire id of the relay that sent it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) origin: u64,
 }
 
@@ -688,6 +754,14 @@ impl Local {
         }
     }
 
+    /// A message for an import that the engine's client dropped (`Core::dropped_remote`).
+    #[cfg(feature = "nats")]
+    pub(crate) fn dropped_remote(&self, type_name: &'static str, subscription: u64) {
+        if let Some(core) = self.core.upgrade() {
+            core.dropped_remote(type_name, subscription);
+        }
+    }
+
     pub(crate) fn exported(&self) {
         self.counters.exported.fetch_add(1, Ordering::Relaxed);
     }
@@ -703,7 +777,6 @@ impl Local {
     }
 
     /// A stream entry delivered again.
-    #[cfg(feature = "redis")]
     pub(crate) fn redelivered(&self) {
         self.counters.redelivered.fetch_add(1, Ordering::Relaxed);
     }

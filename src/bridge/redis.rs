@@ -42,7 +42,11 @@ use futures::future::{AbortHandle, Abortable, Either};
 use futures::StreamExt;
 use redis::Value;
 
-use crate::bridge::{check_name, BridgeError, BridgeStats, Codec, Local, Postcard, Received};
+pub use crate::bridge::StreamEntry;
+use crate::bridge::{
+    check_name, longer, BridgeError, BridgeStats, Codec, Holding, Local, Postcard, Received,
+    RETRY_FIRST,
+};
 use crate::core::lost::{Guarded, Identity};
 use crate::core::Core;
 use crate::relay::envelope::Envelope;
@@ -56,10 +60,6 @@ const LIMIT: usize = 512 * 1024 * 1024;
 
 /// How many messages an export sends, or an import reads, in one round trip.
 const BATCH: usize = 64;
-
-/// The first and the longest wait between retries.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long one `XREADGROUP` blocks at the server.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -357,44 +357,6 @@ impl Drop for Claim<'_> {
             names.remove(&key);
         }
     }
-}
-
-/// One entry of a stream import, with what identifies the message it carries
-/// ([`RedisBridge::import_stream_entries`]).
-///
-/// A message is delivered more than once when an entry is redelivered (taken before and
-/// not acknowledged) or when an export appended it twice (it retried an append whose
-/// answer was lost). In both cases `(origin, msg_id)` is the same: drop an entry whose
-/// pair you have seen. `id` tells apart entries, not messages.
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn demo(rx: pipedream_rs::RelayReceiver) {
-/// use pipedream_rs::bridge::redis::StreamEntry;
-/// let mut seen = std::collections::HashSet::new();
-/// // A tracked handler: the entry is acknowledged once it has run.
-/// rx.sink::<StreamEntry<String>>(move |entry: &StreamEntry<String>| {
-///     if seen.insert((entry.origin, entry.msg_id)) {
-///         println!("{} from {:#x}/{}: {}", entry.id, entry.origin, entry.msg_id, entry.value);
-///     } // else a duplicate: already handled
-/// });
-/// # }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StreamEntry<T> {
-    /// The stream entry's id (`1700000000000-0`).
-    pub id: String,
-    /// The wire id of the relay that sent the message.
-    pub origin: u64,
-    /// The message's id on that relay.
-    pub msg_id: u64,
-    /// Whether this entry was delivered before (to this consumer or another) and not
-    /// acknowledged.
-    pub redelivered: bool,
-    /// The message.
-    pub value: T,
 }
 
 /// A bridge between one relay and a Redis server (see the module docs).
@@ -849,11 +811,6 @@ async fn pause(wait: Duration) {
     async_io::Timer::after(wait).await;
 }
 
-/// The next wait between retries.
-fn longer(wait: Duration) -> Duration {
-    (wait * 2).min(RETRY_MAX)
-}
-
 /// Whether a failed command may succeed if tried again: a connection failure, a timeout,
 /// or a server state that passes (`LOADING`, `BUSY`, `OOM`, `MISCONF`, `TRYAGAIN`, …),
 /// but not a refusal that depends on the data or the setup (a key of another type, a bad
@@ -930,23 +887,6 @@ async fn create_group(
     match created {
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
-    }
-}
-
-/// The messages an export took and has not passed on yet. Dropped with messages in it
-/// (the bridge's last handle went while an append was being retried), each is reported
-/// `Dropped`: given up, never silently.
-struct Holding {
-    local: Arc<Local>,
-    subscriber_id: u64,
-    envelopes: Vec<Envelope>,
-}
-
-impl Drop for Holding {
-    fn drop(&mut self) {
-        for envelope in self.envelopes.drain(..) {
-            self.local.dropped(&envelope, self.subscriber_id);
-        }
     }
 }
 

@@ -912,6 +912,21 @@ impl Core {
         self.emit(dropped);
     }
 
+    /// A message for this relay that an engine's client dropped before a bridge got it
+    /// (NATS "slow consumer"): its id and type are not known, so the `Dropped` has
+    /// `msg_id` 0 and `type_name` says what it was.
+    #[cfg(feature = "nats")]
+    pub(crate) fn dropped_remote(&self, type_name: &'static str, subscriber_id: u64) {
+        let dropped = Dropped {
+            relay_id: self.id,
+            msg_id: 0,
+            type_name,
+            subscriber_id,
+        };
+        trace::dropped(&dropped);
+        self.emit(dropped);
+    }
+
     /// A tracked message could not reach, or was never processed by, its handler.
     pub(crate) fn fail_gone(&self, mut item: Queued, queue: &QueueState) {
         self.settle_gone(&mut item, queue);

@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | [`export`](NatsBridge::export) / [`import`](NatsBridge::import) | `{prefix}.msg.{name}` | core publish / subscribe | at most once, to every importer |
 //! | [`export_tracked`](NatsBridge::export_tracked) / [`import_tracked`](NatsBridge::import_tracked) | `{prefix}.req.{name}` | request / reply, importers in one queue group | exactly one importing relay processes it, or the sender learns why not |
+//! | [`export_stream`](NatsBridge::export_stream) / [`import_stream`](NatsBridge::import_stream) | `{prefix}.stream.{name}` | JetStream: a stream, a durable pull consumer per group, explicit acks | at least once to each group, across restarts; duplicates identifiable ([`StreamEntry`](crate::bridge::StreamEntry)) |
 //!
 //! A tracked export makes the bridge a tracked handler of `T` on the local relay, so a
 //! local `send(v).await` of a `T` returns once the remote side answered: `Ok` means one
@@ -45,8 +46,27 @@ use crate::bridge::{
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
 
+mod stream;
+
 /// The name failures of the connection itself are reported under.
 const CONNECTION: &str = "pipedream_rs::bridge::nats::NatsBridge";
+
+/// The `type_name` of the [`Dropped`](crate::Dropped) event published for each message
+/// the NATS client reports dropping because an import did not keep up (a slow consumer).
+/// The client does not say which message it was, so the event's `msg_id` is 0 and its
+/// `subscriber_id` is the client's subscription id.
+///
+/// # Examples
+///
+/// ```
+/// use pipedream_rs::bridge::nats::DROPPED_BY_CLIENT;
+/// # let d_type_name = DROPPED_BY_CLIENT;
+/// if d_type_name == DROPPED_BY_CLIENT {
+///     println!("an import lost a message before it reached the relay");
+/// }
+/// ```
+pub const DROPPED_BY_CLIENT: &str =
+    "pipedream_rs::bridge::nats (a message for an import, dropped by the client: slow consumer)";
 
 /// Where the bridge's I/O runs.
 enum Io {
@@ -243,13 +263,17 @@ impl NatsBridgeBuilder {
 /// A connection event, reported on the relay.
 fn connection_event(local: &Local, event: async_nats::Event) {
     match event {
-        async_nats::Event::SlowConsumer(sid) => local.report(
-            CONNECTION,
-            0,
-            BridgeError::SlowConsumer {
-                subject: format!("subscription {sid}"),
-            },
-        ),
+        async_nats::Event::SlowConsumer(sid) => {
+            local.report(
+                CONNECTION,
+                0,
+                BridgeError::SlowConsumer {
+                    subject: format!("subscription {sid}"),
+                },
+            );
+            // One event per message the client dropped: a `Dropped`, as any miss.
+            local.dropped_remote(DROPPED_BY_CLIENT, sid);
+        }
         async_nats::Event::ServerError(e) => local.report(
             CONNECTION,
             0,
@@ -320,13 +344,21 @@ impl Tasks {
         Ok(())
     }
 
-    /// Runs `f` on the bridge's tokio runtime and waits for it (from any executor).
-    async fn run<R: Send + 'static>(
+    /// Runs `f` on the bridge's tokio runtime and waits for it (from any executor). `f`
+    /// is spawned at the call, so the future returned holds only the task's handle, not
+    /// `f` itself (the client's futures are large: kept inline they would swell every
+    /// caller's future).
+    fn run<R: Send + 'static>(
         &self,
         f: impl std::future::Future<Output = R> + Send + 'static,
-    ) -> Result<R, BridgeError> {
-        let handle = self.io.handle().ok_or(BridgeError::Closed)?;
-        handle.spawn(f).await.map_err(|_| BridgeError::Closed)
+    ) -> impl std::future::Future<Output = Result<R, BridgeError>> + Send + 'static {
+        let task = self.io.handle().map(|handle| handle.spawn(f));
+        async move {
+            match task {
+                Some(task) => task.await.map_err(|_| BridgeError::Closed),
+                None => Err(BridgeError::Closed),
+            }
+        }
     }
 }
 
