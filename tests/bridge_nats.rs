@@ -661,7 +661,9 @@ on_every_runtime! {
         let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
         let (_b_tx, b_rx) = Relay::channel();
         let mut errors = b_rx.subscribe::<RelayError>();
-        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        // A short ack wait: a handled message that was not acknowledged would come back.
+        let b = NatsBridge::builder(server.url()).ack_wait(Duration::from_millis(300));
+        let b = within(STEP, "connect", b.connect(&b_rx)).await.unwrap();
         within(STEP, "import", b.import_stream_entries::<Order>("later", "g")).await.unwrap();
         a.export_stream::<Order>("later").unwrap();
         for id in 0..3 {
@@ -684,9 +686,45 @@ on_every_runtime! {
         assert_eq!(ids, vec![0, 1, 2]);
         assert!(seen.iter().all(|(_, origin, again)| *origin == a.wire_id() && !again), "{seen:?}");
         // Acknowledged although its handler failed: not delivered again after ack_wait.
-        pause(Duration::from_millis(300)).await;
+        pause(Duration::from_millis(1_000)).await;
         assert_eq!(got.lock().unwrap().len(), 3, "no redelivery of a handled message");
         assert_eq!(b.stats().redelivered, 0);
+    }
+
+    async fn a_jetstream_consumer_that_goes_away_is_made_again_and_nothing_is_skipped() {
+        let Some(server) = Server::start_with_jetstream() else { return };
+        let (tx, rx) = Relay::channel();
+        let a = within(STEP, "connect", NatsBridge::connect(server.url(), &rx)).await.unwrap();
+        let (_b_tx, b_rx) = Relay::channel();
+        let b = within(STEP, "connect", NatsBridge::connect(server.url(), &b_rx)).await.unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let sink_got = got.clone();
+        b_rx.sink::<Order>(move |o: &Order| { sink_got.lock().unwrap().insert(o.id); });
+        a.export_stream::<Order>("gone").unwrap();
+        within(STEP, "import", b.import_stream::<Order>("gone", "g")).await.unwrap();
+        for id in 0..3 {
+            tx.send(Order { id, item: String::new() }).await.unwrap();
+        }
+        eventually("the first three", || got.lock().unwrap().len() == 3).await;
+        // Someone deletes the group's consumer behind the bridge's back.
+        let url = server.url();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+                let stream = js.get_stream("pipedream_sgone").await.unwrap();
+                stream.delete_consumer("g").await.unwrap();
+            });
+        }).join().unwrap();
+        for id in 3..6 {
+            tx.send(Order { id, item: String::new() }).await.unwrap();
+        }
+        let deadline = Instant::now() + STEP * 2;
+        while got.lock().unwrap().len() < 6 {
+            assert!(Instant::now() < deadline, "got only {:?}", got.lock().unwrap());
+            pause(Duration::from_millis(50)).await;
+        }
+        assert_eq!(*got.lock().unwrap(), (0..6).collect());
     }
 
     async fn a_jetstream_message_taken_and_not_acknowledged_is_delivered_again() {
@@ -703,7 +741,7 @@ on_every_runtime! {
                 let client = async_nats::connect(url).await.unwrap();
                 let js = async_nats::jetstream::new(client);
                 let stream = js.get_or_create_stream(async_nats::jetstream::stream::Config {
-                    name: "pipedream_work".into(),
+                    name: "pipedream_swork".into(),
                     subjects: vec!["pipedream.stream.work".into()],
                     ..Default::default()
                 }).await.unwrap();

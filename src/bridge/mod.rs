@@ -449,9 +449,8 @@ fn caught<R>(f: impl FnOnce() -> Result<R, CodecError>) -> Result<R, CodecError>
 }
 
 /// One entry of a stream import (Redis streams, NATS JetStream), with what identifies the
-/// message it carries (`import_stream_entries` on
-/// [`RedisBridge`](crate::bridge::redis::RedisBridge::import_stream_entries) and
-/// [`NatsBridge`](crate::bridge::nats::NatsBridge::import_stream_entries)).
+/// message it carries: what `import_stream_entries` on `RedisBridge` (feature `redis`)
+/// and `NatsBridge` (feature `nats`) send on the relay.
 ///
 /// A message is delivered more than once when an entry is redelivered (taken before and
 /// not acknowledged) or when an export appended it twice (it retried an append whose
@@ -705,6 +704,43 @@ impl Local {
             wait,
         );
         crate::core::delivery::Delivery::new(&*core, prepared).await
+    }
+
+    /// Sends imported values on the local relay as one batch, without waiting for
+    /// tracked handlers (an untracked import): one snapshot and, per queue, one
+    /// reservation and one wake-up for the batch (`core/batch.rs`), or one by one when the
+    /// type has tracked handlers. Counted as `deliver` counts each. `Err`: the relay is
+    /// closed (the values not sent are counted as failed in).
+    pub(crate) async fn deliver_batch<T: Any + Send + Sync>(
+        &self,
+        values: Vec<T>,
+    ) -> Result<(), SendError> {
+        let count = values.len() as u64;
+        let Some(core) = self.core.upgrade() else {
+            self.counters.failed_in.fetch_add(count, Ordering::Relaxed);
+            return Err(SendError::Closed);
+        };
+        match core.prepare_batch(values, self.origin) {
+            Err(error) => {
+                self.counters.failed_in.fetch_add(count, Ordering::Relaxed);
+                Err(error)
+            }
+            Ok(crate::core::batch::Prepared::Fast { targets, envelopes }) => {
+                core.deliver_batch(targets, envelopes).await;
+                self.counters.imported.fetch_add(count, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(crate::core::batch::Prepared::OneByOne(values)) => {
+                drop(core);
+                let mut failed = None;
+                for value in values {
+                    if let Err(error) = self.deliver(value, false).await {
+                        failed.get_or_insert(error);
+                    }
+                }
+                failed.map_or(Ok(()), Err)
+            }
+        }
     }
 
     /// Counts a delivery's result: imported, or failed in if it was not sent.

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{AbortHandle, Abortable, Either};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use redis::Value;
 
 pub use crate::bridge::StreamEntry;
@@ -1086,21 +1086,27 @@ async fn pubsub_import<T: Any + Send + Sync>(
             }
             Either::Right(_) => return,
         };
-        let received = local.decode(&codec, &name, &channel, message.get_payload_bytes());
-        match received {
-            Ok(Some(received)) => {
-                if let Err(error) = local.deliver(received.value, false).await {
-                    let reason = format!("not sent on the local relay: {error}");
-                    let subject = channel.clone();
-                    local.report(
-                        type_name,
-                        received.msg_id,
-                        BridgeError::Publish { subject, reason },
-                    );
-                }
+        // What else has arrived goes with it, as one batch on the relay (an ended
+        // subscription is seen at the next turn: it keeps saying so).
+        let mut values = Vec::new();
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            match local.decode(&codec, &name, &channel, message.get_payload_bytes()) {
+                Ok(Some(received)) => values.push(received.value),
+                Ok(None) => {}
+                Err(error) => local.report(type_name, 0, error),
             }
-            Ok(None) => {}
-            Err(error) => local.report(type_name, 0, error),
+            if values.len() < BATCH {
+                next = messages.next().now_or_never().flatten();
+            }
+        }
+        if values.is_empty() {
+            continue;
+        }
+        if let Err(error) = local.deliver_batch(values).await {
+            let reason = format!("not sent on the local relay: {error}");
+            let subject = channel.clone();
+            local.report(type_name, 0, BridgeError::Publish { subject, reason });
         }
     }
 }

@@ -36,9 +36,12 @@ pub(crate) enum Prepared<T> {
 impl Core {
     /// The synchronous half of `send_all`: the snapshot, and the message ids, taken at
     /// the call (as for a single send, section 3).
+    /// `origin`: the relay the messages count as sent from (this relay's id for a user's
+    /// `send_all`; a bridge's imports carry their own, `bridge::IMPORTED` set).
     pub(crate) fn prepare_batch<T: Any + Send + Sync>(
         &self,
         values: Vec<T>,
+        origin: u64,
     ) -> Result<Prepared<T>, SendError> {
         let type_id = TypeId::of::<T>();
         let given: Option<TypeName> = Some(std::any::type_name::<T>);
@@ -70,7 +73,7 @@ impl Core {
                 value: Arc::new(value),
                 type_name,
                 msg_id,
-                origin: self.id,
+                origin,
                 trace: SendSpan::default(),
             })
             .collect();
@@ -192,7 +195,7 @@ pub(crate) fn send_all<T: Any + Send + Sync>(
         OneByOne(Delivery<'static, Arc<Core>>, Vec<T>),
         Empty,
     }
-    let start = match core.prepare_batch(values) {
+    let start = match core.prepare_batch(values, core.id) {
         Err(error) => Start::Refused(error),
         Ok(Prepared::Fast { targets, envelopes }) => Start::Fast(targets, envelopes),
         Ok(Prepared::OneByOne(values)) => {

@@ -54,7 +54,9 @@ const CONNECTION: &str = "pipedream_rs::bridge::nats::NatsBridge";
 /// The `type_name` of the [`Dropped`](crate::Dropped) event published for each message
 /// the NATS client reports dropping because an import did not keep up (a slow consumer).
 /// The client does not say which message it was, so the event's `msg_id` is 0 and its
-/// `subscriber_id` is the client's subscription id.
+/// `subscriber_id` is the client's subscription id (not a subscriber of the relay). It
+/// has no type on the relay, so it counts in [`BridgeStats::slow_consumer`], not in
+/// `stats().dropped` (SEMANTICS.md §7).
 ///
 /// # Examples
 ///
@@ -115,6 +117,10 @@ struct Shared {
     local: Arc<Local>,
     prefix: String,
     request_timeout: Duration,
+    /// A stream import's consumer's `ack_wait` (JetStream).
+    ack_wait: Duration,
+    /// The client's buffer per subscription (a stream import asks for no more).
+    subscription_capacity: usize,
 }
 
 impl Shared {
@@ -155,6 +161,7 @@ pub struct NatsBridgeBuilder {
     prefix: String,
     request_timeout: Duration,
     subscription_capacity: usize,
+    ack_wait: Duration,
 }
 
 impl NatsBridgeBuilder {
@@ -185,6 +192,25 @@ impl NatsBridgeBuilder {
     /// ```
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// How long a JetStream consumer this bridge makes for a stream import waits for a
+    /// message's acknowledgement before the server delivers it again, to this or another
+    /// member of the group (default 30 s; a consumer that exists keeps its own). An import
+    /// asks for up to 64 messages at a time: handlers slower than `ack_wait / 64` per
+    /// message let the tail of a batch be redelivered (duplicates).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = pipedream_rs::bridge::nats::NatsBridge::builder("nats://127.0.0.1:4222")
+    ///     .ack_wait(Duration::from_secs(60));
+    /// # drop(b);
+    /// ```
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
         self
     }
 
@@ -250,6 +276,8 @@ impl NatsBridgeBuilder {
                 local,
                 prefix: self.prefix,
                 request_timeout: self.request_timeout,
+                ack_wait: self.ack_wait,
+                subscription_capacity: self.subscription_capacity,
             }),
             tasks: Arc::new(Tasks {
                 io,
@@ -412,6 +440,7 @@ impl NatsBridge {
             url: url.into(),
             prefix: String::from("pipedream"),
             request_timeout: Duration::from_secs(5),
+            ack_wait: Duration::from_secs(30),
             subscription_capacity: 65_536,
         }
     }
@@ -854,7 +883,39 @@ impl NatsBridge {
                     // subject (the subscriber's drop unsubscribes).
                     _ => break,
                 };
-                import_one(&shared, &codec, &name, &subject, tracked, message).await;
+                if tracked {
+                    import_one(&shared, &codec, &name, &subject, message).await;
+                    continue;
+                }
+                // Untracked: what else has arrived goes with it, as one batch on the relay
+                // (a closed subscription is seen at the next turn: it keeps saying so).
+                let local = &shared.local;
+                let type_name = std::any::type_name::<T>();
+                let mut values = Vec::new();
+                let mut next = Some(message);
+                while let Some(message) = next.take() {
+                    match local.decode(&codec, &name, &subject, &message.payload) {
+                        Ok(Some(received)) => values.push(received.value),
+                        Ok(None) => {}
+                        Err(error) => local.report(type_name, 0, error),
+                    }
+                    if values.len() < IN_FLIGHT {
+                        next = futures::FutureExt::now_or_never(subscriber.next()).flatten();
+                    }
+                }
+                if values.is_empty() {
+                    continue;
+                }
+                if let Err(error) = local.deliver_batch(values).await {
+                    local.report(
+                        type_name,
+                        0,
+                        BridgeError::Publish {
+                            subject: subject.clone(),
+                            reason: format!("not sent on the local relay: {error}"),
+                        },
+                    );
+                }
             }
         };
         if let Err(error) = self.tasks.spawn(importer) {
@@ -900,38 +961,18 @@ async fn round_trip(client: &async_nats::Client, wait: Duration) -> Result<(), S
     }
 }
 
-/// What an import does with one message from the engine: it ends as imported, an echo,
-/// or a reported failure (each counted), and a tracked one is answered.
+/// What a tracked import does with one message from the engine: it ends as imported,
+/// an echo, or a reported failure (each counted), and it is answered.
 async fn import_one<T: Any + Send + Sync>(
     shared: &Shared,
     codec: &dyn Codec<T>,
     name: &str,
     subject: &str,
-    tracked: bool,
     message: async_nats::Message,
 ) {
     let local = &shared.local;
     let type_name = std::any::type_name::<T>();
     let decoded = local.decode(codec, name, subject, &message.payload);
-    if !tracked {
-        match decoded {
-            Ok(Some(received)) => {
-                if let Err(error) = local.deliver(received.value, false).await {
-                    local.report(
-                        type_name,
-                        received.msg_id,
-                        BridgeError::Publish {
-                            subject: subject.to_owned(),
-                            reason: format!("not sent on the local relay: {error}"),
-                        },
-                    );
-                }
-            }
-            Ok(None) => {}
-            Err(error) => local.report(type_name, 0, error),
-        }
-        return;
-    }
     let Some(reply) = message.reply else {
         // Counted as failed in whether it decoded or not: nobody can be answered.
         if let Ok(Some(_)) | Ok(None) = decoded {

@@ -5,10 +5,9 @@
 //!
 //! | wire name | subject | JetStream stream | a group |
 //! |---|---|---|---|
-//! | `name` | `{prefix}.stream.{name}` | `{prefix}_{name}` with `.` as `_` (file storage, created if missing) | a durable pull consumer named after the group, explicit acks |
+//! | `name` | `{prefix}.stream.{name}` | `{prefix}_s{name}`, each part with `_` as `_u` and `.` as `_d` (file storage, created if missing) | a durable pull consumer named after the group (escaped the same way), explicit acks |
 
 use std::any::Any;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_nats::jetstream;
@@ -29,9 +28,10 @@ impl Shared {
         format!("{}.stream.{name}", self.prefix)
     }
 
-    /// JetStream stream names cannot hold `.`.
+    /// JetStream stream names cannot hold `.`: each part escaped (one to one), joined by
+    /// `_s`, which no escaped part contains.
     fn stream_name(&self, name: &str) -> String {
-        format!("{}_{name}", self.prefix).replace('.', "_")
+        format!("{}_s{}", escaped(&self.prefix), escaped(name))
     }
 
     /// A JetStream context whose calls and publish acknowledgements wait at most the
@@ -53,6 +53,71 @@ impl Shared {
     }
 }
 
+/// A wire name as JetStream names may hold it (no `.`), one to one: `_` → `_u`, `.` → `_d`.
+fn escaped(name: &str) -> String {
+    name.replace('_', "_u").replace('.', "_d")
+}
+
+/// JetStream's longest stream or consumer name.
+const NAME_LIMIT: usize = 255;
+
+/// Makes (or finds) the stream and the group's consumer, and checks that ones made before
+/// fit: the stream carries the subject, the consumer acknowledges explicitly.
+async fn consumer_for(
+    shared: &Shared,
+    name: &str,
+    group: &str,
+    policy: jetstream::consumer::DeliverPolicy,
+) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, String> {
+    let js = shared.jetstream();
+    let stream = ensure_stream(shared, &js, name).await?;
+    let durable = escaped(group);
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(durable.clone()),
+        deliver_policy: policy,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: shared.ack_wait,
+        filter_subject: shared.stream_subject(name),
+        ..Default::default()
+    };
+    let consumer = stream
+        .get_or_create_consumer(&durable, config)
+        .await
+        .map_err(|e| format!("the consumer {durable}: {e}"))?;
+    if consumer.cached_info().config.ack_policy != jetstream::consumer::AckPolicy::Explicit {
+        return Err(format!(
+            "the consumer {durable} exists, and does not acknowledge each message explicitly"
+        ));
+    }
+    Ok(consumer)
+}
+
+/// Makes (or finds) the stream, and checks that one made before carries the subject.
+async fn ensure_stream(
+    shared: &Shared,
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<jetstream::stream::Stream, String> {
+    let config = shared.stream_config(name);
+    // Made by someone else between the look and the make (an export and an import of one
+    // process start together): the second try finds it.
+    let stream = match js.get_or_create_stream(config.clone()).await {
+        Ok(stream) => stream,
+        Err(_) => js
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(|e| format!("the stream {}: {e}", config.name))?,
+    };
+    let subject = shared.stream_subject(name);
+    if !stream.cached_info().config.subjects.contains(&subject) {
+        return Err(format!(
+            "the stream {} exists and does not carry the subject {subject}",
+            config.name
+        ));
+    }
+    Ok(stream)
+}
+
 /// The claim key of a stream: never a valid wire name (it has a space), so it cannot
 /// collide with the other modes' names.
 fn stream_key(name: &str) -> String {
@@ -69,6 +134,12 @@ impl NatsBridge {
         name: &str,
     ) -> Result<Arc<crate::core::Core>, BridgeError> {
         check_name(name)?;
+        if self.shared.stream_name(name).len() > NAME_LIMIT {
+            return Err(BridgeError::InvalidName {
+                name: name.to_owned(),
+                reason: "with the prefix, longer than JetStream's 255-byte stream names",
+            });
+        }
         let key = stream_key(name);
         {
             let mut names = self.tasks.names.lock().unwrap_or_else(|e| e.into_inner());
@@ -146,16 +217,18 @@ impl NatsBridge {
     }
 
     /// Imports `T` as `name` from a JetStream stream, as a member of `group` (a durable
-    /// pull consumer of that name), with the default codec. The same contract as
-    /// [`RedisBridge::import_stream`](crate::bridge::redis::RedisBridge::import_stream):
-    /// each message is sent on the local relay, the bridge waits for the relay's tracked
-    /// handlers and then acknowledges it, whether they succeeded or failed; a message
-    /// nobody on the relay takes is not acknowledged and comes back later; one taken and
-    /// not acknowledged in `ack_wait` (the request timeout, by default 5 s; a
-    /// consumer made before keeps its own) is delivered again, to this or another
+    /// pull consumer of that name), with the default codec. The same contract as the
+    /// Redis bridge's `import_stream` (feature `redis`): each message is sent on the
+    /// local relay, the bridge waits for the relay's tracked handlers and then
+    /// acknowledges it, whether they succeeded or failed; a message nobody on the relay
+    /// takes is held and offered again after a pause, until a subscriber comes; one taken
+    /// and not acknowledged within the consumer's `ack_wait`
+    /// ([`NatsBridgeBuilder::ack_wait`](super::NatsBridgeBuilder::ack_wait), default 30 s;
+    /// a consumer made before keeps its own) is delivered again, to this or another
     /// member of the group. The stream and the consumer are created if missing (the
     /// consumer delivering what is published from then on); when this returns both
-    /// exist.
+    /// exist. A consumer that goes away later is made again, from the stream's first
+    /// message.
     ///
     /// # Errors
     ///
@@ -224,6 +297,12 @@ impl NatsBridge {
         U: Any + Send + Sync,
     {
         check_name(group)?;
+        if escaped(group).len() > NAME_LIMIT {
+            return Err(BridgeError::InvalidName {
+                name: group.to_owned(),
+                reason: "longer than JetStream's 255-byte consumer names",
+            });
+        }
         let core = self.claim_stream(true, name)?;
         let key = stream_key(name);
         // Given back unless the import comes into place (also if this future is dropped).
@@ -239,22 +318,10 @@ impl NatsBridge {
             let shared = shared.clone();
             let (name, group) = (name.clone(), group.clone());
             async move {
-                let js = shared.jetstream();
-                let stream = js
-                    .get_or_create_stream(shared.stream_config(&name))
+                let policy = jetstream::consumer::DeliverPolicy::New;
+                consumer_for(&shared, &name, &group, policy)
                     .await
-                    .map_err(|e| BridgeError::Connect(format!("the stream: {e}")))?;
-                let config = jetstream::consumer::pull::Config {
-                    durable_name: Some(group.clone()),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: shared.request_timeout,
-                    ..Default::default()
-                };
-                stream
-                    .get_or_create_consumer(&group, config)
-                    .await
-                    .map_err(|e| BridgeError::Connect(format!("the consumer: {e}")))
+                    .map_err(BridgeError::Connect)
             }
         };
         let consumer = self.tasks.run(setup).await??;
@@ -264,6 +331,7 @@ impl NatsBridge {
             wrap,
             subject: self.shared.stream_subject(&name),
             name,
+            group,
             core,
         }
         .run(consumer);
@@ -312,6 +380,18 @@ async fn export<T: Any + Send + Sync>(
     };
     let mut frames: Vec<bytes::Bytes> = Vec::with_capacity(IN_FLIGHT);
     let mut troubled = false;
+    // The stream first (an export may come before any import): a publication to a
+    // subject no stream carries would only time out.
+    let mut wait = RETRY_FIRST;
+    while let Err(reason) = ensure_stream(&shared, &js, &name).await {
+        if !std::mem::replace(&mut troubled, true) {
+            let subject = subject.clone();
+            local.report(type_name, 0, BridgeError::Retrying { subject, reason });
+        }
+        tokio::time::sleep(wait).await;
+        wait = longer(wait);
+    }
+    troubled = false;
     while let Some(first) = sub.recv().await {
         let mut next = Some(first);
         while let Some(envelope) = next.take() {
@@ -361,10 +441,18 @@ async fn export<T: Any + Send + Sync>(
             for ((envelope, frame), acked) in messages.zip(acks) {
                 match acked {
                     Ok(()) => local.exported(),
-                    Err((kind, reason)) => {
+                    Err((kind, reason)) if passes(kind) => {
                         failure.get_or_insert((kind, reason));
                         kept.0.push(envelope);
                         kept.1.push(frame);
+                    }
+                    // Refused for good (over the stream's size limit, a full stream that
+                    // discards new messages, an account limit): dropped, and said so.
+                    Err((_, reason)) => {
+                        let msg_id = envelope.msg_id();
+                        local.dropped(&envelope, holding.subscriber_id);
+                        let subject = subject.clone();
+                        local.report(type_name, msg_id, BridgeError::Publish { subject, reason });
                     }
                 }
             }
@@ -373,9 +461,12 @@ async fn export<T: Any + Send + Sync>(
                 break;
             };
             (holding.envelopes, frames) = kept;
+            let mut reason = reason;
             if kind == jetstream::context::PublishErrorKind::StreamNotFound {
-                // Deleted, or a server that lost its data: made again.
-                let _ = js.get_or_create_stream(shared.stream_config(&name)).await;
+                // Deleted, or a server that lost its data: made again (or why not).
+                if let Err(why) = ensure_stream(&shared, &js, &name).await {
+                    reason = why;
+                }
             }
             if !std::mem::replace(&mut troubled, true) {
                 let msg_id = holding.envelopes.first().map_or(0, crate::Envelope::msg_id);
@@ -387,6 +478,16 @@ async fn export<T: Any + Send + Sync>(
             wait = longer(wait);
         }
     }
+}
+
+/// Whether a failed publication may pass if tried again: the connection, a timeout, a
+/// stream being made or recovered, too many in flight; not the server's refusal.
+fn passes(kind: jetstream::context::PublishErrorKind) -> bool {
+    use jetstream::context::PublishErrorKind as Kind;
+    matches!(
+        kind,
+        Kind::TimedOut | Kind::BrokenPipe | Kind::StreamNotFound | Kind::MaxAckPending
+    )
 }
 
 /// What became of one message a stream import delivered.
@@ -406,6 +507,7 @@ struct StreamImport<T, U, C> {
     wrap: fn(Received<T>, &str, bool) -> U,
     name: String,
     subject: String,
+    group: String,
     core: Arc<crate::core::Core>,
 }
 
@@ -419,27 +521,50 @@ where
         let type_name = std::any::type_name::<U>();
         let local = self.shared.local.clone();
         let mut closed = std::pin::pin!(self.core.wait_closed());
+        // At most 64 at a time, and no more than the client buffers for a subscription.
+        let batch = 64.min(self.shared.subscription_capacity).max(1);
+        let mut consumer = Some(consumer);
         let mut wait = RETRY_FIRST;
         let mut trouble: Option<&'static str> = None;
-        // Messages left unacknowledged because nobody took them: not redeliveries.
-        let mut waiting: HashSet<u64> = HashSet::new();
+        let say = |trouble: &mut Option<&'static str>, what: &'static str, reason: String| {
+            if *trouble != Some(what) {
+                *trouble = Some(what);
+                let subject = self.subject.clone();
+                local.report(type_name, 0, BridgeError::Retrying { subject, reason });
+            }
+        };
         loop {
-            let messages = {
-                let opened = std::pin::pin!(consumer.messages());
-                match futures::future::select(opened, closed.as_mut()).await {
-                    futures::future::Either::Left((opened, _)) => opened,
-                    futures::future::Either::Right(_) => return,
+            let ready = match consumer.as_ref() {
+                Some(consumer) => {
+                    let opened =
+                        std::pin::pin!(consumer.stream().max_messages_per_batch(batch).messages());
+                    match futures::future::select(opened, closed.as_mut()).await {
+                        futures::future::Either::Left((opened, _)) => {
+                            opened.map_err(|e| e.to_string())
+                        }
+                        futures::future::Either::Right(_) => return,
+                    }
+                }
+                None => {
+                    // The consumer (or the stream) went away: made again, from the stream's
+                    // first message, so nothing it still holds is skipped.
+                    let policy = jetstream::consumer::DeliverPolicy::All;
+                    let made =
+                        std::pin::pin!(consumer_for(&self.shared, &self.name, &self.group, policy));
+                    match futures::future::select(made, closed.as_mut()).await {
+                        futures::future::Either::Left((Ok(made), _)) => {
+                            consumer = Some(made);
+                            continue;
+                        }
+                        futures::future::Either::Left((Err(reason), _)) => Err(reason),
+                        futures::future::Either::Right(_) => return,
+                    }
                 }
             };
-            let mut messages = match messages {
+            let mut messages = match ready {
                 Ok(messages) => messages,
-                Err(e) => {
-                    if trouble != Some("open") {
-                        trouble = Some("open");
-                        let (subject, reason) =
-                            (self.subject.clone(), format!("reading failed: {e}"));
-                        local.report(type_name, 0, BridgeError::Retrying { subject, reason });
-                    }
+                Err(reason) => {
+                    say(&mut trouble, "open", format!("reading failed: {reason}"));
                     let paused = std::pin::pin!(tokio::time::sleep(wait));
                     if let futures::future::Either::Right(_) =
                         futures::future::select(paused, closed.as_mut()).await
@@ -455,55 +580,70 @@ where
                 let message = match futures::future::select(next, closed.as_mut()).await {
                     futures::future::Either::Left((Some(Ok(message)), _)) => message,
                     futures::future::Either::Left((Some(Err(e)), _)) => {
+                        use jetstream::consumer::pull::MessagesErrorKind as Kind;
+                        if matches!(e.kind(), Kind::ConsumerDeleted | Kind::NoResponders) {
+                            let reason = format!(
+                                "the consumer of group {} is gone ({e}) and is made again from \
+                                 the stream's first message",
+                                self.group
+                            );
+                            say(&mut trouble, "gone", reason);
+                            consumer = None;
+                            break;
+                        }
                         // Missed heartbeats, a connection that broke: the client goes on
                         // asking; said once.
-                        if trouble != Some("read") {
-                            trouble = Some("read");
-                            let (subject, reason) =
-                                (self.subject.clone(), format!("reading failed: {e}"));
-                            local.report(type_name, 0, BridgeError::Retrying { subject, reason });
-                        }
+                        say(&mut trouble, "read", format!("reading failed: {e}"));
                         continue;
                     }
-                    futures::future::Either::Left((None, _)) => break,
+                    futures::future::Either::Left((None, _)) => {
+                        consumer = None;
+                        break;
+                    }
                     futures::future::Either::Right(_) => return,
                 };
                 let (sequence, delivered) = match message.info() {
                     Ok(info) => (info.stream_sequence, info.delivered),
                     Err(_) => (0, 1),
                 };
-                let again = delivered > 1 && !waiting.remove(&sequence);
-                match self.handle(&message, sequence, again).await {
-                    Handled::Done => {
-                        // Whatever was wrong (a read, nobody taking messages) is over.
-                        trouble = None;
-                        wait = RETRY_FIRST;
-                        if again {
-                            local.redelivered();
+                let again = delivered > 1;
+                // A message nobody on the relay takes is held (the server told it is still
+                // being worked on) and offered again after a pause, in order; given back
+                // only if the relay closes.
+                let mut pause = RETRY_FIRST;
+                loop {
+                    match self.handle(&message, sequence, again).await {
+                        Handled::Done => {
+                            trouble = None;
+                            wait = RETRY_FIRST;
+                            if again {
+                                local.redelivered();
+                            }
+                            if let Err(e) = message.ack().await {
+                                // Delivered again after `ack_wait` (a duplicate).
+                                let reason = format!("acknowledging failed: {e}");
+                                say(&mut trouble, "ack", reason);
+                            }
+                            break;
                         }
-                        if let Err(e) = message.ack().await {
-                            // Delivered again after `ack_wait` (a duplicate).
-                            let (subject, reason) =
-                                (self.subject.clone(), format!("acknowledging failed: {e}"));
-                            local.report(type_name, 0, BridgeError::Retrying { subject, reason });
-                        }
-                    }
-                    Handled::Unrouted => {
-                        waiting.insert(sequence);
-                        if trouble != Some("unrouted") {
-                            trouble = Some("unrouted");
+                        Handled::Unrouted => {
                             let reason = format!(
                                 "no subscriber of {type_name} on the local relay: the messages \
                                  wait in the stream until one comes"
                             );
-                            let subject = self.subject.clone();
-                            local.report(type_name, 0, BridgeError::Retrying { subject, reason });
+                            say(&mut trouble, "unrouted", reason);
+                            let paused = std::pin::pin!(tokio::time::sleep(pause));
+                            if let futures::future::Either::Right(_) =
+                                futures::future::select(paused, closed.as_mut()).await
+                            {
+                                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+                                return;
+                            }
+                            let _ = message.ack_with(jetstream::AckKind::Progress).await;
+                            pause = longer(pause);
                         }
-                        let delay = jetstream::AckKind::Nak(Some(wait));
-                        let _ = message.ack_with(delay).await;
-                        wait = longer(wait);
+                        Handled::Closed => return, // left for redelivery
                     }
-                    Handled::Closed => return, // left for redelivery
                 }
             }
         }
