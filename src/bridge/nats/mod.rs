@@ -567,57 +567,63 @@ impl NatsBridge {
         let type_name = std::any::type_name::<T>();
         let exporter = async move {
             let mut down_reported = false;
-            while let Some(envelope) = sub.recv().await {
-                if Local::came_from_engine(&envelope) {
-                    shared.local.skipped();
-                    continue;
-                }
-                let Some(value) = envelope.downcast::<T>() else {
-                    continue; // not reached: the subscription is of `T`
-                };
-                let local = &shared.local;
-                let frame = local.encode(
-                    &codec,
-                    &name,
-                    &subject,
-                    envelope.msg_id(),
-                    &*value,
-                    shared.limit(),
-                );
-                let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(error) => {
-                        local.report(type_name, envelope.msg_id(), error);
+            // Built once: a subject's clone is a reference count, a `String`'s a copy.
+            let to = async_nats::Subject::from(subject.as_str());
+            let local = &shared.local;
+            while let Some(first) = sub.recv().await {
+                // What else is queued goes in the same turn, with one look at the
+                // connection and its limit (the client hands out a copy of the whole
+                // server information for each look).
+                let limit = shared.limit();
+                let connected = shared.connected();
+                let mut next = Some(first);
+                let mut taken = 1;
+                while let Some(envelope) = next.take() {
+                    if taken < IN_FLIGHT {
+                        taken += 1;
+                        next = sub.try_recv().ok();
+                    }
+                    if Local::came_from_engine(&envelope) {
+                        local.skipped();
                         continue;
                     }
-                };
-                if !shared.connected() {
-                    local.dropped(&envelope, sub.id());
-                    if !std::mem::replace(&mut down_reported, true) {
-                        local.report(
-                            type_name,
-                            envelope.msg_id(),
-                            BridgeError::Publish {
-                                subject: subject.clone(),
-                                reason: String::from("the connection is down"),
-                            },
-                        );
-                    }
-                    continue;
-                }
-                down_reported = false;
-                match shared.client.publish(subject.clone(), frame.into()).await {
-                    Ok(()) => local.exported(),
-                    Err(e) => {
+                    let Some(value) = envelope.downcast::<T>() else {
+                        continue; // not reached: the subscription is of `T`
+                    };
+                    let msg_id = envelope.msg_id();
+                    let frame = match local.encode(&codec, &name, &subject, msg_id, &*value, limit)
+                    {
+                        Ok(frame) => frame,
+                        Err(error) => {
+                            local.report(type_name, msg_id, error);
+                            continue;
+                        }
+                    };
+                    if !connected {
                         local.dropped(&envelope, sub.id());
-                        local.report(
-                            type_name,
-                            envelope.msg_id(),
-                            BridgeError::Publish {
-                                subject: subject.clone(),
-                                reason: e.to_string(),
-                            },
-                        );
+                        if !std::mem::replace(&mut down_reported, true) {
+                            let reason = String::from("the connection is down");
+                            let subject = subject.clone();
+                            local.report(
+                                type_name,
+                                msg_id,
+                                BridgeError::Publish { subject, reason },
+                            );
+                        }
+                        continue;
+                    }
+                    down_reported = false;
+                    match shared.client.publish(to.clone(), frame.into()).await {
+                        Ok(()) => local.exported(),
+                        Err(e) => {
+                            local.dropped(&envelope, sub.id());
+                            let (subject, reason) = (subject.clone(), e.to_string());
+                            local.report(
+                                type_name,
+                                msg_id,
+                                BridgeError::Publish { subject, reason },
+                            );
+                        }
                     }
                 }
             }
