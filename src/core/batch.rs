@@ -56,7 +56,9 @@ impl Core {
         let count = values.len() as u64;
         let first = self.next_msg_id.fetch_add(count, Ordering::Relaxed);
         let retained = self.retention_of(type_id).is_some();
-        if targets.is_empty() && count > 0 && self.config.reject_unrouted && !retained {
+        // `reject_unrouted` is for the user's own sends; a bridge's imports are never refused.
+        let by_user = origin == self.id;
+        if targets.is_empty() && count > 0 && self.config.reject_unrouted && !retained && by_user {
             // Refused at the call, as a single send is; still counted and reported.
             TypeCounters::add(&targets.counters.sent, count);
             for msg_id in first..first + count {

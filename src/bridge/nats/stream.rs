@@ -9,6 +9,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -22,6 +23,10 @@ use crate::relay::error::SendError;
 
 /// How many messages an export has published and not yet seen acknowledged.
 const IN_FLIGHT: usize = 64;
+
+/// How many messages an import asks for at once (and the most a consumer the bridge
+/// makes has out to its group unacknowledged).
+const PULL: usize = 64;
 
 impl Shared {
     fn stream_subject(&self, name: &str) -> String {
@@ -78,6 +83,9 @@ async fn consumer_for(
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: shared.ack_wait,
         filter_subject: shared.stream_subject(name),
+        // No more out to this group's members at once than one pull: what waits behind a
+        // held message is not delivered (and then redelivered) meanwhile.
+        max_ack_pending: PULL as i64,
         ..Default::default()
     };
     let consumer = stream
@@ -441,7 +449,7 @@ async fn export<T: Any + Send + Sync>(
             for ((envelope, frame), acked) in messages.zip(acks) {
                 match acked {
                     Ok(()) => local.exported(),
-                    Err((kind, reason)) if passes(kind) => {
+                    Err((kind, reason)) if passes(kind, &reason) => {
                         failure.get_or_insert((kind, reason));
                         kept.0.push(envelope);
                         kept.1.push(frame);
@@ -481,13 +489,20 @@ async fn export<T: Any + Send + Sync>(
 }
 
 /// Whether a failed publication may pass if tried again: the connection, a timeout, a
-/// stream being made or recovered, too many in flight; not the server's refusal.
-fn passes(kind: jetstream::context::PublishErrorKind) -> bool {
+/// stream being made or recovered, too many in flight, a server short of resources; not
+/// a refusal for good, which JetStream gives as error code 10054 (over the stream's
+/// message size) or 10077 naming a maximum (a full stream that discards new messages).
+fn passes(kind: jetstream::context::PublishErrorKind, reason: &str) -> bool {
     use jetstream::context::PublishErrorKind as Kind;
-    matches!(
-        kind,
-        Kind::TimedOut | Kind::BrokenPipe | Kind::StreamNotFound | Kind::MaxAckPending
-    )
+    match kind {
+        Kind::TimedOut | Kind::BrokenPipe | Kind::StreamNotFound | Kind::MaxAckPending => true,
+        Kind::Other => {
+            let for_good = reason.contains("error code 10054")
+                || (reason.contains("error code 10077") && reason.contains("maximum"));
+            !for_good
+        }
+        _ => false,
+    }
 }
 
 /// What became of one message a stream import delivered.
@@ -522,7 +537,9 @@ where
         let local = self.shared.local.clone();
         let mut closed = std::pin::pin!(self.core.wait_closed());
         // At most 64 at a time, and no more than the client buffers for a subscription.
-        let batch = 64.min(self.shared.subscription_capacity).max(1);
+        let batch = PULL.min(self.shared.subscription_capacity).max(1);
+        // A held message is offered again at least twice within its `ack_wait`.
+        let longest_pause = (self.shared.ack_wait / 2).max(Duration::from_millis(10));
         let mut consumer = Some(consumer);
         let mut wait = RETRY_FIRST;
         let mut trouble: Option<&'static str> = None;
@@ -536,8 +553,11 @@ where
         loop {
             let ready = match consumer.as_ref() {
                 Some(consumer) => {
-                    let opened =
-                        std::pin::pin!(consumer.stream().max_messages_per_batch(batch).messages());
+                    let opened = std::pin::pin!(consumer
+                        .stream()
+                        .max_messages_per_batch(batch)
+                        .heartbeat(Duration::from_secs(15))
+                        .messages());
                     match futures::future::select(opened, closed.as_mut()).await {
                         futures::future::Either::Left((opened, _)) => {
                             opened.map_err(|e| e.to_string())
@@ -547,7 +567,15 @@ where
                 }
                 None => {
                     // The consumer (or the stream) went away: made again, from the stream's
-                    // first message, so nothing it still holds is skipped.
+                    // first message, so nothing it still holds is skipped; after a pause, so
+                    // a cause that returns at once is not hammered.
+                    let paused = std::pin::pin!(tokio::time::sleep(wait));
+                    if let futures::future::Either::Right(_) =
+                        futures::future::select(paused, closed.as_mut()).await
+                    {
+                        return;
+                    }
+                    wait = longer(wait);
                     let policy = jetstream::consumer::DeliverPolicy::All;
                     let made =
                         std::pin::pin!(consumer_for(&self.shared, &self.name, &self.group, policy));
@@ -597,6 +625,12 @@ where
                         continue;
                     }
                     futures::future::Either::Left((None, _)) => {
+                        let reason = format!(
+                            "the consumer of group {} ended its messages and is made again \
+                             from the stream's first message",
+                            self.group
+                        );
+                        say(&mut trouble, "gone", reason);
                         consumer = None;
                         break;
                     }
@@ -640,7 +674,7 @@ where
                                 return;
                             }
                             let _ = message.ack_with(jetstream::AckKind::Progress).await;
-                            pause = longer(pause);
+                            pause = longer(pause).min(longest_pause);
                         }
                         Handled::Closed => return, // left for redelivery
                     }
