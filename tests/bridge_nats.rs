@@ -800,3 +800,40 @@ on_every_runtime! {
         assert!(matches!(nobody, Err(BridgeError::Connect(_))), "{nobody:?}");
     }
 }
+
+/// The bridge's tasks live on the tokio runtime it was made in; when that runtime shuts
+/// down while the relay lives on, each is reported lost, never silently gone.
+#[test]
+fn a_bridge_whose_runtime_shuts_down_is_reported_as_lost_handlers() {
+    let Some(server) = Server::start(None) else {
+        return;
+    };
+    let (_tx, rx) = Relay::channel();
+    let mut lost = rx.subscribe::<pipedream_rs::HandlerLost>();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bridge = runtime.block_on(async {
+        let bridge = NatsBridge::connect(server.url(), &rx).await.unwrap();
+        bridge.export::<Order>("gone.rt").unwrap();
+        bridge.import::<Order>("gone.rt").await.unwrap();
+        bridge
+    });
+    drop(runtime); // the bridge's handle lives on: its tasks' end was not asked for
+    let reports = futures::executor::block_on(async {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let report = within(STEP, "a HandlerLost", lost.recv()).await.unwrap();
+            kinds.push((report.kind, report.type_name));
+        }
+        kinds
+    });
+    for (kind, type_name) in reports {
+        assert_eq!(kind, HandlerKind::Bridge);
+        assert_eq!(type_name, std::any::type_name::<Order>());
+    }
+    assert!(rx.stats().handlers_lost >= 2);
+    drop(bridge);
+}

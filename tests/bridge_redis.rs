@@ -230,6 +230,36 @@ on_every_runtime! {
         assert_eq!((sa.exported, sa.imported, sb.exported, sb.imported), (1, 1, 1, 1));
     }
 
+    async fn two_bridges_on_one_relay_do_not_pass_imports_back_and_forth() {
+        let Some(server) = Server::start() else { return };
+        let (tx, rx) = Relay::channel();
+        let (far_tx, far_rx) = Relay::channel();
+        let one = within(STEP, "connect", RedisBridge::connect(server.url(), &rx)).await.unwrap();
+        let two = within(STEP, "connect", RedisBridge::connect(server.url(), &rx)).await.unwrap();
+        let far = within(STEP, "connect", RedisBridge::connect(server.url(), &far_rx)).await.unwrap();
+        for bridge in [&one, &two] {
+            bridge.export::<Order>("o").unwrap();
+            within(STEP, "import", bridge.import::<Order>("o")).await.unwrap();
+        }
+        far.export::<Order>("o").unwrap();
+        let mut here = rx.subscribe::<Order>();
+        far_tx.send(order(9)).await.unwrap();
+        // Both bridges import it (two subscriptions); neither exports it again.
+        for _ in 0..2 {
+            assert_eq!(within(STEP, "an import", here.recv()).await.unwrap().id, 9);
+        }
+        sleep(Duration::from_millis(200)).await;
+        assert!(here.try_recv().is_err(), "no message circled back");
+        eventually("both skipped the import", || one.stats().skipped + two.stats().skipped == 4).await;
+        assert_eq!(one.stats().exported + two.stats().exported, 0);
+        // A local send goes out through both bridges and comes back to neither.
+        tx.send(order(10)).await.unwrap();
+        assert_eq!(within(STEP, "local", here.recv()).await.unwrap().id, 10);
+        eventually("both exported", || one.stats().exported == 1 && two.stats().exported == 1).await;
+        sleep(Duration::from_millis(200)).await;
+        assert!(here.try_recv().is_err(), "its own message did not come back");
+    }
+
     async fn a_stream_reaches_every_group_once_and_shares_each_group_s_entries() {
         let Some(server) = Server::start() else { return };
         let (tx, rx) = Relay::channel();

@@ -325,7 +325,9 @@ fn connection_event(local: &Local, event: async_nats::Event) {
 /// The bridge's tasks and registrations; aborts the tasks when the last handle goes.
 struct Tasks {
     io: Io,
-    handles: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Each task's tokio handle, and the flag that says its end was asked for (so it is
+    /// not reported lost).
+    handles: Mutex<Vec<(tokio::task::AbortHandle, futures::future::AbortHandle)>>,
     /// `(tracked, import, name)` already bridged.
     names: Mutex<HashSet<(bool, bool, String)>>,
 }
@@ -333,8 +335,9 @@ struct Tasks {
 impl Drop for Tasks {
     fn drop(&mut self) {
         let handles = self.handles.get_mut().unwrap_or_else(|e| e.into_inner());
-        for handle in handles.drain(..) {
-            handle.abort();
+        for (task, asked) in handles.drain(..) {
+            asked.abort(); // first: the task's report sees its end was asked for
+            task.abort();
         }
     }
 }
@@ -359,16 +362,34 @@ impl Tasks {
         names.remove(&(tracked, import, name.to_owned()));
     }
 
+    /// Spawns one of the bridge's tasks on its tokio runtime. A task that ends before the
+    /// relay closes without being asked to (its runtime shut down, a panic) is reported
+    /// as a `HandlerLost` of kind `Bridge` on the relay, naming `type_name` and
+    /// `subscriber_id` (the export's subscription, or 0 for an import).
     fn spawn(
         &self,
+        local: &Local,
+        type_name: &'static str,
+        subscriber_id: u64,
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), BridgeError> {
         let handle = self.io.handle().ok_or(BridgeError::Closed)?;
+        let (asked, registration) = futures::future::AbortHandle::new_pair();
+        let who = crate::core::lost::Identity {
+            core: local.core.clone(),
+            subscriber_id,
+            kind: HandlerKind::Bridge,
+            type_name,
+            abort: Some(asked.clone()),
+        };
+        let task = crate::core::lost::Guarded::new(who, async move {
+            let _ = futures::future::Abortable::new(task, registration).await;
+        });
         let task = handle.spawn(task);
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(task.abort_handle());
+            .push((task.abort_handle(), asked));
         Ok(())
     }
 
@@ -560,6 +581,7 @@ impl NatsBridge {
     {
         let core = self.claim(false, false, name)?;
         let mut sub = crate::EnvelopeSubscription::typed::<T>(&Arc::downgrade(&core));
+        let sub_id = sub.id();
         drop(core);
         let shared = self.shared.clone();
         let name = name.to_owned();
@@ -628,7 +650,9 @@ impl NatsBridge {
                 }
             }
         };
-        self.tasks.spawn(exporter)
+        let local = self.shared.local.clone();
+        self.tasks
+            .spawn(&local, std::any::type_name::<T>(), sub_id, exporter)
     }
 
     /// Imports `T` as `name` with the default codec: every message published under that
@@ -724,6 +748,7 @@ impl NatsBridge {
         let core = self.claim(true, false, name)?;
         let mut sub =
             crate::TrackedSubscription::<T>::new(&Arc::downgrade(&core), HandlerKind::Bridge);
+        let sub_id = sub.id();
         drop(core);
         let shared = self.shared.clone();
         let name = name.to_owned();
@@ -787,7 +812,9 @@ impl NatsBridge {
             }
             while in_flight.next().await.is_some() {}
         };
-        self.tasks.spawn(exporter)
+        let local = self.shared.local.clone();
+        self.tasks
+            .spawn(&local, std::any::type_name::<T>(), sub_id, exporter)
     }
 
     /// Imports `T` as `name`, tracked: each message is sent on the local relay and
@@ -924,7 +951,11 @@ impl NatsBridge {
                 }
             }
         };
-        if let Err(error) = self.tasks.spawn(importer) {
+        let local = self.shared.local.clone();
+        if let Err(error) = self
+            .tasks
+            .spawn(&local, std::any::type_name::<T>(), 0, importer)
+        {
             self.tasks.release(tracked, true, &key);
             return Err(error);
         }

@@ -216,8 +216,11 @@ impl NatsBridge {
         let core = self.claim_stream(false, name)?;
         let sub = crate::EnvelopeSubscription::typed::<T>(&Arc::downgrade(&core));
         drop(core);
+        let sub_id = sub.id();
         let exporter = export(self.shared.clone(), sub, codec, name.to_owned());
-        if let Err(error) = self.tasks.spawn(exporter) {
+        let local = self.shared.local.clone();
+        let type_name = std::any::type_name::<T>();
+        if let Err(error) = self.tasks.spawn(&local, type_name, sub_id, exporter) {
             self.tasks.release(false, false, &stream_key(name));
             return Err(error);
         }
@@ -343,7 +346,9 @@ impl NatsBridge {
             core,
         }
         .run(consumer);
-        self.tasks.spawn(importer)?;
+        let local = self.shared.local.clone();
+        let type_name = std::any::type_name::<U>();
+        self.tasks.spawn(&local, type_name, 0, importer)?;
         claim.keep();
         Ok(())
     }
