@@ -834,6 +834,10 @@ fn a_bridge_whose_runtime_shuts_down_is_reported_as_lost_handlers() {
         assert_eq!(kind, HandlerKind::Bridge);
         assert_eq!(type_name, std::any::type_name::<Order>());
     }
-    assert!(rx.stats().handlers_lost >= 2);
+    assert_eq!(
+        rx.stats().handlers_lost,
+        2,
+        "the export and the import, once each"
+    );
     drop(bridge);
 }

@@ -912,9 +912,22 @@ impl NatsBridge {
                 let next = std::pin::pin!(subscriber.next());
                 let message = match futures::future::select(next, closed.as_mut()).await {
                     futures::future::Either::Left((Some(message), _)) => message,
-                    // The connection is closed for good, or the relay closed: leave the
-                    // subject (the subscriber's drop unsubscribes).
-                    _ => break,
+                    // The client's connection is closed for good (or its runtime is
+                    // shutting down) while the relay is open: the import is lost, and
+                    // said so as any task that vanishes (nothing if the relay closed).
+                    futures::future::Either::Left((None, _)) => {
+                        core.handler_lost(crate::HandlerLost {
+                            relay_id: core.id,
+                            subscriber_id: 0,
+                            kind: HandlerKind::Bridge,
+                            type_name: std::any::type_name::<T>(),
+                            reason: crate::LossReason::Dropped,
+                        });
+                        break;
+                    }
+                    // The relay closed: leave the subject (the subscriber's drop
+                    // unsubscribes).
+                    futures::future::Either::Right(_) => break,
                 };
                 if tracked {
                     import_one(&shared, &codec, &name, &subject, message).await;
