@@ -13,12 +13,10 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{sleep, within};
+use common::{eventually, frame, free_port, next_bridge_error, sleep, within, STEP};
 use pipedream_rs::bridge::redis::{RedisBridge, StreamEntry};
 use pipedream_rs::bridge::BridgeError;
 use pipedream_rs::{Dropped, HandlerKind, Relay, RelayError};
-
-const STEP: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Order {
@@ -41,31 +39,9 @@ struct Server {
     extra: Vec<String>,
 }
 
+/// Debian's `redis-server`, or `None` with the reason (see `common::server_binary`).
 fn server_binary() -> Option<String> {
-    let name = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
-    let found = Command::new(&name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return Some(name);
-    }
-    let reason = format!("{name} not found (apt-get install -y redis-server)");
-    if std::env::var_os("PIPEDREAM_REQUIRE_SERVERS").is_some() {
-        panic!("PIPEDREAM_REQUIRE_SERVERS is set, but {reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::server_binary("REDIS_SERVER", "redis-server")
 }
 
 impl Server {
@@ -156,39 +132,6 @@ impl Drop for Server {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Polls `check` until it holds, failing with `what` after [`STEP`].
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + STEP;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The next `RelayError` of kind `Bridge` whose error is a `BridgeError`.
-async fn next_bridge_error(errors: &mut pipedream_rs::Subscription<RelayError>) -> BridgeError {
-    loop {
-        let error = within(STEP, "a bridge error", errors.recv()).await.unwrap();
-        if error.kind != HandlerKind::Bridge {
-            continue;
-        }
-        if let Some(e) = error.error.downcast_ref::<BridgeError>() {
-            return e.clone();
-        }
-    }
-}
-
-/// A frame as the bridge documents it (SEMANTICS.md §17), built by hand.
-fn frame(origin: u64, msg_id: u64, name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = b"PD\x01\x00".to_vec();
-    out.extend_from_slice(&origin.to_le_bytes());
-    out.extend_from_slice(&msg_id.to_le_bytes());
-    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(payload);
-    out
 }
 
 /// Takes `n` messages from `sub` (each within [`STEP`]).

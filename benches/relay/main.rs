@@ -442,6 +442,30 @@ impl Wire32 {
     }
 }
 
+/// W8T and W9's timed part: `m` messages sent on `a_tx` (one bridged relay), read by a
+/// subscriber of `b_rx` (the other); from the first send to the last receive.
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) async fn bridged_run(a_tx: &RelaySender, b_rx: &RelayReceiver, m: usize) -> Duration {
+    let mut sub = b_rx.subscribe::<Wire32>();
+    let last = (m - 1) as u64;
+    let reader = tokio::spawn(async move {
+        let mut acc = 0u64;
+        while let Some(v) = sub.recv().await {
+            acc = acc.wrapping_add(v.b);
+            if v.a == last {
+                break;
+            }
+        }
+        acc
+    });
+    let t = Instant::now();
+    for i in 0..m {
+        a_tx.send(Wire32::new(i as u64)).await.expect("send");
+    }
+    black_box(reader.await.expect("reader"));
+    t.elapsed()
+}
+
 #[cfg(feature = "nats")]
 mod w8;
 #[cfg(feature = "redis")]

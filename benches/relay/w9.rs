@@ -85,24 +85,7 @@ pub(crate) async fn w9_pd_throughput(url: String, m: usize, stream: bool) -> Dur
         a.export::<Wire32>("bench.w9p").expect("export");
         b.import::<Wire32>("bench.w9p").await.expect("import");
     }
-    let mut sub = b_rx.subscribe::<Wire32>();
-    let last = (m - 1) as u64;
-    let reader = tokio::spawn(async move {
-        let mut acc = 0u64;
-        while let Some(v) = sub.recv().await {
-            acc = acc.wrapping_add(v.b);
-            if v.a == last {
-                break;
-            }
-        }
-        acc
-    });
-    let t = Instant::now();
-    for i in 0..m {
-        a_tx.send(Wire32::new(i as u64)).await.expect("send");
-    }
-    black_box(reader.await.expect("reader"));
-    let el = t.elapsed();
+    let el = bridged_run(&a_tx, &b_rx, m).await;
     assert_eq!(
         a.stats().dropped + b.stats().failed_in,
         0,

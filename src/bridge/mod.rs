@@ -488,6 +488,31 @@ pub struct StreamEntry<T> {
     pub value: T,
 }
 
+impl<T> StreamEntry<T> {
+    /// The entry for a decoded message: its stream id, and whether it came before.
+    pub(crate) fn of(received: Received<T>, id: &str, redelivered: bool) -> StreamEntry<T> {
+        StreamEntry {
+            id: id.to_owned(),
+            origin: received.origin,
+            msg_id: received.msg_id,
+            redelivered,
+            value: received.value,
+        }
+    }
+}
+
+/// What became of one message a stream import delivered (Redis streams, JetStream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// Processed (or refused for good, and reported): acknowledge it.
+    Done,
+    /// Nobody on the local relay took it: not delivered (nor counted); leave it for
+    /// later.
+    Unrouted,
+    /// The relay closed: leave it (it is delivered again), and stop.
+    Closed,
+}
+
 /// The first and the longest wait between an engine call's retries.
 pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(50);
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -739,6 +764,41 @@ impl Local {
                     }
                 }
                 failed.map_or(Ok(()), Err)
+            }
+        }
+    }
+
+    /// Sends a stream's message on the local relay and waits for its tracked handlers:
+    /// what the import then does with it. An unrouted message is neither counted nor to
+    /// be acknowledged; the handlers' failures are published on the relay already (§5),
+    /// so they are acknowledged; any other refusal is reported, under `subject`.
+    pub(crate) async fn deliver_entry<U: Any + Send + Sync>(
+        &self,
+        value: U,
+        msg_id: u64,
+        subject: &str,
+    ) -> Handled {
+        let result = self.deliver_uncounted(value, true).await;
+        let unrouted = match &result {
+            Ok(receipt) => receipt.is_unrouted(),
+            Err(e) => matches!(e, SendError::Unrouted { .. }),
+        };
+        if unrouted {
+            return Handled::Unrouted;
+        }
+        self.count_delivered(&result);
+        match result {
+            Ok(_) => Handled::Done,
+            Err(SendError::Closed) => Handled::Closed,
+            Err(SendError::Downstream(_) | SendError::Aggregate(_)) => Handled::Done,
+            Err(error) => {
+                let (subject, reason) = (
+                    subject.to_owned(),
+                    format!("not sent on the local relay: {error}"),
+                );
+                let type_name = std::any::type_name::<U>();
+                self.report(type_name, msg_id, BridgeError::Publish { subject, reason });
+                Handled::Done
             }
         }
     }

@@ -44,13 +44,13 @@ use redis::Value;
 
 pub use crate::bridge::StreamEntry;
 use crate::bridge::{
-    check_name, longer, BridgeError, BridgeStats, Codec, Holding, Local, Postcard, Received,
-    RETRY_FIRST,
+    check_name, longer, BridgeError, BridgeStats, Codec, Handled, Holding, Local, Postcard,
+    Received, RETRY_FIRST,
 };
 use crate::core::lost::{Guarded, Identity};
 use crate::core::Core;
 use crate::relay::envelope::Envelope;
-use crate::relay::error::{HandlerKind, SendError};
+use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
 use crate::EnvelopeSubscription;
 
@@ -697,19 +697,8 @@ impl RedisBridge {
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Any + Send + Sync,
     {
-        self.start_stream_import::<T, StreamEntry<T>>(
-            name,
-            group,
-            Postcard,
-            |received, id, redelivered| StreamEntry {
-                id: id.to_owned(),
-                origin: received.origin,
-                msg_id: received.msg_id,
-                redelivered,
-                value: received.value,
-            },
-        )
-        .await
+        self.start_stream_import::<T, StreamEntry<T>>(name, group, Postcard, StreamEntry::of)
+            .await
     }
 
     /// The relay's core, if it is still open.
@@ -1227,17 +1216,6 @@ impl Entry {
     }
 }
 
-/// What became of one entry a stream import delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handled {
-    /// Processed (or refused for good, and reported): acknowledge it.
-    Done,
-    /// Nobody on the local relay took it: leave it pending, read it again later.
-    Unrouted,
-    /// The relay closed: leave it pending, and stop.
-    Closed,
-}
-
 /// What one read asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Read {
@@ -1462,28 +1440,6 @@ where
         };
         let msg_id = received.msg_id;
         let value = (self.wrap)(received, &entry.id, redelivered);
-        let result = local.deliver_uncounted(value, true).await;
-        // Nobody took it: not delivered, so neither counted nor acknowledged (it is read
-        // again).
-        let unrouted = match &result {
-            Ok(receipt) => receipt.is_unrouted(),
-            Err(e) => matches!(e, SendError::Unrouted { .. }),
-        };
-        if unrouted {
-            return Handled::Unrouted;
-        }
-        local.count_delivered(&result);
-        match result {
-            Ok(_) => Handled::Done,
-            Err(SendError::Closed) => Handled::Closed,
-            // The handlers' failures are published on the relay already (§5).
-            Err(SendError::Downstream(_) | SendError::Aggregate(_)) => Handled::Done,
-            Err(error) => {
-                let subject = self.key.clone();
-                let reason = format!("not sent on the local relay: {error}");
-                local.report(type_name, msg_id, BridgeError::Publish { subject, reason });
-                Handled::Done
-            }
-        }
+        local.deliver_entry(value, msg_id, &self.key).await
     }
 }

@@ -308,3 +308,79 @@ macro_rules! with_ty {
         }
     };
 }
+
+/// A server binary for the bridge tests (`$var`, else `name`), or `None` with the
+/// reason printed, so a plain `cargo test` without it stays green; with
+/// `PIPEDREAM_REQUIRE_SERVERS` set (by `.ci/run`) a missing binary fails the test.
+pub fn server_binary(var: &str, name: &str) -> Option<String> {
+    let binary = std::env::var(var).unwrap_or_else(|_| name.to_owned());
+    let found = std::process::Command::new(&binary)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return Some(binary);
+    }
+    let reason = format!("{binary} not found (apt-get install -y {name})");
+    if std::env::var_os("PIPEDREAM_REQUIRE_SERVERS").is_some() {
+        panic!("PIPEDREAM_REQUIRE_SERVERS is set, but {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    None
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How long a bridge test waits for one step.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it holds, failing with `what` after [`STEP`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + STEP;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The next `RelayError` of kind `Bridge` whose error is a `BridgeError`.
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub async fn next_bridge_error(
+    errors: &mut Subscription<RelayError>,
+) -> pipedream_rs::bridge::BridgeError {
+    loop {
+        let error = within(STEP, "a bridge error", errors.recv()).await.unwrap();
+        if error.kind != HandlerKind::Bridge {
+            continue;
+        }
+        if let Some(e) = error
+            .error
+            .downcast_ref::<pipedream_rs::bridge::BridgeError>()
+        {
+            return e.clone();
+        }
+    }
+}
+
+/// A bridge frame as SEMANTICS.md §17 documents it, built by hand.
+pub fn frame(origin: u64, msg_id: u64, name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"PD\x01\x00".to_vec();
+    out.extend_from_slice(&origin.to_le_bytes());
+    out.extend_from_slice(&msg_id.to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}

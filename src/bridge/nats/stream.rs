@@ -16,10 +16,9 @@ use futures::StreamExt;
 
 use super::{NatsBridge, Shared};
 use crate::bridge::{
-    check_name, longer, BridgeError, Codec, Holding, Local, Postcard, Received, StreamEntry,
-    RETRY_FIRST,
+    check_name, longer, BridgeError, Codec, Handled, Holding, Local, Postcard, Received,
+    StreamEntry, RETRY_FIRST,
 };
-use crate::relay::error::SendError;
 
 /// How many messages an export has published and not yet seen acknowledged.
 const IN_FLIGHT: usize = 64;
@@ -281,19 +280,8 @@ impl NatsBridge {
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Any + Send + Sync,
     {
-        self.start_stream_import::<T, StreamEntry<T>>(
-            name,
-            group,
-            Postcard,
-            |received, id, redelivered| StreamEntry {
-                id: id.to_owned(),
-                origin: received.origin,
-                msg_id: received.msg_id,
-                redelivered,
-                value: received.value,
-            },
-        )
-        .await
+        self.start_stream_import::<T, StreamEntry<T>>(name, group, Postcard, StreamEntry::of)
+            .await
     }
 
     async fn start_stream_import<T, U>(
@@ -510,16 +498,6 @@ fn passes(kind: jetstream::context::PublishErrorKind, reason: &str) -> bool {
     }
 }
 
-/// What became of one message a stream import delivered.
-enum Handled {
-    /// Processed (or refused for good, and reported): acknowledge it.
-    Done,
-    /// Nobody on the local relay took it: leave it for redelivery.
-    Unrouted,
-    /// The relay closed: leave it, and stop.
-    Closed,
-}
-
 /// A stream import's task.
 struct StreamImport<T, U, C> {
     shared: Arc<Shared>,
@@ -703,25 +681,6 @@ where
         };
         let msg_id = received.msg_id;
         let value = (self.wrap)(received, &sequence.to_string(), again);
-        let result = local.deliver_uncounted(value, true).await;
-        let unrouted = match &result {
-            Ok(receipt) => receipt.is_unrouted(),
-            Err(e) => matches!(e, SendError::Unrouted { .. }),
-        };
-        if unrouted {
-            return Handled::Unrouted;
-        }
-        local.count_delivered(&result);
-        match result {
-            Ok(_) => Handled::Done,
-            Err(SendError::Closed) => Handled::Closed,
-            Err(SendError::Downstream(_) | SendError::Aggregate(_)) => Handled::Done,
-            Err(error) => {
-                let subject = self.subject.clone();
-                let reason = format!("not sent on the local relay: {error}");
-                local.report(type_name, msg_id, BridgeError::Publish { subject, reason });
-                Handled::Done
-            }
-        }
+        local.deliver_entry(value, msg_id, &self.subject).await
     }
 }
