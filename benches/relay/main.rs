@@ -442,6 +442,58 @@ impl Wire32 {
     }
 }
 
+/// A message engine's server for W8 and W9: a child process on a free port of
+/// 127.0.0.1 (`program`, then `port_args` followed by the port, then `rest`), killed on
+/// drop; `url` is `{scheme}://127.0.0.1:{port}`. `None` if it cannot start or listen.
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) struct ServerChild {
+    child: std::process::Child,
+    pub(crate) url: String,
+}
+
+#[cfg(any(feature = "nats", feature = "redis"))]
+impl ServerChild {
+    pub(crate) fn start(
+        program: &str,
+        port_args: &[&str],
+        rest: &[&str],
+        scheme: &str,
+    ) -> Option<ServerChild> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new(program)
+            .args(port_args)
+            .arg(port.to_string())
+            .args(rest)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = ServerChild {
+            child,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+        };
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+#[cfg(any(feature = "nats", feature = "redis"))]
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// W8T and W9's timed part: `m` messages sent on `a_tx` (one bridged relay), read by a
 /// subscriber of `b_rx` (the other); from the first send to the last receive.
 #[cfg(any(feature = "nats", feature = "redis"))]

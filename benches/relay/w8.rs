@@ -22,46 +22,6 @@ use pipedream_rs::bridge::nats::NatsBridge;
 pub(crate) const PD_BRIDGE: &str = "pipedream NATS bridge";
 pub(crate) const PD_BRIDGE_TRACKED: &str = "pipedream NATS bridge, tracked send";
 
-/// A `nats-server` child on a free port of 127.0.0.1, killed on drop.
-pub(crate) struct NatsServer {
-    child: std::process::Child,
-    pub(crate) url: String,
-}
-
-impl NatsServer {
-    pub(crate) fn start() -> Option<NatsServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let server = NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-        };
-        for _ in 0..250 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Relays `a` and `b`, each with a bridge of its own to the server at `url`: `a`'s
 /// sender, `b`'s sender (held so that `b` stays open) and receiver, then the two bridges.
 async fn two_bridged(
@@ -120,7 +80,8 @@ pub(crate) async fn w8_pd_round_trips(url: String, iters: usize) -> Vec<u64> {
 }
 
 pub(crate) fn run_w8(b: &mut Bench, m: usize, iters: usize) {
-    let Some(server) = NatsServer::start() else {
+    let Some(server) = ServerChild::start("nats-server", &["-a", "127.0.0.1", "-p"], &[], "nats")
+    else {
         eprintln!("W8 skipped: no nats-server to start (apt-get install -y nats-server)");
         return;
     };

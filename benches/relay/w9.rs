@@ -25,47 +25,6 @@ use pipedream_rs::bridge::redis::RedisBridge;
 pub(crate) const PD_REDIS: &str = "pipedream Redis bridge, pub/sub";
 pub(crate) const PD_REDIS_STREAM: &str = "pipedream Redis bridge, stream + group";
 
-/// A `redis-server` child on a free port of 127.0.0.1 (nothing persisted), killed on drop.
-pub(crate) struct RedisServer {
-    child: std::process::Child,
-    pub(crate) url: String,
-}
-
-impl RedisServer {
-    pub(crate) fn start() -> Option<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let server = RedisServer {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        for _ in 0..250 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// W9P / W9S, bridged: relay `a` exports, relay `b` imports, a subscriber on `b` reads `m`.
 pub(crate) async fn w9_pd_throughput(url: String, m: usize, stream: bool) -> Duration {
     let (a_tx, a_rx) = Relay::builder().build().expect("relay");
@@ -95,7 +54,12 @@ pub(crate) async fn w9_pd_throughput(url: String, m: usize, stream: bool) -> Dur
 }
 
 pub(crate) fn run_w9(b: &mut Bench, m: usize) {
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = ServerChild::start(
+        "redis-server",
+        &["--bind", "127.0.0.1", "--port"],
+        &["--save", "", "--appendonly", "no"], // nothing persisted
+        "redis",
+    ) else {
         eprintln!("W9 skipped: no redis-server to start (apt-get install -y redis-server)");
         return;
     };

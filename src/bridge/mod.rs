@@ -387,6 +387,85 @@ pub fn check_name(name: &str) -> Result<(), BridgeError> {
     Ok(())
 }
 
+/// How a name is bridged: one registration per mode and direction on a bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Mode {
+    /// Publish/subscribe (at most once).
+    Plain,
+    /// Tracked: request/reply (NATS only).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Tracked,
+    /// A durable stream (Redis streams, JetStream).
+    Stream,
+}
+
+impl Mode {
+    /// Whether one bridge refuses the name in the other direction too. Tracked: the queue
+    /// group could hand the relay its own messages back. A stream: the import would skip
+    /// the bridge's own entries as echoes, yet acknowledge them for the whole group.
+    fn one_way(self) -> bool {
+        matches!(self, Mode::Tracked | Mode::Stream)
+    }
+}
+
+/// The names a bridge has registered, as `(mode, import, name)`.
+#[derive(Default)]
+pub(crate) struct Names(std::sync::Mutex<std::collections::HashSet<(Mode, bool, String)>>);
+
+impl Names {
+    /// Claims `name` for one registration, refused if it is taken (or, for a one-way
+    /// mode, taken in the other direction). Given back when the guard drops, unless
+    /// [`Claim::keep`] is called.
+    pub(crate) fn claim(
+        &self,
+        mode: Mode,
+        import: bool,
+        name: &str,
+    ) -> Result<Claim<'_>, BridgeError> {
+        check_name(name)?;
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let both_ways = mode.one_way() && names.contains(&(mode, !import, name.to_owned()));
+        if both_ways || !names.insert((mode, import, name.to_owned())) {
+            return Err(BridgeError::AlreadyBridged {
+                name: name.to_owned(),
+            });
+        }
+        Ok(Claim {
+            names: self,
+            key: Some((mode, import, name.to_owned())),
+        })
+    }
+
+    /// Gives a kept claim back (a registration whose task could not come into place).
+    #[cfg(feature = "nats")]
+    pub(crate) fn release(&self, mode: Mode, import: bool, name: &str) {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        names.remove(&(mode, import, name.to_owned()));
+    }
+}
+
+/// A name claimed for a registration that is not in place yet: given back if dropped
+/// (the registration failed, or its future was cancelled), kept once `keep` is called.
+pub(crate) struct Claim<'a> {
+    names: &'a Names,
+    key: Option<(Mode, bool, String)>,
+}
+
+impl Claim<'_> {
+    pub(crate) fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut names = self.names.0.lock().unwrap_or_else(|e| e.into_inner());
+            names.remove(&key);
+        }
+    }
+}
+
 /// A number drawn once per process, mixed into relay wire ids.
 fn process_nonce() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -745,7 +824,7 @@ impl Local {
             self.counters.failed_in.fetch_add(count, Ordering::Relaxed);
             return Err(SendError::Closed);
         };
-        match core.prepare_batch(values, self.origin) {
+        match core.prepare_batch(values, From::Relay(self.origin)) {
             Err(error) => {
                 self.counters.failed_in.fetch_add(count, Ordering::Relaxed);
                 Err(error)

@@ -44,8 +44,8 @@ use redis::Value;
 
 pub use crate::bridge::StreamEntry;
 use crate::bridge::{
-    check_name, longer, BridgeError, BridgeStats, Codec, Handled, Holding, Local, Postcard,
-    Received, RETRY_FIRST,
+    check_name, longer, BridgeError, BridgeStats, Codec, Handled, Holding, Local, Mode, Names,
+    Postcard, Received, RETRY_FIRST,
 };
 use crate::core::lost::{Guarded, Identity};
 use crate::core::Core;
@@ -288,20 +288,12 @@ impl Shared {
     }
 }
 
-/// The two modes, for the registrations a bridge refuses twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Mode {
-    PubSub,
-    Stream,
-}
-
 /// The bridge's registrations and the handles that stop its tasks when the last
 /// [`RedisBridge`] goes.
 #[derive(Default)]
 struct Registry {
     aborts: Mutex<Vec<AbortHandle>>,
-    /// `(mode, import, name)` already bridged.
-    names: Mutex<HashSet<(Mode, bool, String)>>,
+    names: Names,
 }
 
 impl Drop for Registry {
@@ -309,52 +301,6 @@ impl Drop for Registry {
         let aborts = self.aborts.get_mut().unwrap_or_else(|e| e.into_inner());
         for abort in aborts.drain(..) {
             abort.abort();
-        }
-    }
-}
-
-impl Registry {
-    fn claim(&self, mode: Mode, import: bool, name: &str) -> Result<Claim<'_>, BridgeError> {
-        check_name(name)?;
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        // A stream both ways on one bridge: its import would skip the bridge's own entries
-        // as echoes, yet acknowledge them for the whole group, so the group's other
-        // consumers would process some of them and not others. Refused.
-        let both_ways = mode == Mode::Stream && names.contains(&(mode, !import, name.to_owned()));
-        if both_ways || !names.insert((mode, import, name.to_owned())) {
-            return Err(BridgeError::AlreadyBridged {
-                name: name.to_owned(),
-            });
-        }
-        Ok(Claim {
-            registry: self,
-            key: Some((mode, import, name.to_owned())),
-        })
-    }
-}
-
-/// A name claimed for a registration that is not in place yet: given back if dropped
-/// (the registration failed, or its future was cancelled), kept once `keep` is called.
-struct Claim<'a> {
-    registry: &'a Registry,
-    key: Option<(Mode, bool, String)>,
-}
-
-impl Claim<'_> {
-    fn keep(mut self) {
-        self.key = None;
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            let mut names = self
-                .registry
-                .names
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            names.remove(&key);
         }
     }
 }
@@ -508,7 +454,7 @@ impl RedisBridge {
     where
         T: Any + Send + Sync,
     {
-        self.start_export(Mode::PubSub, name, codec)
+        self.start_export(Mode::Plain, name, codec)
     }
 
     /// Exports `T` as `name` to a stream with the default codec: every `T` sent on the
@@ -600,7 +546,7 @@ impl RedisBridge {
     where
         T: Any + Send + Sync,
     {
-        let claim = self.registry.claim(Mode::PubSub, true, name)?;
+        let claim = self.registry.names.claim(Mode::Plain, true, name)?;
         let core = self.core()?;
         let shared = self.shared.clone();
         let channel = shared.channel(name);
@@ -746,7 +692,7 @@ impl RedisBridge {
     where
         T: Any + Send + Sync,
     {
-        let claim = self.registry.claim(mode, false, name)?;
+        let claim = self.registry.names.claim(mode, false, name)?;
         let core = self.core()?;
         let sub = EnvelopeSubscription::typed::<T>(&Arc::downgrade(&core));
         drop(core);
@@ -769,7 +715,7 @@ impl RedisBridge {
         U: Any + Send + Sync,
     {
         check_name(group)?;
-        let claim = self.registry.claim(Mode::Stream, true, name)?;
+        let claim = self.registry.names.claim(Mode::Stream, true, name)?;
         let core = self.core()?;
         let shared = self.shared.clone();
         let key = shared.stream(name);
@@ -832,7 +778,8 @@ fn pipeline(mode: Mode, key: &str, max_len: Option<usize>, frames: &[Vec<u8>]) -
     pipe.ignore_errors();
     for frame in frames {
         match mode {
-            Mode::PubSub => {
+            // (Redis has no tracked mode: only `Plain` and `Stream` reach here.)
+            Mode::Plain | Mode::Tracked => {
                 pipe.cmd("PUBLISH").arg(key).arg(frame.as_slice());
             }
             Mode::Stream => {
@@ -890,7 +837,7 @@ async fn export<T: Any + Send + Sync>(
 ) {
     let local = shared.local.clone();
     let key = match mode {
-        Mode::PubSub => shared.channel(&name),
+        Mode::Plain | Mode::Tracked => shared.channel(&name),
         Mode::Stream => shared.stream(&name),
     };
     let type_name = std::any::type_name::<T>();

@@ -36,12 +36,12 @@ pub(crate) enum Prepared<T> {
 impl Core {
     /// The synchronous half of `send_all`: the snapshot, and the message ids, taken at
     /// the call (as for a single send, section 3).
-    /// `origin`: the relay the messages count as sent from (this relay's id for a user's
-    /// `send_all`; a bridge's imports carry their own, `bridge::IMPORTED` set).
+    /// `from` decides the origin and whether `reject_unrouted` applies, as for a single
+    /// send (a user's `send_all`: `From::User`; a bridge's imports: their own origin).
     pub(crate) fn prepare_batch<T: Any + Send + Sync>(
         &self,
         values: Vec<T>,
-        origin: u64,
+        from: From,
     ) -> Result<Prepared<T>, SendError> {
         let type_id = TypeId::of::<T>();
         let given: Option<TypeName> = Some(std::any::type_name::<T>);
@@ -56,8 +56,7 @@ impl Core {
         let count = values.len() as u64;
         let first = self.next_msg_id.fetch_add(count, Ordering::Relaxed);
         let retained = self.retention_of(type_id).is_some();
-        // `reject_unrouted` is for the user's own sends; a bridge's imports are never refused.
-        let by_user = origin == self.id;
+        let by_user = from == From::User;
         if targets.is_empty() && count > 0 && self.config.reject_unrouted && !retained && by_user {
             // Refused at the call, as a single send is; still counted and reported.
             TypeCounters::add(&targets.counters.sent, count);
@@ -68,14 +67,18 @@ impl Core {
                 type_name: type_name(),
             });
         }
+        let origin = match from {
+            From::Relay(origin) => origin,
+            From::User | From::Here => self.id,
+        };
         let envelopes = values
             .into_iter()
             .zip(first..)
             .map(|(value, msg_id)| Envelope {
+                origin,
                 value: Arc::new(value),
                 type_name,
                 msg_id,
-                origin,
                 trace: SendSpan::default(),
             })
             .collect();
@@ -197,7 +200,7 @@ pub(crate) fn send_all<T: Any + Send + Sync>(
         OneByOne(Delivery<'static, Arc<Core>>, Vec<T>),
         Empty,
     }
-    let start = match core.prepare_batch(values, core.id) {
+    let start = match core.prepare_batch(values, From::User) {
         Err(error) => Start::Refused(error),
         Ok(Prepared::Fast { targets, envelopes }) => Start::Fast(targets, envelopes),
         Ok(Prepared::OneByOne(values)) => {

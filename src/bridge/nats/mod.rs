@@ -34,14 +34,13 @@
 //! is what "at most once" means here.
 
 use std::any::Any;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use crate::bridge::{
-    check_name, BridgeError, BridgeStats, Codec, FrameKind, Local, Outcome, Postcard,
+    check_name, BridgeError, BridgeStats, Codec, FrameKind, Local, Mode, Names, Outcome, Postcard,
 };
 use crate::relay::error::HandlerKind;
 use crate::relay::receiver::RelayReceiver;
@@ -282,7 +281,7 @@ impl NatsBridgeBuilder {
             tasks: Arc::new(Tasks {
                 io,
                 handles: Mutex::new(Vec::new()),
-                names: Mutex::new(HashSet::new()),
+                names: Names::default(),
             }),
         })
     }
@@ -329,7 +328,7 @@ struct Tasks {
     /// not reported lost).
     handles: Mutex<Vec<(tokio::task::AbortHandle, futures::future::AbortHandle)>>,
     /// `(tracked, import, name)` already bridged.
-    names: Mutex<HashSet<(bool, bool, String)>>,
+    names: Names,
 }
 
 impl Drop for Tasks {
@@ -343,25 +342,6 @@ impl Drop for Tasks {
 }
 
 impl Tasks {
-    fn claim(&self, tracked: bool, import: bool, name: &str) -> Result<(), BridgeError> {
-        check_name(name)?;
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        // Tracked both ways on one bridge, the queue group could hand the relay its own
-        // messages back (refused, never processed twice: see `import_one`): refused here.
-        let both_ways = tracked && names.contains(&(true, !import, name.to_owned()));
-        if both_ways || !names.insert((tracked, import, name.to_owned())) {
-            return Err(BridgeError::AlreadyBridged {
-                name: name.to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    fn release(&self, tracked: bool, import: bool, name: &str) {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names.remove(&(tracked, import, name.to_owned()));
-    }
-
     /// Spawns one of the bridge's tasks on its tokio runtime. A task that ends before the
     /// relay closes without being asked to (its runtime shut down, a panic) is reported
     /// as a `HandlerLost` of kind `Bridge` on the relay, naming `type_name` and
@@ -579,7 +559,7 @@ impl NatsBridge {
     where
         T: Any + Send + Sync,
     {
-        let core = self.claim(false, false, name)?;
+        let core = self.claim(Mode::Plain, false, name)?;
         let mut sub = crate::EnvelopeSubscription::typed::<T>(&Arc::downgrade(&core));
         let sub_id = sub.id();
         drop(core);
@@ -745,7 +725,7 @@ impl NatsBridge {
     where
         T: Any + Send + Sync,
     {
-        let core = self.claim(true, false, name)?;
+        let core = self.claim(Mode::Tracked, false, name)?;
         let mut sub =
             crate::TrackedSubscription::<T>::new(&Arc::downgrade(&core), HandlerKind::Bridge);
         let sub_id = sub.id();
@@ -846,15 +826,19 @@ impl NatsBridge {
     /// register on); the name is given back if the relay is gone.
     fn claim(
         &self,
-        tracked: bool,
+        mode: Mode,
         import: bool,
         name: &str,
     ) -> Result<Arc<crate::core::Core>, BridgeError> {
-        self.tasks.claim(tracked, import, name)?;
-        self.shared.local.core.upgrade().ok_or_else(|| {
-            self.tasks.release(tracked, import, name);
-            BridgeError::Closed
-        })
+        let claim = self.tasks.names.claim(mode, import, name)?;
+        let core = self
+            .shared
+            .local
+            .core
+            .upgrade()
+            .ok_or(BridgeError::Closed)?;
+        claim.keep();
+        Ok(core)
     }
 
     /// The subscription of an import (tracked or not) and its task.
@@ -872,7 +856,8 @@ impl NatsBridge {
     where
         T: Any + Send + Sync,
     {
-        let core = self.claim(tracked, true, name)?;
+        let mode = if tracked { Mode::Tracked } else { Mode::Plain };
+        let core = self.claim(mode, true, name)?;
         let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
         let shared = self.shared.clone();
         let (name, key) = (name.to_owned(), name.to_owned());
@@ -900,7 +885,7 @@ impl NatsBridge {
                 Ok(subscriber) => subscriber,
                 Err(reason) => {
                     if let Some(tasks) = tasks.upgrade() {
-                        tasks.release(tracked, true, &name);
+                        tasks.names.release(mode, true, &name);
                     }
                     let _ = ready_tx.send(Err(BridgeError::Connect(reason)));
                     return;
@@ -969,14 +954,14 @@ impl NatsBridge {
             .tasks
             .spawn(&local, std::any::type_name::<T>(), 0, importer)
         {
-            self.tasks.release(tracked, true, &key);
+            self.tasks.names.release(mode, true, &key);
             return Err(error);
         }
         match ready_rx.await {
             Ok(result) => result,
             Err(_) => {
                 // The task was dropped before it subscribed (the runtime stopped).
-                self.tasks.release(tracked, true, &key);
+                self.tasks.names.release(mode, true, &key);
                 Err(BridgeError::Closed)
             }
         }

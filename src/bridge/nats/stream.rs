@@ -16,8 +16,8 @@ use futures::StreamExt;
 
 use super::{NatsBridge, Shared};
 use crate::bridge::{
-    check_name, longer, BridgeError, Codec, Handled, Holding, Local, Postcard, Received,
-    StreamEntry, RETRY_FIRST,
+    check_name, longer, BridgeError, Claim, Codec, Handled, Holding, Local, Mode, Postcard,
+    Received, StreamEntry, RETRY_FIRST,
 };
 
 /// How many messages an export has published and not yet seen acknowledged.
@@ -125,12 +125,6 @@ async fn ensure_stream(
     Ok(stream)
 }
 
-/// The claim key of a stream: never a valid wire name (it has a space), so it cannot
-/// collide with the other modes' names.
-fn stream_key(name: &str) -> String {
-    format!("stream {name}")
-}
-
 impl NatsBridge {
     /// Claims a stream name in one direction; refused if this bridge bridges it in the
     /// other (its import would skip the relay's own messages as echoes, yet acknowledge
@@ -139,7 +133,7 @@ impl NatsBridge {
         &self,
         import: bool,
         name: &str,
-    ) -> Result<Arc<crate::core::Core>, BridgeError> {
+    ) -> Result<(Claim<'_>, Arc<crate::core::Core>), BridgeError> {
         check_name(name)?;
         if self.shared.stream_name(name).len() > NAME_LIMIT {
             return Err(BridgeError::InvalidName {
@@ -147,23 +141,10 @@ impl NatsBridge {
                 reason: "with the prefix, longer than JetStream's 255-byte stream names",
             });
         }
-        let key = stream_key(name);
-        {
-            let mut names = self.tasks.names.lock().unwrap_or_else(|e| e.into_inner());
-            if names.contains(&(false, !import, key.clone()))
-                || !names.insert((false, import, key.clone()))
-            {
-                return Err(BridgeError::AlreadyBridged {
-                    name: name.to_owned(),
-                });
-            }
-        }
+        let claim = self.tasks.names.claim(Mode::Stream, import, name)?;
         match self.shared.local.core.upgrade() {
-            Some(core) if !core.is_closed() => Ok(core),
-            _ => {
-                self.tasks.release(false, import, &key);
-                Err(BridgeError::Closed)
-            }
+            Some(core) if !core.is_closed() => Ok((claim, core)),
+            _ => Err(BridgeError::Closed),
         }
     }
 
@@ -212,17 +193,15 @@ impl NatsBridge {
     where
         T: Any + Send + Sync,
     {
-        let core = self.claim_stream(false, name)?;
+        let (claim, core) = self.claim_stream(false, name)?;
         let sub = crate::EnvelopeSubscription::typed::<T>(&Arc::downgrade(&core));
         drop(core);
         let sub_id = sub.id();
         let exporter = export(self.shared.clone(), sub, codec, name.to_owned());
         let local = self.shared.local.clone();
         let type_name = std::any::type_name::<T>();
-        if let Err(error) = self.tasks.spawn(&local, type_name, sub_id, exporter) {
-            self.tasks.release(false, false, &stream_key(name));
-            return Err(error);
-        }
+        self.tasks.spawn(&local, type_name, sub_id, exporter)?;
+        claim.keep();
         Ok(())
     }
 
@@ -302,13 +281,8 @@ impl NatsBridge {
                 reason: "longer than JetStream's 255-byte consumer names",
             });
         }
-        let core = self.claim_stream(true, name)?;
-        let key = stream_key(name);
         // Given back unless the import comes into place (also if this future is dropped).
-        let claim = Claimed {
-            bridge: self,
-            key: Some(key),
-        };
+        let (claim, core) = self.claim_stream(true, name)?;
         let shared = self.shared.clone();
         let (name, group) = (name.to_owned(), group.to_owned());
         // The stream and the consumer are made on the bridge's runtime (the client needs
@@ -339,26 +313,6 @@ impl NatsBridge {
         self.tasks.spawn(&local, type_name, 0, importer)?;
         claim.keep();
         Ok(())
-    }
-}
-
-/// A stream name claimed by an import that is not in place yet.
-struct Claimed<'a> {
-    bridge: &'a NatsBridge,
-    key: Option<String>,
-}
-
-impl Claimed<'_> {
-    fn keep(mut self) {
-        self.key = None;
-    }
-}
-
-impl Drop for Claimed<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.bridge.tasks.release(false, true, &key);
-        }
     }
 }
 
