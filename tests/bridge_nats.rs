@@ -133,14 +133,22 @@ fn publish_raw(url: &str, subject: &str, payload: Vec<u8>) {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
+        rt.block_on(bounded(async {
             let client = async_nats::connect(url).await.unwrap();
             client.publish(subject, payload.into()).await.unwrap();
             client.flush().await.unwrap();
-        });
+        }));
     })
     .join()
     .unwrap();
+}
+
+/// `fut`, failing after [`STEP`]: for the work a test does on a tokio runtime of its own
+/// (a helper thread's `block_on`), which the test body's own timeout cannot reach.
+async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .expect("timed out: work on the test's own tokio runtime")
 }
 
 on_every_runtime! {
@@ -654,11 +662,11 @@ on_every_runtime! {
         let url = server.url();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
+            rt.block_on(bounded(async {
                 let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
                 let stream = js.get_stream("pipedream_sgone").await.unwrap();
                 stream.delete_consumer("g").await.unwrap();
-            });
+            }));
         }).join().unwrap();
         for id in 3..6 {
             tx.send(Order { id, item: String::new() }).await.unwrap();
@@ -691,7 +699,7 @@ on_every_runtime! {
         let (taken_tx, taken_rx) = std::sync::mpsc::channel();
         let holder = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
+            rt.block_on(bounded(async {
                 let client = async_nats::connect(url).await.unwrap();
                 let js = async_nats::jetstream::new(client);
                 let stream = js.get_or_create_stream(async_nats::jetstream::stream::Config {
@@ -711,7 +719,7 @@ on_every_runtime! {
                     .messages().await.unwrap();
                 let message = batch.next().await.unwrap().unwrap();
                 drop(message); // taken, never acknowledged
-            });
+            }));
         });
         taken_rx.recv_timeout(STEP).unwrap();
         a.export_stream::<Order>("work").unwrap();
@@ -758,12 +766,12 @@ fn a_bridge_whose_runtime_shuts_down_is_reported_as_lost_handlers() {
         .enable_all()
         .build()
         .unwrap();
-    let bridge = runtime.block_on(async {
+    let bridge = runtime.block_on(bounded(async {
         let bridge = NatsBridge::connect(server.url(), &rx).await.unwrap();
         bridge.export::<Order>("gone.rt").unwrap();
         bridge.import::<Order>("gone.rt").await.unwrap();
         bridge
-    });
+    }));
     drop(runtime); // the bridge's handle lives on: its tasks' end was not asked for
     let reports = futures::executor::block_on(async {
         let mut kinds = Vec::new();

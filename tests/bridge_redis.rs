@@ -119,11 +119,14 @@ impl Server {
     }
 
     /// A plain (blocking) connection, for what the test does behind the bridge's back.
+    /// Its reads and writes time out after [`STEP`]: it blocks the test's thread, where
+    /// the test body's own timeout cannot reach.
     fn raw(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        let client = redis::Client::open(self.url()).unwrap();
+        let conn = client.get_connection_with_timeout(STEP).unwrap();
+        conn.set_read_timeout(Some(STEP)).unwrap();
+        conn.set_write_timeout(Some(STEP)).unwrap();
+        conn
     }
 }
 
